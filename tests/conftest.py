@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny random Llama models (MHA and GQA) and paths to the shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RCPU_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+
+
+def make_tiny_llama(
+    num_heads: int = 4,
+    num_kv_heads: int = 4,
+    head_dim: int = 8,
+    hidden_size: int = 32,
+    intermediate_size: int = 48,
+    num_layers: int = 2,
+    vocab_size: int = 64,
+    seed: int = 0,
+) -> LlamaForCausalLM:
+    """A randomly initialised float32 Llama small enough for millisecond tests."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config).eval()
+    # Larger-than-default init so that pruning visibly changes outputs.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.2)
+    return model
+
+
+@pytest.fixture
+def tiny_mha() -> LlamaForCausalLM:
+    return make_tiny_llama()
+
+
+@pytest.fixture
+def tiny_gqa() -> LlamaForCausalLM:
+    return make_tiny_llama(num_heads=6, num_kv_heads=2)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        raise FileNotFoundError(
+            f"shared data folder {SHARED_DATA} not found; set RCPU_DATA_DIR to the folder holding "
+            "wikitext-2/ and zeroshot/"
+        )
+    return SHARED_DATA
