@@ -17,7 +17,7 @@ def make_tiny_llama(
     num_heads: int = 4,
     num_kv_heads: int = 4,
     head_dim: int = 8,
-    hidden_size: int = 32,
+    hidden_size: int = 48,
     intermediate_size: int = 48,
     num_layers: int = 2,
     vocab_size: int = 64,
