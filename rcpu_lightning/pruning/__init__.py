@@ -1,0 +1,79 @@
+"""Pure-PyTorch structured pruning of Llama-family decoders (RCPU, WANDA-sp, FLAP, magnitude).
+
+No Lightning or torch.distributed import here: distributed callers pass ``reduce`` (a sum over
+processes). Pipeline: ``stats -> scores -> selection -> compensation -> surgery``, driven layer by
+layer by :func:`prune_model`; :mod:`.io` saves and reloads the result.
+
+Typical use::
+
+    inputs = capture_layer_inputs(model, batches)          # batches of input_ids [B, T]
+    report = prune_model(model, inputs, PruningConfig(method="rcpu", ratio=0.2))
+    save_pruned(model, report.plan, "out/pruned")
+    model = load_pruned("out/pruned")
+"""
+
+from .compensation import (
+    bias_compensation,
+    compensate,
+    cross_gram,
+    least_squares_compensation,
+    procrustes_rotation,
+    rotation_compensation,
+    rotation_scale_compensation,
+)
+from .config import DEFAULT_COMPENSATION, PruningConfig
+from .engine import PruningReport, prune_model
+from .inputs import LayerInputCatcher, LayerInputs, capture_layer_inputs, sample_calibration
+from .io import load_plan, load_pruned, save_pruned
+from .plan import LayerPlan, PruningPlan
+from .scores import (
+    column_scores,
+    flap_wifv_score,
+    head_scores,
+    standardize,
+    variance_aware_score,
+    wanda_sp_score,
+    weight_magnitude_score,
+)
+from .selection import al_am_counts, feasible_count, head_layout, select_channels, select_heads
+from .stats import ChannelStats, collect_input_stats, reduce_stats
+from .surgery import apply_plan_shapes
+
+__all__ = [
+    "ChannelStats",
+    "DEFAULT_COMPENSATION",
+    "LayerInputCatcher",
+    "LayerInputs",
+    "LayerPlan",
+    "PruningConfig",
+    "PruningPlan",
+    "PruningReport",
+    "al_am_counts",
+    "apply_plan_shapes",
+    "bias_compensation",
+    "capture_layer_inputs",
+    "collect_input_stats",
+    "column_scores",
+    "compensate",
+    "cross_gram",
+    "feasible_count",
+    "flap_wifv_score",
+    "head_layout",
+    "head_scores",
+    "least_squares_compensation",
+    "load_plan",
+    "load_pruned",
+    "procrustes_rotation",
+    "prune_model",
+    "reduce_stats",
+    "rotation_compensation",
+    "rotation_scale_compensation",
+    "sample_calibration",
+    "save_pruned",
+    "select_channels",
+    "select_heads",
+    "standardize",
+    "variance_aware_score",
+    "wanda_sp_score",
+    "weight_magnitude_score",
+]

@@ -1,0 +1,148 @@
+"""`PruningConfig`: every knob of the pruning engine, as a plain typed dataclass.
+
+The dataclass is usable from YAML through jsonargparse (plain typed fields with defaults,
+``Literal`` types for the enumerations). ``__post_init__`` validates every value and raises
+``ValueError`` naming the argument, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Optional, get_args
+
+Method = Literal["rcpu", "wanda_sp", "flap", "magnitude"]
+Compensation = Literal["rotation", "rotation_scale", "least_squares", "bias", "none"]
+Structure = Literal["uniform", "al_am"]
+Targets = Literal["both", "o_proj", "down_proj"]
+HeadRounding = Literal["floor", "nearest"]
+GqaMode = Literal["per_group", "whole_group"]
+StatsDtype = Literal["float64", "float32"]
+
+#: The compensation each method uses when ``compensation`` is left unset.
+DEFAULT_COMPENSATION: dict[str, str] = {
+    "rcpu": "rotation",
+    "flap": "bias",
+    "wanda_sp": "none",
+    "magnitude": "none",
+}
+
+
+@dataclass
+class PruningConfig:
+    """What to prune, how to score, select and compensate (see shared/docs/rcpu-method.md).
+
+    Attributes:
+        method: importance score: ``rcpu`` (variance-aware gamma), ``wanda_sp``, ``flap`` (WIFV),
+            ``magnitude`` (column norm of the weight).
+        compensation: ``rotation`` (Procrustes), ``rotation_scale``, ``least_squares`` (ridge
+            ``ls_lambda``), ``bias`` (FLAP), ``none``; ``None`` picks the method's default
+            (rcpu: rotation, flap: bias, others: none).
+        structure: ``uniform`` (same ratio in every layer, the paper) or ``al_am`` (FLAP's global
+            adaptive structure over all layers and both module kinds).
+        ratio: fraction of attention heads and MLP channels to remove, in [0, 1).
+        attn_ratio / mlp_ratio: override ``ratio`` for heads / channels (uniform structure only).
+        targets: where compensation applies: ``both``, ``o_proj`` or ``down_proj``.
+        head_rounding: ``floor`` (largest feasible head count <= ratio * heads; paper parity) or
+            ``nearest`` (feasible head count nearest to ratio * heads).
+        gqa_mode: ``per_group`` (remove query heads in equal numbers from every kv group; k/v kept)
+            or ``whole_group`` (remove whole kv groups, k/v rows included).
+        ls_lambda: ridge for least-squares compensation, relative to the *mean* Gram ``G / n``.
+        nsamples / seqlen / seed: calibration set drawn by :func:`sample_calibration` (the caller's
+            data pipeline may use them too); the engine itself is deterministic.
+        stats_dtype: accumulation dtype of the calibration statistics.
+        refresh_mlp_stats: re-collect down_proj statistics after the layer's attention is pruned
+            (not in the paper).
+        offload_inputs: keep the captured layer inputs on CPU, moving them per layer to the device.
+        batch_size: rows per forward when re-running a layer on the captured inputs.
+    """
+
+    method: Method = "rcpu"
+    compensation: Optional[Compensation] = None
+    structure: Structure = "uniform"
+    ratio: float = 0.2
+    attn_ratio: Optional[float] = None
+    mlp_ratio: Optional[float] = None
+    targets: Targets = "both"
+    head_rounding: HeadRounding = "floor"
+    gqa_mode: GqaMode = "per_group"
+    ls_lambda: float = 1e-3
+    nsamples: int = 128
+    seqlen: int = 128
+    seed: int = 0
+    stats_dtype: StatsDtype = "float64"
+    refresh_mlp_stats: bool = False
+    offload_inputs: bool = False
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        for name, kind in _ENUMS.items():
+            _check_choice(name, getattr(self, name), get_args(kind))
+        if self.compensation is None:
+            self.compensation = DEFAULT_COMPENSATION[self.method]
+        _check_choice("compensation", self.compensation, get_args(Compensation))
+        _check_ratio("ratio", self.ratio)
+        for name in ("attn_ratio", "mlp_ratio"):
+            if getattr(self, name) is not None:
+                _check_ratio(name, getattr(self, name))
+                if self.structure == "al_am":
+                    raise ValueError(
+                        f"{name}={getattr(self, name)!r} cannot be combined with structure='al_am' "
+                        "(one global threshold over both module kinds); use structure='uniform' "
+                        f"or leave {name} unset"
+                    )
+        for name in ("nsamples", "seqlen", "batch_size"):
+            _check_positive_int(name, getattr(self, name))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if not _is_number(self.ls_lambda) or not math.isfinite(self.ls_lambda) or self.ls_lambda < 0:
+            raise ValueError(f"ls_lambda must be a finite number >= 0, got {self.ls_lambda!r}")
+        for name in ("refresh_mlp_stats", "offload_inputs"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+    @property
+    def head_ratio(self) -> float:
+        """Ratio of attention heads to remove (``attn_ratio`` or ``ratio``)."""
+        return self.ratio if self.attn_ratio is None else self.attn_ratio
+
+    @property
+    def channel_ratio(self) -> float:
+        """Ratio of MLP channels to remove (``mlp_ratio`` or ``ratio``)."""
+        return self.ratio if self.mlp_ratio is None else self.mlp_ratio
+
+    def compensates(self, module: str) -> bool:
+        """Whether compensation applies to ``module`` (``"o_proj"`` or ``"down_proj"``)."""
+        return self.compensation != "none" and self.targets in ("both", module)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_ENUMS = {
+    "method": Method,
+    "structure": Structure,
+    "targets": Targets,
+    "head_rounding": HeadRounding,
+    "gqa_mode": GqaMode,
+    "stats_dtype": StatsDtype,
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; allowed values: {list(allowed)}")
+
+
+def _check_ratio(name: str, value: Any) -> None:
+    if not _is_number(value) or not math.isfinite(value) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}={value!r} is out of range; allowed: a number in [0, 1)")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}={value!r} is invalid; allowed: an int > 0")

@@ -1,0 +1,274 @@
+"""The layer-by-layer pruning engine (rcpu-method.md, "Order of work").
+
+For each decoder layer: run it on the current hidden states with hooks collecting the o_proj and
+down_proj input statistics; reduce them across processes (one ``reduce`` call per layer, two with
+``refresh_mlp_stats``); choose the kept heads and channels; compensate; physically remove; re-run
+the pruned layer to produce the next layer's inputs.
+
+Counts (how many heads/channels each layer loses) are fixed for every layer before any weight
+changes, so a ratio that would empty a layer fails first:
+
+* ``uniform``: from the ratios and the head rounding rule.
+* ``al_am``: FLAP's global threshold cannot be decided greedily layer by layer, so a first
+  *dense* pass runs all layers unpruned, collecting only the diagonal statistics the scores need
+  (one ``reduce`` call for all layers), standardises each layer's scores, applies FLAP's weighted
+  global threshold, and yields per-layer counts; the usual layer-by-layer pass then picks *which*
+  heads/channels with those counts, on the pruned-so-far inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..models.adapter import LayerParts, check_supported, decoder_layers, layer_parts
+from .compensation import Compensated, compensate
+from .config import PruningConfig
+from .inputs import LayerInputs, to_device
+from .plan import LayerPlan, PruningPlan
+from .scores import column_scores, head_scores, standardize
+from .selection import (
+    LayerUnits,
+    al_am_counts,
+    check_not_emptied,
+    feasible_count,
+    head_layout,
+    head_unit_scores,
+    select_channels,
+    select_heads,
+)
+from .stats import ChannelStats, Reduce, collect_input_stats, reduce_stats
+from .surgery import biased_projections, dense_values, prune_attention, prune_mlp, update_config
+
+log = logging.getLogger(__name__)
+
+Batches = list[tuple[Tensor, dict[str, Any]]]
+
+
+@dataclass
+class PruningReport:
+    """What ``prune_model`` did. ``overall_ratio`` and ``layer_ratios`` count decoder-layer
+    parameters removed / before (added compensation biases count as parameters);
+    ``params_before``/``params_after`` are whole-model counts."""
+
+    plan: PruningPlan
+    layer_ratios: list[float]
+    overall_ratio: float
+    params_before: int
+    params_after: int
+    seconds: float
+    layers: list[dict[str, Any]] = field(default_factory=list)  # per-layer summary
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["plan"] = self.plan.to_dict()
+        return data
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _device(parts: LayerParts) -> torch.device:
+    return parts.q_proj.weight.device
+
+
+def run_layer(layer: nn.Module, batches: Batches, offload: bool) -> Batches:
+    """Forward every batch through ``layer``; returns the outputs as the next layer's inputs."""
+    device = _device(layer_parts(layer))
+    out = []
+    for hidden, kwargs in batches:
+        h = layer(hidden.to(device), **to_device(kwargs, device))
+        h = h[0] if isinstance(h, tuple) else h
+        out.append((h.to("cpu") if offload else h, kwargs))
+    return out
+
+
+def layer_stats(
+    layer: nn.Module, batches: Batches, modules: dict[str, nn.Module], config: PruningConfig,
+    reduce: Reduce | None, layer_idx: int, diag_only: bool = False,
+) -> tuple[dict[str, ChannelStats], Batches]:
+    """Reduced input statistics of ``modules`` while ``layer`` runs on ``batches`` (plus its outputs)."""
+    dtype = getattr(torch, config.stats_dtype)
+    with collect_input_stats(modules, dtype, diag_only) as local:
+        outputs = run_layer(layer, batches, config.offload_inputs)
+    names = list(local)
+    stats = dict(zip(names, reduce_stats([local[n] for n in names], reduce)))
+    for name, s in stats.items():
+        check_stats(s, f"layer {layer_idx} {name}")
+    return stats, outputs
+
+
+def check_stats(stats: ChannelStats, where: str) -> None:
+    if not stats.is_finite():
+        raise ValueError(f"non-finite calibration statistics at {where}; no weights were changed in this layer")
+    if stats.n <= 0:
+        raise ValueError(f"no calibration tokens reached {where}")
+
+
+# -- counts -------------------------------------------------------------------------------------
+def uniform_counts(model: nn.Module, config: PruningConfig) -> list[tuple[int, int]]:
+    """(heads, channels) to remove per layer at the configured ratios."""
+    counts = []
+    for parts in map(layer_parts, decoder_layers(model)):
+        layout = head_layout(parts.num_heads, parts.num_kv_heads, config.gqa_mode)
+        heads = feasible_count(config.head_ratio, parts.num_heads, layout.unit_size, config.head_rounding)
+        channels = feasible_count(config.channel_ratio, parts.intermediate_size, 1, "floor")
+        counts.append((heads, channels))
+    return counts
+
+
+def al_am_structure(
+    model: nn.Module, batches: Batches, config: PruningConfig, reduce: Reduce | None
+) -> list[tuple[int, int]]:
+    """Dense pass + FLAP's AL-AM global threshold -> (heads, channels) to remove per layer."""
+    layers, local = decoder_layers(model), []
+    dtype = getattr(torch, config.stats_dtype)
+    for layer in layers:
+        parts = layer_parts(layer)
+        with collect_input_stats({"o": parts.o_proj, "d": parts.down_proj}, dtype, diag_only=True) as st:
+            batches = run_layer(layer, batches, config.offload_inputs)
+        local += [st["o"], st["d"]]
+    del batches
+    reduced = reduce_stats(local, reduce)
+    units = []
+    for i, layer in enumerate(layers):
+        o_stats, d_stats = reduced[2 * i], reduced[2 * i + 1]
+        check_stats(o_stats, f"layer {i} o_proj (AL-AM pass)")
+        check_stats(d_stats, f"layer {i} down_proj (AL-AM pass)")
+        units.append(_layer_units(layer_parts(layer), o_stats, d_stats, config))
+    return al_am_counts(units, config.ratio)
+
+
+def _layer_units(parts: LayerParts, o_stats: ChannelStats, d_stats: ChannelStats, config) -> LayerUnits:
+    layout = head_layout(parts.num_heads, parts.num_kv_heads, config.gqa_mode)
+    o_cols = standardize(column_scores(config.method, parts.o_proj.weight, o_stats, "o_proj"))
+    head = o_cols.reshape(-1, parts.head_dim).mean(1)  # [H] mean of standardised columns
+    hd, g = parts.head_dim, layout.group_size
+    # parameters per unit / parameters per MLP channel (3 * hidden); hidden cancels out
+    per_unit = 2 * g * hd + 2 * hd if layout.whole_group else 2 * hd * layout.unit_size
+    return LayerUnits(
+        head_units=head_unit_scores(head, layout),
+        head_unit_size=layout.unit_size,
+        head_unit_weight=per_unit / 3.0,
+        channel_scores=standardize(column_scores(config.method, parts.down_proj.weight, d_stats, "down_proj")),
+    )
+
+
+def validate_counts(model: nn.Module, counts: list[tuple[int, int]]) -> None:
+    for i, (parts, (heads, channels)) in enumerate(zip(map(layer_parts, decoder_layers(model)), counts)):
+        check_not_emptied("attention heads", heads, parts.num_heads, i)
+        check_not_emptied("MLP channels", channels, parts.intermediate_size, i)
+
+
+# -- one layer ----------------------------------------------------------------------------------
+def _decide_heads(parts: LayerParts, stats: ChannelStats, n_remove: int, config: PruningConfig):
+    layout = head_layout(parts.num_heads, parts.num_kv_heads, config.gqa_mode)
+    scores = head_scores(column_scores(config.method, parts.o_proj.weight, stats, "o_proj"), parts.head_dim)
+    kept_heads, kept_kv = select_heads(scores, layout, n_remove)
+    keep_cols = [h * parts.head_dim + j for h in kept_heads for j in range(parts.head_dim)]
+    kind = config.compensation if config.compensates("o_proj") else "none"
+    return kept_heads, kept_kv, compensate(kind, parts.o_proj.weight, stats, keep_cols, config.ls_lambda)
+
+
+def _decide_channels(parts: LayerParts, stats: ChannelStats, n_remove: int, config: PruningConfig):
+    kept = select_channels(column_scores(config.method, parts.down_proj.weight, stats, "down_proj"), n_remove)
+    kind = config.compensation if config.compensates("down_proj") else "none"
+    return kept, compensate(kind, parts.down_proj.weight, stats, kept, config.ls_lambda)
+
+
+def prune_layer(
+    idx: int, layer: nn.Module, batches: Batches, counts: tuple[int, int], config: PruningConfig,
+    reduce: Reduce | None,
+) -> tuple[LayerPlan, Batches]:
+    """Prune one decoder layer in place; returns its plan and the next layer's inputs."""
+    parts = layer_parts(layer)
+    targets = {"o_proj": parts.o_proj} if config.refresh_mlp_stats else {
+        "o_proj": parts.o_proj, "down_proj": parts.down_proj}
+    stats, _ = layer_stats(layer, batches, targets, config, reduce, idx)
+    kept_heads, kept_kv, o_comp = _decide_heads(parts, stats["o_proj"], counts[0], config)
+    if not config.refresh_mlp_stats:  # all decisions made before any weight changes
+        kept_ch, d_comp = _decide_channels(parts, stats["down_proj"], counts[1], config)
+    added = ["o_proj"] if o_comp.bias_delta is not None and parts.o_proj.bias is None else []
+    prune_attention(parts, kept_heads, kept_kv, o_comp.weight, o_comp.bias_delta)
+    parts = layer_parts(layer)
+    if config.refresh_mlp_stats:
+        d_stats, _ = layer_stats(layer, batches, {"down_proj": parts.down_proj}, config, reduce, idx)
+        kept_ch, d_comp = _decide_channels(parts, d_stats["down_proj"], counts[1], config)
+    added += ["down_proj"] if d_comp.bias_delta is not None and parts.down_proj.bias is None else []
+    prune_mlp(parts, kept_ch, d_comp.weight, d_comp.bias_delta)
+    plan = LayerPlan(kept_heads, kept_kv, kept_ch, biased_projections(layer_parts(layer)), added)
+    return plan, run_layer(layer, batches, config.offload_inputs)
+
+
+# -- the model ----------------------------------------------------------------------------------
+def prune_model(
+    model: nn.Module,
+    inputs: LayerInputs,
+    config: PruningConfig,
+    reduce: Reduce | None = None,
+    progress: bool = True,
+) -> PruningReport:
+    """Prune ``model`` in place, layer by layer, calibrated on ``inputs`` (from ``capture_layer_inputs``).
+
+    ``reduce(t) -> t`` sums a tensor over processes (supplied by the caller; None on one process).
+    It is called once per layer (twice with ``refresh_mlp_stats``; once more for ``al_am``),
+    however many batches this process holds.
+    """
+    from tqdm.auto import tqdm
+
+    _check_args(model, inputs, config, reduce)
+    start = time.perf_counter()
+    layers = decoder_layers(model)
+    params_before, layer_before = _count(model), [_count(layer) for layer in layers]
+    plan = PruningPlan(str(model.config.model_type), dense_values(model), [], config.to_dict())
+    batches = inputs.rebatch(config.batch_size).batches
+    with torch.no_grad():
+        counts = (al_am_structure(model, batches, config, reduce) if config.structure == "al_am"
+                  else uniform_counts(model, config))
+        validate_counts(model, counts)
+        for i, layer in enumerate(tqdm(layers, desc="pruning layers", disable=not progress)):
+            layer_plan, batches = prune_layer(i, layer, batches, counts[i], config, reduce)
+            plan.layers.append(layer_plan)
+            _log_layer(i, layer_plan, plan.dense, layer_before[i], _count(layer))
+    del batches
+    update_config(model, plan)
+    for lp, layer in zip(plan.layers, layers):  # biases may have been harmonised
+        lp.biases = biased_projections(layer_parts(layer))
+    return _report(model, plan, params_before, layer_before, time.perf_counter() - start)
+
+
+def _check_args(model, inputs, config, reduce) -> None:
+    check_supported(model)
+    if not isinstance(config, PruningConfig):
+        raise TypeError(f"config must be a PruningConfig, got {type(config).__name__}")
+    if not isinstance(inputs, LayerInputs) or not len(inputs):
+        raise ValueError("inputs must be a non-empty LayerInputs (see capture_layer_inputs)")
+    if reduce is not None and not callable(reduce):
+        raise TypeError(f"reduce must be callable or None, got {type(reduce).__name__}")
+
+
+def _log_layer(i: int, lp: LayerPlan, dense: dict, before: int, after: int) -> None:
+    log.info(
+        "layer %d: heads %d/%d, kv heads %d/%d, channels %d/%d, params -%.1f%%",
+        i, lp.num_heads, dense["num_attention_heads"], lp.num_kv_heads, dense["num_key_value_heads"],
+        lp.intermediate_size, dense["intermediate_size"], 100.0 * (before - after) / before,
+    )
+
+
+def _report(model, plan: PruningPlan, params_before: int, layer_before: list[int], seconds: float) -> PruningReport:
+    layer_after = [_count(layer) for layer in decoder_layers(model)]
+    ratios = [(b - a) / b for b, a in zip(layer_before, layer_after)]
+    overall = (sum(layer_before) - sum(layer_after)) / sum(layer_before)
+    summary = [
+        {"heads": lp.num_heads, "kv_heads": lp.num_kv_heads, "channels": lp.intermediate_size, "ratio": r}
+        for lp, r in zip(plan.layers, ratios)
+    ]
+    log.info("pruned %d layers: %.2f%% of decoder-layer parameters removed in %.1fs",
+             len(ratios), 100 * overall, seconds)
+    return PruningReport(plan, ratios, overall, params_before, _count(model), seconds, summary)

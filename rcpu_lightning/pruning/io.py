@@ -1,0 +1,125 @@
+"""Saving and loading pruned checkpoints.
+
+``save_pruned`` writes a Hugging Face checkpoint plus ``pruning_plan.json``, atomically (into a
+temporary sibling folder, then renamed into place).
+
+* Plain-loadable plans (every layer the same shapes, a config that validates, biases the config
+  flags can express): ``config.json`` holds the pruned values and
+  ``AutoModelForCausalLM.from_pretrained`` reloads the model.
+* Other plans (AL-AM's per-layer shapes; e.g. 32 -> 26 heads with hidden 4096, which
+  transformers-5 ``LlamaConfig`` rejects since ``hidden_size % num_attention_heads != 0``; an
+  o_proj bias on Mistral/Qwen2): ``config.json`` holds the *dense* shape values, so it parses, and
+  plain ``from_pretrained`` fails loudly on the size mismatch. Use :func:`load_pruned`.
+
+``load_pruned`` rebuilds any plan: it builds the config with the dense (valid) values, lets
+``from_pretrained`` instantiate a subclass whose ``__init__`` ends with
+:func:`apply_plan_shapes`, so that all of ``from_pretrained`` (dtype, device_map, tied weights,
+buffers) works on the pruned shapes, then restores the plain class and the uniform config values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .plan import SHAPE_KEYS, BIAS_KEYS, PruningPlan
+from .surgery import ATTN_PROJ, BIAS_FLAG_MODEL_TYPES, MLP_PROJ, apply_plan_shapes
+
+PLAN_FILE = "pruning_plan.json"
+
+
+def plain_loadable(plan: PruningPlan, config) -> bool:
+    """Whether ``config`` (already holding the pruned values) reloads with plain ``from_pretrained``."""
+    if plan.uniform_values() is None:
+        return False
+    try:
+        type(config).from_dict(config.to_dict())
+    except (ValueError, TypeError):
+        return False
+    for names, flag in ((ATTN_PROJ, "attention_bias"), (MLP_PROJ, "mlp_bias")):
+        expected = bool(getattr(config, flag, False)) and plan.model_type in BIAS_FLAG_MODEL_TYPES
+        for lp in plan.layers:
+            added = [n for n in lp.added_biases if n in names]
+            if added and not expected:
+                return False
+    return True
+
+
+def save_pruned(model: nn.Module, plan: PruningPlan, path: str | os.PathLike, **save_kwargs: Any) -> Path:
+    """Write ``model`` (pruned by ``plan``) as an HF checkpoint plus ``pruning_plan.json`` at ``path``.
+
+    Atomic: written to a temporary sibling folder, then renamed; an existing ``path`` is replaced.
+    Returns the path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        model.save_pretrained(tmp, **save_kwargs)
+        if not plain_loadable(plan, model.config):
+            _write_dense_config(tmp / "config.json", plan)
+        (tmp / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=1))
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _write_dense_config(config_file: Path, plan: PruningPlan) -> None:
+    data = json.loads(config_file.read_text())
+    for key in SHAPE_KEYS + BIAS_KEYS:
+        if key in data or key in ("head_dim",):
+            data[key] = plan.dense[key]
+    config_file.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+    os.replace(dst, old / "x")
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_plan(path: str | os.PathLike) -> PruningPlan:
+    """Read ``pruning_plan.json`` from a checkpoint folder."""
+    file = Path(path) / PLAN_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: {path} was not written by save_pruned")
+    return PruningPlan.from_dict(json.loads(file.read_text()))
+
+
+def load_pruned(path: str | os.PathLike, **from_pretrained_kwargs: Any) -> nn.Module:
+    """Load a checkpoint written by :func:`save_pruned`, whatever its plan.
+
+    ``from_pretrained_kwargs`` go to ``AutoModelForCausalLM.from_pretrained`` (e.g. ``dtype``,
+    ``device_map``). The returned model has the plain architecture class.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    plan = load_plan(path)
+    config_dict = json.loads((Path(path) / "config.json").read_text())
+    for key in SHAPE_KEYS + BIAS_KEYS:
+        if key in config_dict or key == "head_dim":
+            config_dict[key] = plan.dense[key]
+    model_type = config_dict.pop("model_type", plan.model_type)
+    config = AutoConfig.for_model(model_type, **config_dict)
+    base = AutoModelForCausalLM._model_mapping[type(config)]
+
+    def __init__(self, config, *args, **kwargs):
+        base.__init__(self, config, *args, **kwargs)
+        apply_plan_shapes(self, plan)
+
+    shaped = type(base.__name__, (base,), {"__init__": __init__, "__module__": base.__module__})
+    model = shaped.from_pretrained(path, config=config, **from_pretrained_kwargs)
+    model.__class__ = base
+    return model

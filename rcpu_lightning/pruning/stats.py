@@ -1,0 +1,160 @@
+"""Streaming calibration statistics of a linear module's input (rcpu-method.md, "Calibration statistics").
+
+From the input activations ``x_t`` (t = 1..N) of a module we keep only sums::
+
+    n = N,  s1 = Σ x_t,  sabs = Σ |x_t|,  G = Σ x_t x_tᵀ   ([d_in, d_in])
+
+so statistics stream batch by batch, merge by addition and all-reduce with a plain sum.
+``diag_only`` statistics keep ``diag(G) = Σ x_t²`` only (what the scores need; used by the
+AL-AM structure pass). :func:`reduce_stats` packs many statistics into one flat tensor so that
+one ``reduce`` call serves a whole pruning step, whatever the number of local batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+Reduce = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class ChannelStats:
+    """Sums over tokens of a module input: ``n``, ``s1`` [d], ``sabs`` [d], ``G`` [d, d] (or [d])."""
+
+    n: Tensor  # [] token count (float, so that it reduces with the rest)
+    s1: Tensor  # [d]  Σ x
+    sabs: Tensor  # [d]  Σ |x|
+    G: Tensor  # [d, d] Σ x xᵀ, or [d] Σ x² when diag_only
+
+    @classmethod
+    def zeros(
+        cls, dim: int, dtype: torch.dtype = torch.float64, device=None, diag_only: bool = False
+    ) -> "ChannelStats":
+        """Empty statistics for a ``dim``-wide input (a rank with no batches still has these)."""
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype={dtype} is not supported; allowed: torch.float32, torch.float64")
+        shape = (dim,) if diag_only else (dim, dim)
+        return cls(
+            n=torch.zeros((), dtype=dtype, device=device),
+            s1=torch.zeros(dim, dtype=dtype, device=device),
+            sabs=torch.zeros(dim, dtype=dtype, device=device),
+            G=torch.zeros(shape, dtype=dtype, device=device),
+        )
+
+    @property
+    def dim(self) -> int:
+        return self.s1.numel()
+
+    @property
+    def diag_only(self) -> bool:
+        return self.G.dim() == 1
+
+    def update(self, x: Tensor) -> None:
+        """Add the tokens of ``x`` [..., d] (any leading shape) to the sums."""
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"x has {x.shape[-1]} features, these statistics have {self.dim}")
+        x = x.detach().reshape(-1, self.dim).to(device=self.s1.device, dtype=self.s1.dtype)  # [N, d]
+        self.n += x.shape[0]
+        self.s1 += x.sum(0)
+        self.sabs += x.abs().sum(0)
+        self.G += (x * x).sum(0) if self.diag_only else x.T @ x
+
+    def merge(self, other: "ChannelStats") -> "ChannelStats":
+        """Sum of two statistics (new object)."""
+        if other.dim != self.dim or other.diag_only != self.diag_only:
+            raise ValueError("cannot merge statistics of different widths or kinds")
+        return ChannelStats(self.n + other.n, self.s1 + other.s1, self.sabs + other.sabs, self.G + other.G)
+
+    __add__ = merge
+
+    def reduce(self, fn: Reduce | None) -> "ChannelStats":
+        """Statistics summed over processes by ``fn`` (one call); identity when ``fn`` is None."""
+        return reduce_stats([self], fn)[0]
+
+    # -- derived per-channel quantities ([d] each) --------------------------------------------
+    def diag(self) -> Tensor:
+        """``diag(G) = Σ x²`` [d]."""
+        return self.G if self.diag_only else torch.diagonal(self.G)
+
+    def mean(self) -> Tensor:
+        """``s1 / n`` [d]."""
+        return self.s1 / self.n
+
+    def mean_abs(self) -> Tensor:
+        """``sabs / n`` [d]."""
+        return self.sabs / self.n
+
+    def var(self) -> Tensor:
+        """Population variance ``G_jj / n − (s1_j / n)²``, clamped at 0 [d]."""
+        return (self.diag() / self.n - self.mean() ** 2).clamp_min(0)
+
+    def l2(self) -> Tensor:
+        """``||X[j, :]||₂ = sqrt(G_jj)`` [d]."""
+        return self.diag().clamp_min(0).sqrt()
+
+    def is_finite(self) -> bool:
+        return bool(all(torch.isfinite(t).all() for t in (self.n, self.s1, self.sabs, self.G)))
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.n, self.s1, self.sabs, self.G
+
+
+def reduce_stats(stats: Sequence[ChannelStats], fn: Reduce | None) -> list[ChannelStats]:
+    """Sum ``stats`` over processes with ONE call of ``fn`` on a packed flat tensor.
+
+    All statistics must share dtype and device. Returns new objects; ``fn=None`` returns copies.
+    """
+    stats = list(stats)
+    if fn is None or not stats:
+        return [ChannelStats(*(t.clone() for t in s.tensors())) for s in stats]
+    dtypes = {s.s1.dtype for s in stats}
+    devices = {s.s1.device for s in stats}
+    if len(dtypes) != 1 or len(devices) != 1:
+        raise ValueError(f"statistics to reduce together must share dtype/device, got {dtypes}, {devices}")
+    flat = torch.cat([t.reshape(-1) for s in stats for t in s.tensors()])
+    out = fn(flat)
+    if not isinstance(out, Tensor) or out.shape != flat.shape:
+        raise ValueError(f"reduce must return a tensor of shape {tuple(flat.shape)}, got {out!r:.80}")
+    result, offset = [], 0
+    for s in stats:
+        parts = []
+        for t in s.tensors():
+            parts.append(out[offset : offset + t.numel()].reshape(t.shape).clone())
+            offset += t.numel()
+        result.append(ChannelStats(*parts))
+    return result
+
+
+@contextmanager
+def collect_input_stats(
+    modules: dict[str, nn.Module],
+    dtype: torch.dtype = torch.float64,
+    diag_only: bool = False,
+) -> Iterator[dict[str, ChannelStats]]:
+    """Forward hooks accumulating each module's input statistics while the context is open.
+
+    Yields ``{name: ChannelStats}`` (zero-initialised, so a process without batches still has
+    statistics of the right shape). Hooks are removed on exit, even on error.
+    """
+    stats = {
+        name: ChannelStats.zeros(m.in_features, dtype, m.weight.device, diag_only) for name, m in modules.items()
+    }
+
+    def make_hook(name: str):
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs["input"]
+            stats[name].update(x)
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(make_hook(n), with_kwargs=True) for n, m in modules.items()]
+    try:
+        yield stats
+    finally:
+        for h in handles:
+            h.remove()
