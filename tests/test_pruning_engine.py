@@ -1,0 +1,306 @@
+"""Behaviour of the layer-by-layer engine on tiny random Llama models (MHA and GQA)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from conftest import make_tiny_llama
+from rcpu_lightning.models.adapter import decoder_layers, layer_parts
+from rcpu_lightning.pruning import (
+    LayerInputCatcher,
+    PruningConfig,
+    capture_layer_inputs,
+    prune_model,
+    sample_calibration,
+)
+
+GQA = dict(num_heads=6, num_kv_heads=2)
+
+
+def _ids(seed: int = 1, batch: int = 4, seqlen: int = 16) -> torch.Tensor:
+    return torch.randint(0, 64, (batch, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+def _inputs(model, ids=None, split: int = 2):
+    ids = _ids() if ids is None else ids
+    return capture_layer_inputs(model, ids.split(split))
+
+
+def _logits(model, ids) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def _prune(model, **cfg):
+    return prune_model(model, _inputs(model), PruningConfig(**cfg), progress=False)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].shape == b[k].shape and torch.equal(a[k], b[k]), k
+
+
+def _mask_like_plan(dense, plan):
+    """Dense copy with the plan's removed heads/channels zeroed in o_proj/down_proj columns."""
+    masked = copy.deepcopy(dense)
+    with torch.no_grad():
+        for layer, lp in zip(decoder_layers(masked), plan.layers):
+            parts = layer_parts(layer)
+            for h in set(range(parts.num_heads)) - set(lp.kept_heads):
+                parts.o_proj.weight[:, h * parts.head_dim : (h + 1) * parts.head_dim] = 0
+            dropped = sorted(set(range(parts.intermediate_size)) - set(lp.kept_channels))
+            parts.down_proj.weight[:, dropped] = 0
+    return masked
+
+
+@pytest.mark.parametrize("shape", [{}, GQA], ids=["mha", "gqa"])
+@pytest.mark.parametrize("method", ["rcpu", "wanda_sp", "flap", "magnitude"])
+def test_ratio_zero_leaves_outputs_unchanged(shape, method):
+    model, ids = make_tiny_llama(**shape), _ids(3)
+    before = _logits(model, ids)
+    report = _prune(model, method=method, ratio=0.0)
+    assert report.overall_ratio == 0.0 and report.params_after == report.params_before
+    torch.testing.assert_close(_logits(model, ids), before, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "shape,cfg",
+    [
+        ({}, dict(ratio=0.5)),
+        (GQA, dict(ratio=0.34)),  # per_group: one head from each of the 2 groups
+        (GQA, dict(ratio=0.5, gqa_mode="whole_group")),
+        (GQA, dict(method="flap", structure="al_am", ratio=0.3)),
+        ({}, dict(method="wanda_sp", ratio=0.3, refresh_mlp_stats=True, batch_size=1)),
+    ],
+    ids=["mha", "gqa-per-group", "gqa-whole-group", "gqa-al-am", "mha-refresh"],
+)
+def test_physical_removal_equals_zero_masking(shape, cfg):
+    model, ids = make_tiny_llama(**shape), _ids(3)
+    dense = copy.deepcopy(model)
+    report = _prune(model, compensation="none", **cfg)
+    assert report.params_after < report.params_before
+    masked = _mask_like_plan(dense, report.plan)
+    torch.testing.assert_close(_logits(model, ids), _logits(masked, ids), atol=1e-5, rtol=1e-4)
+    # in float64 the only difference left is round-off: the two models compute the same function
+    torch.testing.assert_close(_logits(model.double(), ids), _logits(masked.double(), ids), atol=1e-10, rtol=0)
+
+
+def test_gqa_per_group_keeps_kv_heads_and_whole_group_removes_them():
+    per_group = make_tiny_llama(**GQA)
+    report = _prune(per_group, ratio=0.34)
+    assert per_group.config.num_attention_heads == 4 and per_group.config.num_key_value_heads == 2
+    for layer in decoder_layers(per_group):
+        parts = layer_parts(layer)
+        assert (parts.num_heads, parts.num_kv_heads, layer.self_attn.num_key_value_groups) == (4, 2, 2)
+        assert parts.k_proj.out_features == 16
+    assert all(len(lp.kept_kv_heads) == 2 for lp in report.plan.layers)
+
+    whole = make_tiny_llama(**GQA)
+    _prune(whole, ratio=0.5, gqa_mode="whole_group")
+    assert whole.config.num_attention_heads == 3 and whole.config.num_key_value_heads == 1
+    assert all(layer_parts(layer).k_proj.out_features == 8 for layer in decoder_layers(whole))
+
+
+def test_head_rounding_nearest_vs_floor_on_gqa():
+    floor_model, nearest_model = make_tiny_llama(**GQA), make_tiny_llama(**GQA)
+    # 0.2 * 6 = 1.2 heads; per_group removes multiples of 2: floor -> 0, nearest -> 2
+    r_floor = _prune(floor_model, ratio=0.2, compensation="none")
+    r_nearest = _prune(nearest_model, ratio=0.2, head_rounding="nearest", compensation="none")
+    assert [lp.num_heads for lp in r_floor.plan.layers] == [6, 6]
+    assert [lp.num_heads for lp in r_nearest.plan.layers] == [4, 4]
+    assert r_nearest.overall_ratio > r_floor.overall_ratio > 0
+
+
+def test_doubling_reduce_gives_same_decisions_and_weights_and_few_calls():
+    ref, doubled = make_tiny_llama(**GQA), make_tiny_llama(**GQA)
+    inputs = _inputs(ref)
+    calls = []
+
+    def reduce(t):
+        calls.append(t.numel())
+        return t * 2  # two ranks holding identical data
+
+    cfg = PruningConfig(ratio=0.34, batch_size=1)  # 4 local batches
+    r1 = prune_model(ref, inputs, cfg, progress=False)
+    r2 = prune_model(doubled, inputs, cfg, reduce=reduce, progress=False)
+    assert len(calls) == 2  # one per layer, not per batch
+    assert r1.plan.layers == r2.plan.layers
+    for (k, a), b in zip(ref.state_dict().items(), doubled.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
+
+
+def test_reduce_calls_do_not_depend_on_local_batch_count():
+    counts = []
+    for batch_size in (4, 1):
+        model, calls = make_tiny_llama(), []
+        cfg = PruningConfig(method="flap", structure="al_am", ratio=0.2, refresh_mlp_stats=True,
+                            batch_size=batch_size)
+        prune_model(model, _inputs(model), cfg, reduce=lambda t: calls.append(1) or t, progress=False)
+        counts.append(len(calls))
+    assert counts == [1 + 2 * 2, 1 + 2 * 2]  # AL-AM pass + (attn, refreshed mlp) per layer
+
+
+def test_same_seed_gives_bitwise_identical_weights():
+    tokens = torch.randint(0, 64, (2000,), generator=torch.Generator().manual_seed(0))
+    states = []
+    for _ in range(2):
+        model = make_tiny_llama(**GQA)
+        batches = sample_calibration(tokens, nsamples=6, seqlen=16, seed=7, batch_size=4)
+        prune_model(model, capture_layer_inputs(model, batches), PruningConfig(ratio=0.34), progress=False)
+        states.append(_state(model))
+    _assert_same_state(*states)
+    other = sample_calibration(tokens, nsamples=6, seqlen=16, seed=8, batch_size=4)
+    assert not torch.equal(torch.cat(other), torch.cat(sample_calibration(tokens, 6, 16, 7, 4)))
+
+
+@torch.no_grad()
+def _module_error(dense_w, x, new_lin, keep) -> float:
+    """||W X − (W' X_K + b')||_F on the calibration activations x [N, d_in]."""
+    y = x @ dense_w.T
+    z = x[:, keep] @ new_lin.weight.T + (new_lin.bias if new_lin.bias is not None else 0)
+    return float((y - z).norm())
+
+
+@pytest.mark.parametrize("shape", [{}, GQA], ids=["mha", "gqa"])
+def test_each_compensation_reduces_layer0_output_error(shape):
+    dense, ids = make_tiny_llama(**shape), _ids(5, batch=6)
+    parts = layer_parts(decoder_layers(dense)[0])
+    acts = {}
+
+    def record(name):
+        def hook(module, args):
+            acts[name] = args[0].reshape(-1, args[0].shape[-1])  # [N, d_in]
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(n)) for n, m in (("o_proj", parts.o_proj), ("down_proj", parts.down_proj))]
+    _logits(dense, ids)
+    for h in hooks:
+        h.remove()
+    errors = {}
+    for kind, lam in [("none", 0.0), ("rotation", 0.0), ("rotation_scale", 0.0), ("least_squares", 1e-8), ("bias", 0.0)]:
+        model = copy.deepcopy(dense)
+        inputs = capture_layer_inputs(model, ids.split(3))
+        report = prune_model(model, inputs, PruningConfig(ratio=0.5, compensation=kind, ls_lambda=lam), progress=False)
+        lp, new = report.plan.layers[0], layer_parts(decoder_layers(model)[0])
+        hd = parts.head_dim
+        keep_cols = [h * hd + j for h in lp.kept_heads for j in range(hd)]
+        errors[kind] = (
+            _module_error(parts.o_proj.weight, acts["o_proj"], new.o_proj, keep_cols),
+            _module_error(parts.down_proj.weight, acts["down_proj"], new.down_proj, lp.kept_channels),
+        )
+    for module in (0, 1):
+        e = {k: v[module] for k, v in errors.items()}
+        assert e["rotation"] < e["none"] * 0.999, e
+        assert e["rotation_scale"] <= e["rotation"] * (1 + 1e-5), e
+        assert e["least_squares"] <= e["rotation"] * (1 + 1e-5), e
+        assert e["bias"] < e["none"], e
+
+
+def test_targets_limit_where_compensation_applies():
+    dense = make_tiny_llama()
+    none_model, o_only = copy.deepcopy(dense), copy.deepcopy(dense)
+    _prune(none_model, ratio=0.5, compensation="none")
+    _prune(o_only, ratio=0.5, compensation="rotation", targets="o_proj")
+    p_none, p_o = layer_parts(decoder_layers(none_model)[0]), layer_parts(decoder_layers(o_only)[0])
+    assert torch.equal(p_none.down_proj.weight, p_o.down_proj.weight)  # layer 0 down_proj: same inputs
+    assert not torch.allclose(p_none.o_proj.weight, p_o.o_proj.weight)
+
+
+def test_offload_and_rebatching_give_the_same_weights():
+    a, b = make_tiny_llama(**GQA), make_tiny_llama(**GQA)
+    prune_model(a, _inputs(a), PruningConfig(ratio=0.34, batch_size=8), progress=False)
+    inputs = capture_layer_inputs(b, _ids().split(2), offload=True)
+    prune_model(b, inputs, PruningConfig(ratio=0.34, batch_size=1, offload_inputs=True), progress=False)
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=0, msg=k)
+
+
+def test_catcher_records_layer0_inputs_during_a_full_forward():
+    model, ids = make_tiny_llama(), _ids()
+    with LayerInputCatcher(model) as catcher:
+        logits = model(ids, use_cache=False).logits
+    assert logits.shape == (4, 16, 64)
+    hidden, kwargs = catcher.inputs.batches[0]
+    torch.testing.assert_close(hidden, model.model.embed_tokens(ids))
+    assert kwargs["use_cache"] is False and "cache" not in kwargs
+    assert len(catcher.inputs) == 1 and catcher.inputs.num_tokens == 64
+    early = capture_layer_inputs(model, [ids])
+    torch.testing.assert_close(early.batches[0][0], hidden)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(ratio=1.0), r"ratio=1\.0 .*\[0, 1\)"),
+        (dict(ratio=-0.1), r"ratio=-0\.1"),
+        (dict(ratio="0.2"), r"ratio='0\.2'"),
+        (dict(attn_ratio=1.5), r"attn_ratio=1\.5"),
+        (dict(method="sparsegpt"), r"method='sparsegpt'.*'rcpu'"),
+        (dict(compensation="svd"), r"compensation='svd'.*'rotation'"),
+        (dict(structure="ul_um"), r"structure='ul_um'.*'al_am'"),
+        (dict(targets="q_proj"), r"targets='q_proj'.*'o_proj'"),
+        (dict(head_rounding="ceil"), r"head_rounding='ceil'.*'nearest'"),
+        (dict(gqa_mode="kv"), r"gqa_mode='kv'.*'whole_group'"),
+        (dict(stats_dtype="float16"), r"stats_dtype='float16'.*'float64'"),
+        (dict(batch_size=0), r"batch_size=0"),
+        (dict(ls_lambda=-1.0), r"ls_lambda"),
+        (dict(structure="al_am", mlp_ratio=0.2), r"mlp_ratio=0\.2.*al_am"),
+    ],
+)
+def test_invalid_config_values_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PruningConfig(**kwargs)
+
+
+def test_default_compensation_follows_method():
+    assert PruningConfig().compensation == "rotation"
+    assert PruningConfig(method="flap").compensation == "bias"
+    assert PruningConfig(method="wanda_sp").compensation == "none"
+    assert PruningConfig(method="magnitude", compensation="rotation").compensation == "rotation"
+
+
+def test_ratio_emptying_a_layer_raises_before_weights_change():
+    model = make_tiny_llama(**GQA)
+    before = _state(model)
+    # 0.9 * 6 = 5.4 heads; whole groups of 3, nearest -> 6 = every head
+    with pytest.raises(ValueError, match="remove all 6 attention heads of layer 0"):
+        _prune(model, attn_ratio=0.9, gqa_mode="whole_group", head_rounding="nearest")
+    _assert_same_state(before, _state(model))
+
+
+def test_non_finite_statistics_raise_before_weights_change():
+    model = make_tiny_llama()
+    before = _state(model)
+    inputs = _inputs(model)
+    inputs.batches[1][0][0, 3, 5] = float("inf")
+    with pytest.raises(ValueError, match="non-finite calibration statistics at layer 0"):
+        prune_model(model, inputs, PruningConfig(ratio=0.3), progress=False)
+    _assert_same_state(before, _state(model))
+
+
+def test_model_pruned_in_inference_mode_can_be_trained():
+    model, ids = make_tiny_llama(**GQA), _ids()
+    with torch.inference_mode():
+        inputs = capture_layer_inputs(model, ids.split(2))
+        prune_model(model, inputs, PruningConfig(method="flap", ratio=0.34), progress=False)
+    params = list(model.parameters())
+    assert not any(p.is_inference() for p in params)
+    assert all(p.requires_grad for p in params)
+    before = [p.detach().clone() for p in params]
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    opt.step()
+    o_proj = layer_parts(decoder_layers(model)[0]).o_proj
+    assert o_proj.bias is not None and o_proj.bias.grad is not None
+    assert sum(not torch.equal(a, p) for a, p in zip(before, params)) > len(params) // 2

@@ -1,0 +1,145 @@
+"""Unit tests of the pruning math: statistics, Procrustes, compensation formulas, scores, selection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rcpu_lightning.pruning import (
+    ChannelStats,
+    al_am_counts,
+    bias_compensation,
+    column_scores,
+    cross_gram,
+    feasible_count,
+    head_layout,
+    head_scores,
+    least_squares_compensation,
+    procrustes_rotation,
+    reduce_stats,
+    select_channels,
+    select_heads,
+    variance_aware_score,
+)
+from rcpu_lightning.pruning.selection import LayerUnits
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_procrustes_recovers_known_rotation():
+    d, n = 12, 200
+    q_true, _ = torch.linalg.qr(torch.randn(d, d, generator=_gen(1), dtype=torch.float64))
+    z = torch.randn(d, n, generator=_gen(2), dtype=torch.float64)
+    y = q_true @ z
+    q = procrustes_rotation(y @ z.T)
+    torch.testing.assert_close(q, q_true, atol=1e-10, rtol=0)
+    torch.testing.assert_close(q.T @ q, torch.eye(d, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_gram_derived_cross_term_equals_activation_product():
+    d_out, d_in, n = 7, 10, 300
+    w = torch.randn(d_out, d_in, generator=_gen(3), dtype=torch.float64)
+    x = torch.randn(d_in, n, generator=_gen(4), dtype=torch.float64)  # [d_in, N]
+    keep = torch.tensor([0, 2, 3, 7, 9])
+    stats = ChannelStats.zeros(d_in)
+    stats.update(x.T[:120])
+    stats.update(x.T[120:])  # streamed in two batches
+    y, z = w @ x, w[:, keep] @ x[keep]
+    torch.testing.assert_close(cross_gram(w, stats.G, keep), y @ z.T, atol=1e-9, rtol=1e-12)
+
+
+def test_stats_of_two_halves_sum_to_whole_batch():
+    x = torch.randn(4, 9, 6, generator=_gen(5))  # [B, T, d]
+    whole, a, b = ChannelStats.zeros(6), ChannelStats.zeros(6), ChannelStats.zeros(6)
+    whole.update(x)
+    a.update(x[:2])
+    b.update(x[2:])
+    merged = a + b
+    for got, want in zip(merged.tensors(), whole.tensors()):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    assert merged.n.item() == 36
+    x64 = x.reshape(-1, 6).double()
+    torch.testing.assert_close(merged.var(), x64.var(0, unbiased=False), atol=1e-12, rtol=1e-9)
+    torch.testing.assert_close(merged.mean_abs(), x64.abs().mean(0), atol=1e-12, rtol=1e-9)
+
+
+def test_reduce_stats_packs_everything_into_one_call():
+    a, b = ChannelStats.zeros(3), ChannelStats.zeros(5, diag_only=True)
+    a.update(torch.randn(10, 3, generator=_gen(6)))
+    b.update(torch.randn(10, 5, generator=_gen(7)))
+    calls = []
+
+    def fake_allreduce(t):
+        calls.append(t.numel())
+        return t * 2  # two identical ranks
+
+    ra, rb = reduce_stats([a, b], fake_allreduce)
+    assert calls == [(1 + 3 + 3 + 9) + (1 + 5 + 5 + 5)]  # n, s1, sabs, G of both
+    torch.testing.assert_close(ra.G, 2 * a.G)
+    torch.testing.assert_close(rb.s1, 2 * b.s1)
+    assert rb.diag_only and ra.n.item() == 20
+    torch.testing.assert_close(ra.var(), a.var())  # scale-free derived quantities
+
+
+def test_least_squares_with_tiny_ridge_solves_normal_equations():
+    w = torch.randn(5, 8, generator=_gen(8), dtype=torch.float64)
+    x = torch.randn(8, 100, generator=_gen(9), dtype=torch.float64)
+    keep = torch.tensor([1, 2, 4, 6])
+    new = least_squares_compensation(w, x @ x.T, keep, lam=0.0)
+    ref = torch.linalg.lstsq(x[keep].T, (w @ x).T).solution.T  # argmin ||W X - B X_K||
+    torch.testing.assert_close(new, ref, atol=1e-9, rtol=1e-9)
+
+
+def test_bias_compensation_is_mean_contribution_of_dropped_columns():
+    w = torch.randn(4, 6, generator=_gen(10), dtype=torch.float64)
+    mean = torch.randn(6, generator=_gen(11), dtype=torch.float64)
+    drop = torch.tensor([0, 5])
+    torch.testing.assert_close(bias_compensation(w, mean, drop), w[:, 0] * mean[0] + w[:, 5] * mean[5])
+
+
+def test_variance_aware_score_formula_and_flap_squares_o_proj():
+    x = torch.randn(50, 4, generator=_gen(12), dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.1, 3.0])
+    w = torch.randn(3, 4, generator=_gen(13), dtype=torch.float64)
+    s = ChannelStats.zeros(4)
+    s.update(x)
+    want = w.norm(dim=0) * x.abs().mean(0) * x.var(0, unbiased=False)
+    torch.testing.assert_close(variance_aware_score(w, s), want)
+    flap_down = column_scores("flap", w, s, "down_proj")
+    torch.testing.assert_close(column_scores("flap", w, s, "o_proj"), flap_down**2)
+    torch.testing.assert_close(head_scores(torch.arange(6.0), 3), torch.tensor([3.0, 12.0]))
+
+
+def test_feasible_counts_floor_and_nearest():
+    assert feasible_count(0.2, 9, 3, "floor") == 0  # SmolLM2: 9 heads in 3 groups
+    assert feasible_count(0.2, 9, 3, "nearest") == 3
+    assert feasible_count(0.3, 32, 1, "floor") == 9  # floor(9.6), paper parity
+    assert feasible_count(0.3, 32, 1, "nearest") == 10
+    assert feasible_count(0.29, 100, 1, "floor") == 29  # no float truncation to 28
+    assert feasible_count(0.0, 11008, 1, "floor") == 0
+
+
+def test_select_heads_per_group_and_whole_group():
+    scores = torch.tensor([5.0, 1.0, 3.0, 0.5, 4.0, 6.0])  # 2 kv groups of 3 heads
+    heads, kv = select_heads(scores, head_layout(6, 2, "per_group"), 2)
+    assert heads == [0, 2, 4, 5] and kv == [0, 1]  # one weakest head removed from each group
+    heads, kv = select_heads(scores, head_layout(6, 2, "whole_group"), 3)
+    assert heads == [3, 4, 5] and kv == [1]  # group 0 sums to 9 < 10.5
+    with pytest.raises(ValueError, match="units of 2"):
+        select_heads(scores, head_layout(6, 2, "per_group"), 3)
+    assert head_layout(4, 4, "per_group").whole_group  # MHA: a head takes its k/v rows along
+    assert select_channels(torch.tensor([3.0, 1.0, 2.0, 1.0]), 2) == [0, 2]
+
+
+def test_al_am_counts_weighted_global_threshold():
+    units = [
+        LayerUnits(torch.tensor([-1.0, 0.5]), head_unit_size=1, head_unit_weight=2.0,
+                   channel_scores=torch.tensor([-2.0, 1.0, 2.0])),
+        LayerUnits(torch.tensor([0.0, 1.5]), head_unit_size=1, head_unit_weight=2.0,
+                   channel_scores=torch.tensor([-0.5, 0.2, 3.0])),
+    ]
+    # total weight 14; ratio 0 keeps everything
+    assert al_am_counts(units, 0.0) == [(0, 0), (0, 0)]
+    # ratio 3/14: remove the channel at -2 (w1) and the head at -1 (w2)
+    assert al_am_counts(units, 3 / 14) == [(1, 1), (0, 0)]
