@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,50 +35,60 @@ from .surgery import ATTN_PROJ, BIAS_FLAG_MODEL_TYPES, MLP_PROJ, apply_plan_shap
 PLAN_FILE = "pruning_plan.json"
 
 
-def plain_loadable(plan: PruningPlan, config) -> bool:
-    """Whether ``config`` (already holding the pruned values) reloads with plain ``from_pretrained``."""
-    if plan.uniform_values() is None:
-        return False
+def _config_validates(config) -> bool:
+    """Whether the config class accepts these values at construction (transformers-5 validators)."""
     try:
         type(config).from_dict(config.to_dict())
-    except (ValueError, TypeError):
+    except Exception:  # StrictDataclassClassValidationError is not a ValueError
+        return False
+    return True
+
+
+def plain_loadable(plan: PruningPlan, config) -> bool:
+    """Whether ``config`` (already holding the pruned values) reloads with plain ``from_pretrained``."""
+    if plan.uniform_values() is None or not _config_validates(config):
         return False
     for names, flag in ((ATTN_PROJ, "attention_bias"), (MLP_PROJ, "mlp_bias")):
-        expected = bool(getattr(config, flag, False)) and plan.model_type in BIAS_FLAG_MODEL_TYPES
-        for lp in plan.layers:
-            added = [n for n in lp.added_biases if n in names]
-            if added and not expected:
-                return False
+        expressible = bool(getattr(config, flag, False)) and plan.model_type in BIAS_FLAG_MODEL_TYPES
+        if not expressible and any(n in names for lp in plan.layers for n in lp.added_biases):
+            return False
     return True
+
+
+@contextmanager
+def _dense_config(config, plan: PruningPlan):
+    """Temporarily put the plan's dense (valid) shape values into ``config``."""
+    saved = {k: getattr(config, k) for k in SHAPE_KEYS + BIAS_KEYS if hasattr(config, k)}
+    try:
+        for key in saved:
+            setattr(config, key, plan.dense[key])
+        yield config
+    finally:
+        for key, value in saved.items():
+            setattr(config, key, value)
 
 
 def save_pruned(model: nn.Module, plan: PruningPlan, path: str | os.PathLike, **save_kwargs: Any) -> Path:
     """Write ``model`` (pruned by ``plan``) as an HF checkpoint plus ``pruning_plan.json`` at ``path``.
 
     Atomic: written to a temporary sibling folder, then renamed; an existing ``path`` is replaced.
-    Returns the path.
+    ``save_kwargs`` go to ``save_pretrained``. Returns the path.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        model.save_pretrained(tmp, **save_kwargs)
-        if not plain_loadable(plan, model.config):
-            _write_dense_config(tmp / "config.json", plan)
+        if plain_loadable(plan, model.config):
+            model.save_pretrained(tmp, **save_kwargs)
+        else:
+            with _dense_config(model.config, plan):
+                model.save_pretrained(tmp, **save_kwargs)
         (tmp / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=1))
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-def _write_dense_config(config_file: Path, plan: PruningPlan) -> None:
-    data = json.loads(config_file.read_text())
-    for key in SHAPE_KEYS + BIAS_KEYS:
-        if key in data or key in ("head_dim",):
-            data[key] = plan.dense[key]
-    config_file.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

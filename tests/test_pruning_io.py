@@ -1,0 +1,112 @@
+"""Saving and reloading pruned models: plain from_pretrained, load_pruned, apply_plan_shapes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import make_tiny_llama
+from rcpu_lightning.models.adapter import decoder_layers, layer_parts
+from rcpu_lightning.pruning import (
+    PruningConfig,
+    PruningPlan,
+    apply_plan_shapes,
+    capture_layer_inputs,
+    load_pruned,
+    prune_model,
+    save_pruned,
+)
+
+GQA = dict(num_heads=6, num_kv_heads=2)
+
+
+def _ids(seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(seed))
+
+
+def _pruned(shape: dict, **cfg):
+    model = make_tiny_llama(**shape)
+    report = prune_model(model, capture_layer_inputs(model, _ids().split(2)), PruningConfig(**cfg), progress=False)
+    return model, report
+
+
+def _logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(_ids(9)).logits
+
+
+@pytest.mark.parametrize(
+    "shape,cfg,kv",
+    [
+        (GQA, dict(ratio=0.34), 2),  # per_group: standard GQA checkpoint, k/v untouched
+        (GQA, dict(ratio=0.5, gqa_mode="whole_group"), 1),
+        ({}, dict(method="flap", ratio=0.25), 3),  # Llama + bias compensation
+    ],
+    ids=["gqa-per-group", "gqa-whole-group", "mha-flap-bias"],
+)
+def test_uniform_result_reloads_with_plain_from_pretrained(tmp_path, shape, cfg, kv):
+    model, report = _pruned(shape, **cfg)
+    save_pruned(model, report.plan, tmp_path / "ckpt")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+    assert reloaded.config.num_key_value_heads == kv
+    torch.testing.assert_close(_logits(reloaded), _logits(model), atol=1e-6, rtol=0)
+    torch.testing.assert_close(_logits(load_pruned(tmp_path / "ckpt")), _logits(model), atol=1e-6, rtol=0)
+    plan = json.loads((tmp_path / "ckpt" / "pruning_plan.json").read_text())
+    assert PruningPlan.from_dict(plan) == report.plan
+
+
+def test_flap_bias_sets_llama_bias_flags_with_zero_qkv_biases():
+    model, report = _pruned({}, method="flap", ratio=0.25)
+    assert model.config.attention_bias and model.config.mlp_bias
+    parts = layer_parts(decoder_layers(model)[0])
+    assert torch.count_nonzero(parts.q_proj.bias) == 0 and torch.count_nonzero(parts.o_proj.bias) > 0
+    assert report.plan.layers[0].added_biases == ["o_proj", "down_proj"]
+
+
+def test_al_am_plan_reloads_with_load_pruned(tmp_path):
+    model, report = _pruned(GQA, method="flap", structure="al_am", ratio=0.3)
+    shapes = {(lp.num_heads, lp.intermediate_size) for lp in report.plan.layers}
+    assert len(shapes) > 1  # genuinely non-uniform
+    save_pruned(model, report.plan, tmp_path / "alam")
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):  # config holds dense shapes: loud
+        AutoModelForCausalLM.from_pretrained(tmp_path / "alam")
+    reloaded = load_pruned(tmp_path / "alam")
+    assert type(reloaded) is type(model)
+    torch.testing.assert_close(_logits(reloaded), _logits(model), atol=1e-6, rtol=0)
+    as_double = load_pruned(tmp_path / "alam", dtype=torch.float64)  # from_pretrained kwargs pass through
+    assert as_double.dtype == torch.float64
+    torch.testing.assert_close(_logits(as_double), _logits(model).double(), atol=1e-4, rtol=0)
+    for a, b in zip(decoder_layers(reloaded), decoder_layers(model)):
+        assert a.self_attn.num_key_value_groups == b.self_attn.num_key_value_groups
+
+
+def test_head_count_not_dividing_hidden_size_reloads_with_load_pruned(tmp_path):
+    # 6 -> 5 heads with hidden 48: LlamaConfig rejects 48 % 5 != 0 at construction
+    model, report = _pruned(dict(num_heads=6, num_kv_heads=6), ratio=0.17)
+    assert model.config.num_attention_heads == 5
+    save_pruned(model, report.plan, tmp_path / "odd")
+    reloaded = load_pruned(tmp_path / "odd")
+    assert reloaded.config.num_attention_heads == 5
+    torch.testing.assert_close(_logits(reloaded), _logits(model), atol=1e-6, rtol=0)
+    # atomic overwrite of an existing checkpoint leaves no temporary folders behind
+    save_pruned(model, report.plan, tmp_path / "odd")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd"]
+
+
+def test_apply_plan_shapes_then_state_dict_rebuilds_the_pruned_model():
+    model, report = _pruned(GQA, method="flap", structure="al_am", ratio=0.3)
+    plan = PruningPlan.from_dict(json.loads(json.dumps(report.plan.to_dict())))
+    fresh = apply_plan_shapes(make_tiny_llama(**GQA, seed=5), plan)
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    torch.testing.assert_close(_logits(fresh), _logits(model), atol=0, rtol=0)
+
+
+def test_report_is_json_serialisable_and_counts_parameters():
+    model, report = _pruned({}, ratio=0.5)
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["params_after"] == sum(p.numel() for p in model.parameters()) < data["params_before"]
+    assert 0 < data["overall_ratio"] < 1 and len(data["layer_ratios"]) == 2
+    assert data["plan"]["layers"][0]["kept_heads"] == report.plan.layers[0].kept_heads
