@@ -304,3 +304,25 @@ def test_model_pruned_in_inference_mode_can_be_trained():
     o_proj = layer_parts(decoder_layers(model)[0]).o_proj
     assert o_proj.bias is not None and o_proj.bias.grad is not None
     assert sum(not torch.equal(a, p) for a, p in zip(before, params)) > len(params) // 2
+
+
+def test_config_parses_through_jsonargparse_yaml():
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_argument("--pruning", type=PruningConfig)
+    cfg = parser.parse_args(["--pruning", "{method: flap, structure: al_am, ratio: 0.3}"])
+    pruning = parser.instantiate(cfg).pruning
+    assert isinstance(pruning, PruningConfig)
+    assert (pruning.method, pruning.structure, pruning.ratio, pruning.compensation) == ("flap", "al_am", 0.3, "bias")
+    with pytest.raises(SystemExit):  # Literal types reject unknown names at parse time
+        parser.parse_args(["--pruning", "{method: sparsegpt}"])
+
+
+def test_float32_statistics_give_the_same_decisions():
+    a, b = make_tiny_llama(**GQA), make_tiny_llama(**GQA)
+    ra = _prune(a, ratio=0.34)
+    rb = _prune(b, ratio=0.34, stats_dtype="float32")
+    assert ra.plan.layers == rb.plan.layers
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, atol=1e-3, rtol=0, msg=k)

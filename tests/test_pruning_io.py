@@ -110,3 +110,20 @@ def test_report_is_json_serialisable_and_counts_parameters():
     assert data["params_after"] == sum(p.numel() for p in model.parameters()) < data["params_before"]
     assert 0 < data["overall_ratio"] < 1 and len(data["layer_ratios"]) == 2
     assert data["plan"]["layers"][0]["kept_heads"] == report.plan.layers[0].kept_heads
+
+
+def test_qwen2_bias_compensation_needs_load_pruned(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=64, hidden_size=48, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64)
+    model = Qwen2ForCausalLM(config).eval()
+    report = prune_model(model, capture_layer_inputs(model, _ids().split(2)),
+                         PruningConfig(method="flap", ratio=0.34), progress=False)
+    parts = layer_parts(decoder_layers(model)[0])
+    assert parts.q_proj.bias.shape == (32,) and parts.o_proj.bias is not None  # q bias sliced with its rows
+    save_pruned(model, report.plan, tmp_path / "qwen")
+    reloaded = load_pruned(tmp_path / "qwen")  # Qwen2 has no o_proj bias flag: the plan carries it
+    assert layer_parts(decoder_layers(reloaded)[1]).o_proj.bias is not None
+    torch.testing.assert_close(_logits(reloaded), _logits(model), atol=1e-6, rtol=0)

@@ -14,6 +14,10 @@ changes, so a ratio that would empty a layer fails first:
   (one ``reduce`` call for all layers), standardises each layer's scores, applies FLAP's weighted
   global threshold, and yields per-layer counts; the usual layer-by-layer pass then picks *which*
   heads/channels with those counts, on the pruned-so-far inputs.
+
+Non-finite statistics are refused before the layer's weights change. With ``refresh_mlp_stats``
+the refreshed down_proj statistics can only be checked after that layer's attention was pruned
+(the first pass has already checked the same layer's inputs).
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ def run_layer(layer: nn.Module, batches: Batches, offload: bool) -> Batches:
 
 def layer_stats(
     layer: nn.Module, batches: Batches, modules: dict[str, nn.Module], config: PruningConfig,
-    reduce: Reduce | None, layer_idx: int, diag_only: bool = False,
+    reduce: Reduce | None, layer_idx: int, diag_only: bool = False, where: str = "",
 ) -> tuple[dict[str, ChannelStats], Batches]:
     """Reduced input statistics of ``modules`` while ``layer`` runs on ``batches`` (plus its outputs)."""
     dtype = getattr(torch, config.stats_dtype)
@@ -100,13 +104,14 @@ def layer_stats(
     names = list(local)
     stats = dict(zip(names, reduce_stats([local[n] for n in names], reduce)))
     for name, s in stats.items():
-        check_stats(s, f"layer {layer_idx} {name}")
+        check_stats(s, f"layer {layer_idx} {name} {where}".rstrip())
     return stats, outputs
 
 
 def check_stats(stats: ChannelStats, where: str) -> None:
+    """Refuse non-finite or empty statistics (called before the weights they decide are touched)."""
     if not stats.is_finite():
-        raise ValueError(f"non-finite calibration statistics at {where}; no weights were changed in this layer")
+        raise ValueError(f"non-finite calibration statistics at {where}; its weights were not changed")
     if stats.n <= 0:
         raise ValueError(f"no calibration tokens reached {where}")
 
@@ -114,12 +119,21 @@ def check_stats(stats: ChannelStats, where: str) -> None:
 # -- counts -------------------------------------------------------------------------------------
 def uniform_counts(model: nn.Module, config: PruningConfig) -> list[tuple[int, int]]:
     """(heads, channels) to remove per layer at the configured ratios."""
-    counts = []
+    counts, logged = [], set()
     for parts in map(layer_parts, decoder_layers(model)):
         layout = head_layout(parts.num_heads, parts.num_kv_heads, config.gqa_mode)
         heads = feasible_count(config.head_ratio, parts.num_heads, layout.unit_size, config.head_rounding)
         channels = feasible_count(config.channel_ratio, parts.intermediate_size, 1, "floor")
         counts.append((heads, channels))
+        if layout not in logged:
+            logged.add(layout)
+            log.info(
+                "heads: ratio %.4g of %d = %.2f requested; removing %d (%s rounding, units of %d heads, %s); "
+                "channels: removing %d of %d", config.head_ratio, parts.num_heads,
+                config.head_ratio * parts.num_heads, heads, config.head_rounding, layout.unit_size,
+                "whole kv groups" if layout.whole_group else "equal numbers per kv group",
+                channels, parts.intermediate_size,
+            )
     return counts
 
 
@@ -198,7 +212,8 @@ def prune_layer(
     prune_attention(parts, kept_heads, kept_kv, o_comp.weight, o_comp.bias_delta)
     parts = layer_parts(layer)
     if config.refresh_mlp_stats:
-        d_stats, _ = layer_stats(layer, batches, {"down_proj": parts.down_proj}, config, reduce, idx)
+        d_stats, _ = layer_stats(layer, batches, {"down_proj": parts.down_proj}, config, reduce, idx,
+                                 where="(refreshed after this layer's attention was pruned)")
         kept_ch, d_comp = _decide_channels(parts, d_stats["down_proj"], counts[1], config)
     added += ["down_proj"] if d_comp.bias_delta is not None and parts.down_proj.bias is None else []
     prune_mlp(parts, kept_ch, d_comp.weight, d_comp.bias_delta)
@@ -232,7 +247,7 @@ def prune_model(
         counts = (al_am_structure(model, batches, config, reduce) if config.structure == "al_am"
                   else uniform_counts(model, config))
         validate_counts(model, counts)
-        for i, layer in enumerate(tqdm(layers, desc="pruning layers", disable=not progress)):
+        for i, layer in enumerate(tqdm(layers, desc="pruning layers", disable=None if progress else True)):
             layer_plan, batches = prune_layer(i, layer, batches, counts[i], config, reduce)
             plan.layers.append(layer_plan)
             _log_layer(i, layer_plan, plan.dense, layer_before[i], _count(layer))
