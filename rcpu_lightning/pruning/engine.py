@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.adapter import LayerParts, check_supported, decoder_layers, layer_parts
-from .compensation import Compensated, compensate
+from .compensation import compensate
 from .config import PruningConfig
 from .inputs import LayerInputs, to_device
 from .plan import LayerPlan, PruningPlan
