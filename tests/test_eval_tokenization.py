@@ -103,3 +103,27 @@ def test_every_task_runs_end_to_end(task, shared_data, smollm2_tokenizer, tiny_m
     items = load_items(task, shared_data, limit=3)
     lls = item_loglikelihoods(tiny_model_for_smollm2, smollm2_tokenizer, items, batch_size=2)
     assert all(len(l) == it.num_choices and all(v < 0 for v in l) for l, it in zip(lls, items))
+
+
+def test_zeroshot_cli_writes_a_report_row(tmp_path, shared_data, smollm2_tokenizer, tiny_model_for_smollm2):
+    import json
+
+    from rcpu_lightning.eval.report import load_rows, results_table
+    from rcpu_lightning.eval.zeroshot import main
+
+    model_dir = tmp_path / "tiny"
+    tiny_model_for_smollm2.save_pretrained(model_dir)
+    smollm2_tokenizer.save_pretrained(model_dir)
+    out = tmp_path / "res" / "z.json"
+    rc = main([
+        "--model", str(model_dir), "--data-dir", str(shared_data), "--tasks", "piqa,winogrande",
+        "--limit", "2", "--bos", "false", "--method", "rcpu", "--ratio", "0.2", "--no-progress", "--output", str(out),
+    ])
+    assert rc == 0
+    rec = json.loads(out.read_text())
+    assert rec["method"] == "rcpu" and rec["ratio"] == 0.2 and rec["complete"] is True
+    assert set(rec["tasks"]) == {"piqa", "winogrande"}
+    assert rec["tasks"]["piqa"]["n"] == 2 and rec["tasks"]["piqa"]["bos"] is False
+    assert rec["config"]["limit"] == 2 and rec["mean_reported"] is None  # not all seven tasks
+    md = results_table(load_rows([out]))
+    assert "| 20% | rcpu | – |" in md

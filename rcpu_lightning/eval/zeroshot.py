@@ -502,10 +502,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval()
         model_name = args.name or Path(args.model).name
+        model_source = str(args.model)
     else:
         gguf = Path(args.model_gguf) if args.model_gguf else embedded_smollm2_gguf()
         model, tokenizer = load_gguf_model(gguf, dtype=dtype)
         model_name = args.name or gguf.name
+        model_source = str(gguf)
     load_seconds = time.perf_counter() - t_load
 
     results: dict[str, dict[str, Any]] = {}
@@ -521,9 +523,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"[{res['reported_metric']}] {res['seconds']:.1f}s",
             flush=True,
         )
+        if args.output:  # rewrite after every task so a long run that dies keeps what it finished
+            from ._io import write_json_atomic
+
+            write_json_atomic(args.output, _record(args, argv, model_name, model_source, results, load_seconds, t0))
+    record = _record(args, argv, model_name, model_source, results, load_seconds, t0)
+    if record["mean_reported"] is not None:
+        print(f"{'mean (reported)':20s} {record['mean_reported']:.4f}")
+    if args.output:
+        from ._io import write_json_atomic
+
+        write_json_atomic(args.output, record)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _record(
+    args: argparse.Namespace, argv: Sequence[str] | None, model_name: str, model_source: str,
+    results: dict, load_seconds: float, t0: float,
+) -> dict:
     reported = [results[t]["reported"] for t in TASKS if t in results]
-    record = {
+    return {
         "model": model_name,
+        "model_source": model_source,
         "method": args.method,
         "ratio": args.ratio,
         "kind": "zeroshot",
@@ -544,15 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_seconds": load_seconds,
         "total_seconds": time.perf_counter() - t0,
         "command": "python -m rcpu_lightning.eval.zeroshot " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "complete": all(t in results for t in [t.strip() for t in args.tasks.split(",") if t.strip()]),
     }
-    if record["mean_reported"] is not None:
-        print(f"{'mean (reported)':20s} {record['mean_reported']:.4f}")
-    if args.output:
-        from ._io import write_json_atomic
-
-        write_json_atomic(args.output, record)
-        print(f"wrote {args.output}")
-    return 0
 
 
 def _lib_versions() -> dict[str, str]:
