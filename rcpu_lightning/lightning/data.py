@@ -1,0 +1,237 @@
+"""`RCPUDataModule`: calibration windows (predict), WikiText-2 perplexity windows and zero-shot tasks
+(validate / test), optionally training windows (fit).
+
+Distributed evaluation must see every sample exactly once. Lightning's ``DistributedSampler`` pads
+with duplicates for validate/test, so every evaluation and calibration loader here carries its own
+:class:`UnpaddedDistributedSampler` (a ``DistributedSampler`` subclass, so Lightning keeps it even
+with ``use_distributed_sampler=True``): rank ``r`` takes samples ``r, r + W, r + 2W, ...``; ranks
+may differ by one sample. The metrics keep sums, so the result equals the single-process value.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ..data.wikitext import DATA_DIR_ENV, calibration_windows, perplexity_windows
+from ..eval.tasks import ALL_TASKS, load_items
+from ..eval.zeroshot import MultipleChoiceDataset
+from .module import ZeroShotBatch
+
+log = logging.getLogger(__name__)
+
+#: ``../shared/data`` next to the repository (this project's layout), used when nothing else is set.
+SIBLING_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def default_data_dir(data_dir: Optional[str]) -> Optional[str]:
+    """``data_dir``, else ``$RCPU_DATA_DIR``, else ``../shared/data`` beside the repo if it exists,
+    else ``None`` (the Hugging Face hub)."""
+    if data_dir:
+        return str(data_dir)
+    if os.environ.get(DATA_DIR_ENV):
+        return os.environ[DATA_DIR_ENV]
+    return str(SIBLING_DATA_DIR) if SIBLING_DATA_DIR.is_dir() else None
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Strided, unshuffled, no padding and no duplicates: rank ``r`` of ``W`` gets ``r, r+W, ...``.
+
+    Unlike Lightning's ``UnrepeatedDistributedSampler`` a rank may receive no sample at all (the
+    metrics' ``compute()`` still syncs; collectives happen only at epoch end)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.total_size = len(dataset)
+        self.num_samples = len(range(rank, self.total_size, num_replicas))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class TensorRows(Dataset):
+    """Rows of a ``[n, T]`` tensor (one window per item; the default collate stacks them)."""
+
+    def __init__(self, rows: torch.Tensor) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.rows[index]
+
+
+def _collate_zero_shot(items: Sequence[Any], bos: Optional[bool]) -> ZeroShotBatch:
+    return ZeroShotBatch(list(items), bos=bos)
+
+
+class RCPUDataModule(LightningDataModule):
+    """WikiText-2 calibration / perplexity windows and zero-shot multiple-choice tasks.
+
+    Args:
+        data_dir: local data root (``wikitext-2/`` and ``zeroshot/`` as in ``shared/data``); ``None``:
+            ``$RCPU_DATA_DIR``, else ``../shared/data`` beside the repository, else the HF hub.
+        tokenizer: tokenizer object or spec; default: the LightningModule's ``tokenizer``.
+        nsamples / seqlen / seed: calibration windows (the paper: 128 x 128, random starts).
+        calibration_batch_size: windows per calibration forward.
+        eval_seqlen: perplexity window length ``L`` (FLAP/LLM-Pruner: 128).
+        eval_batch_size: perplexity windows per forward.
+        ppl_split: WikiText-2 split for perplexity (``test``).
+        ppl_max_windows: evaluate only the first N windows (quick checks; ``None`` = all). Recorded.
+        tasks: zero-shot tasks (``boolq``, ``piqa``, ``hellaswag``, ``winogrande``, ``arc_easy``,
+            ``arc_challenge``, ``openbookqa``); each is one more eval dataloader after perplexity.
+        task_limit: first N documents per task (``None`` = full split).
+        bos: zero-shot BOS switch: ``None`` tokenizer default, ``False`` never, ``True`` always.
+        task_batch_size: items per zero-shot batch.
+        perplexity: include the perplexity dataloader in validate/test.
+        train_nsamples: random training windows of ``seqlen`` tokens for ``fit`` (seed + 1).
+        train_batch_size: windows per training step.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        data_dir: Optional[str] = None,
+        tokenizer: Any = None,
+        nsamples: int = 128,
+        seqlen: int = 128,
+        seed: int = 0,
+        calibration_batch_size: int = 8,
+        eval_seqlen: int = 128,
+        eval_batch_size: int = 8,
+        ppl_split: str = "test",
+        ppl_max_windows: Optional[int] = None,
+        tasks: Optional[list[str]] = None,
+        task_limit: Optional[int] = None,
+        bos: Optional[bool] = None,
+        task_batch_size: int = 16,
+        perplexity: bool = True,
+        train_nsamples: int = 256,
+        train_batch_size: int = 4,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("nsamples", nsamples), ("seqlen", seqlen), ("calibration_batch_size", calibration_batch_size),
+                            ("eval_seqlen", eval_seqlen), ("eval_batch_size", eval_batch_size),
+                            ("task_batch_size", task_batch_size), ("train_nsamples", train_nsamples),
+                            ("train_batch_size", train_batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} is invalid; allowed: an int >= 1")
+        if eval_seqlen < 2:
+            raise ValueError(f"eval_seqlen={eval_seqlen!r} is invalid; allowed: an int >= 2")
+        for name, value in (("ppl_max_windows", ppl_max_windows), ("task_limit", task_limit)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r} is invalid; allowed: an int >= 1 or null")
+        tasks = list(tasks or [])
+        unknown = [t for t in tasks if t not in ALL_TASKS]
+        if unknown:
+            raise ValueError(f"tasks={unknown!r} are unknown; allowed: {list(ALL_TASKS)}")
+        if not perplexity and not tasks:
+            raise ValueError("perplexity=False and no tasks: nothing to evaluate")
+        self.save_hyperparameters(ignore=["tokenizer"] if not isinstance(tokenizer, (str, type(None))) else [])
+        self.data_dir = default_data_dir(data_dir)
+        self._tokenizer = tokenizer
+        self.tasks = tasks
+        self._cache: dict[str, Any] = {}
+
+    # -- helpers -----------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        tok = self._tokenizer
+        if tok is None and self.trainer is not None and self.trainer.lightning_module is not None:
+            tok = getattr(self.trainer.lightning_module, "tokenizer", None)
+        if isinstance(tok, (str, os.PathLike)):
+            from transformers import AutoTokenizer
+
+            tok = self._tokenizer = AutoTokenizer.from_pretrained(str(tok))
+        if tok is None:
+            raise ValueError("RCPUDataModule needs a tokenizer: pass tokenizer= or use a LightningModule with .tokenizer")
+        return tok
+
+    def _dist(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def _loader(self, dataset: Dataset, batch_size: int, collate_fn=None) -> DataLoader:
+        world, rank = self._dist()
+        sampler = UnpaddedDistributedSampler(dataset, world, rank) if world > 1 else None
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, collate_fn=collate_fn,
+                          num_workers=self.hparams.num_workers)
+
+    # -- data --------------------------------------------------------------------------------
+    def calibration_rows(self) -> torch.Tensor:
+        """``[nsamples, seqlen]`` calibration windows (cached)."""
+        if "calib" not in self._cache:
+            h = self.hparams
+            self._cache["calib"] = calibration_windows(self.tokenizer, h.nsamples, h.seqlen, h.seed, self.data_dir)
+        return self._cache["calib"]
+
+    def perplexity_rows(self) -> torch.Tensor:
+        """``[n, eval_seqlen]`` perplexity windows (the first ``ppl_max_windows`` when set; cached)."""
+        if "ppl" not in self._cache:
+            h = self.hparams
+            rows = perplexity_windows(self.tokenizer, h.eval_seqlen, self.data_dir, split=h.ppl_split)
+            if h.ppl_max_windows is not None and h.ppl_max_windows < rows.shape[0]:
+                log.warning("perplexity on the first %d of %d windows only (ppl_max_windows)", h.ppl_max_windows, rows.shape[0])
+                rows = rows[: h.ppl_max_windows]
+            self._cache["ppl"] = rows
+        return self._cache["ppl"]
+
+    def task_dataset(self, task: str) -> MultipleChoiceDataset:
+        key = f"task:{task}"
+        if key not in self._cache:
+            self._cache[key] = MultipleChoiceDataset(load_items(task, data_dir=self.data_dir, limit=self.hparams.task_limit))
+        return self._cache[key]
+
+    def describe(self) -> dict[str, Any]:
+        """Settings that belong in a results file."""
+        h = self.hparams
+        out = {"calib_samples": h.nsamples, "calib_seqlen": h.seqlen, "calib_seed": h.seed, "seqlen": h.eval_seqlen,
+               "ppl_split": h.ppl_split, "ppl_max_windows": h.ppl_max_windows, "task_names": list(self.tasks),
+               "task_limit": h.task_limit, "bos": h.bos, "data_dir": self.data_dir}
+        if "ppl" in self._cache:
+            out["ppl_windows"] = int(self._cache["ppl"].shape[0])
+        return out
+
+    # -- loaders -----------------------------------------------------------------------------
+    def calibration_dataloader(self) -> DataLoader:
+        """Calibration windows, sharded over ranks without duplicates (also used by the callback in fit)."""
+        return self._loader(TensorRows(self.calibration_rows()), self.hparams.calibration_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.calibration_dataloader()
+
+    def _eval_dataloaders(self) -> list[DataLoader]:
+        loaders = []
+        if self.hparams.perplexity:
+            loaders.append(self._loader(TensorRows(self.perplexity_rows()), self.hparams.eval_batch_size))
+        collate = functools.partial(_collate_zero_shot, bos=self.hparams.bos)
+        for task in self.tasks:
+            loaders.append(self._loader(self.task_dataset(task), self.hparams.task_batch_size, collate))
+        return loaders
+
+    def val_dataloader(self):
+        return self._eval_dataloaders()
+
+    def test_dataloader(self):
+        return self._eval_dataloaders()
+
+    def train_dataloader(self) -> DataLoader:
+        h = self.hparams
+        if "train" not in self._cache:
+            self._cache["train"] = calibration_windows(self.tokenizer, h.train_nsamples, h.seqlen, h.seed + 1, self.data_dir)
+        # Lightning's own DistributedSampler (padded, shuffled per epoch) is right for training.
+        return DataLoader(TensorRows(self._cache["train"]), batch_size=h.train_batch_size, shuffle=True,
+                          num_workers=h.num_workers)
