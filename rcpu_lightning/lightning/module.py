@@ -309,7 +309,8 @@ class CausalLMModule(PruningPlanMixin, LightningModule):
         if self.trainer.strategy.reduce_boolean_decision(int(self.ppl_metric.token_count) > 0, all=False):
             ppl = self.ppl_metric.compute()
             results.update(ppl=float(ppl), tokens=int(self.ppl_metric.tokens), mean_nll=float(self.ppl_metric.mean_nll))
-            self.log(f"{prefix}/ppl", ppl.float(), sync_dist=False)
+            # Already the global value on every rank (sum states); sync_dist only silences Lightning.
+            self.log(f"{prefix}/ppl", ppl.float(), sync_dist=True)
         self.ppl_metric.reset()
         tasks: dict[str, Any] = {}
         for task in sorted(self.task_metrics):
@@ -320,8 +321,8 @@ class CausalLMModule(PruningPlanMixin, LightningModule):
             entry["reported_metric"] = PAPER_METRIC.get(task, "acc")
             entry["reported"] = entry[entry["reported_metric"]]
             tasks[task] = entry
-            self.log(f"{prefix}/{task}/acc", out["acc"].float())
-            self.log(f"{prefix}/{task}/acc_norm", out["acc_norm"].float())
+            self.log(f"{prefix}/{task}/acc", out["acc"].float(), sync_dist=True)
+            self.log(f"{prefix}/{task}/acc_norm", out["acc_norm"].float(), sync_dist=True)
             metric.reset()
         if tasks:
             results["tasks"] = tasks

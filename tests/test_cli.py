@@ -1,0 +1,116 @@
+"""cli.py: prune (calibrate, prune, save, evaluate) and test on the saved checkpoint, in-process."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+from tiny_setup import save_tiny_llama, tiny_config, write_tiny_wikitext  # noqa: E402
+
+from rcpu_lightning.lightning.cli import main  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["cli.py"])  # LightningCLI(args=...) warns about pytest's own argv
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    model = save_tiny_llama(root / "model")
+    data = write_tiny_wikitext(root / "data")
+    return root, model, data
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tiny):
+    root, model, data = tiny
+    out = root / "out"
+    cfg = tiny_config(root / "tiny.yaml", model, data, out)
+    old, sys.argv = sys.argv, ["cli.py"]
+    try:
+        main(["prune", "-c", str(cfg)])
+    finally:
+        sys.argv = old
+    return cfg, out
+
+
+def test_prune_writes_checkpoint_and_results(pruned_run):
+    cfg, out = pruned_run
+    ckpt = out / "pruned"
+    assert (ckpt / "model.safetensors").is_file() and (ckpt / "pruning_plan.json").is_file()
+    assert (ckpt / "tokenizer.json").is_file()
+    res = json.loads((out / "results.json").read_text())
+    assert res["method"] == "rcpu" and res["ratio"] == pytest.approx(0.34)
+    assert res["params_after"] < res["params_before"] and 0.2 < res["effective_ratio"] < 0.4
+    assert res["ppl"] > 1 and res["tokens"] == 9 * 15 and res["ppl_windows"] == 9
+    assert res["calib_samples"] == 16 and res["seqlen"] == 16 and res["world_size"] == 1
+    assert res["subcommand"] == "prune" and "pruning:" in res["config"]
+    plan = json.loads((ckpt / "pruning_plan.json").read_text())
+    assert [len(lp["kept_heads"]) for lp in plan["layers"]] == [4, 4]  # 6 heads in 2 kv groups: 0.34 * 6 -> 2 (nearest)
+
+
+def test_test_subcommand_reproduces_ppl(pruned_run, tmp_path):
+    cfg, out = pruned_run
+    res_path = tmp_path / "test.json"
+    main(["test", "-c", str(cfg), "--model.model", str(out / "pruned"), "--results.path", str(res_path)])
+    pruned = json.loads((out / "results.json").read_text())
+    tested = json.loads(res_path.read_text())
+    assert tested["ppl"] == pytest.approx(pruned["ppl"], rel=1e-9)
+    assert tested["method"] == "rcpu" and tested["params"] == pruned["params_after"]
+
+
+def test_dense_test_differs_from_pruned(pruned_run, tiny, tmp_path):
+    cfg, out = pruned_run
+    res_path = tmp_path / "dense.json"
+    main(["test", "-c", str(cfg), "--results.path", str(res_path)])
+    dense = json.loads(res_path.read_text())
+    assert dense["method"] == "dense" and dense["ppl"] != pytest.approx(json.loads((out / "results.json").read_text())["ppl"])
+
+
+def test_print_config_round_trips(pruned_run, tmp_path, capsys):
+    cfg, _ = pruned_run
+    with pytest.raises(SystemExit):
+        main(["prune", "-c", str(cfg), "--pruning.ratio", "0.25", "--print_config"])
+    printed = capsys.readouterr().out
+    dumped = yaml.safe_load(printed)
+    assert dumped["pruning"]["ratio"] == 0.25 and dumped["pruning"]["head_rounding"] == "nearest"
+    again = tmp_path / "again.yaml"
+    again.write_text(printed)
+    with pytest.raises(SystemExit):
+        main(["prune", "-c", str(again), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out) == dumped
+
+
+def test_bad_ratio_fails_before_anything_is_written(tiny, tmp_path):
+    _, model, data = tiny
+    cfg = tiny_config(tmp_path / "bad.yaml", model, data, tmp_path / "out", pruning__ratio=1.5)
+    with pytest.raises(ValueError, match=r"ratio=1.5 is out of range"):
+        main(["prune", "-c", str(cfg)])
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_method_is_rejected_by_the_parser(tiny, tmp_path, capsys):
+    _, model, data = tiny
+    cfg = tiny_config(tmp_path / "bad.yaml", model, data, tmp_path / "out", pruning__method="sparsegpt")
+    with pytest.raises(SystemExit):
+        main(["prune", "-c", str(cfg)])
+    assert "sparsegpt" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_calibration_data_fails_without_checkpoint(tiny, tmp_path):
+    _, model, data = tiny
+    only_test = tmp_path / "data"
+    only_test.mkdir()
+    (only_test / "wiki.test.raw").write_text((data / "wiki.test.raw").read_text())
+    cfg = tiny_config(tmp_path / "bad.yaml", model, only_test, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="no WikiText-2 train or valid split"):
+        main(["prune", "-c", str(cfg)])
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,59 @@
+"""DDP on CPU (gloo, 2 processes, strategy "ddp"): pruning and perplexity equal the single-process run.
+
+Plain ``ddp`` re-executes ``sys.argv`` for rank 1, so the DDP run goes through
+``tests/scripts/ddp_prune.py`` in a subprocess; the single-process reference runs in-process.
+The tiny WikiText test split has 9 perplexity windows: an odd number over 2 ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+from tiny_setup import save_tiny_llama, tiny_config, write_tiny_wikitext  # noqa: E402
+
+from rcpu_lightning.lightning.cli import main  # noqa: E402
+
+SCRIPT = Path(__file__).parent / "scripts" / "ddp_prune.py"
+
+
+def test_ddp_prune_equals_single_process(tmp_path, monkeypatch):
+    model = save_tiny_llama(tmp_path / "model")
+    data = write_tiny_wikitext(tmp_path / "data")
+    single = tiny_config(tmp_path / "single.yaml", model, data, tmp_path / "single")
+    ddp = tiny_config(tmp_path / "ddp.yaml", model, data, tmp_path / "ddp")
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(ddp), "--trainer.strategy", "ddp", "--trainer.devices", "2",
+         "--trainer.accelerator", "cpu"],
+        env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    main(["prune", "-c", str(single)])
+
+    res_ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    res_one = json.loads((tmp_path / "single" / "results.json").read_text())
+    assert res_ddp["world_size"] == 2 and res_one["world_size"] == 1
+    assert res_ddp["ppl_windows"] == 9 and res_ddp["tokens"] == res_one["tokens"] == 9 * 15
+    assert res_ddp["calib_samples_pruned"] == res_one["calib_samples_pruned"] == 16
+    assert res_ddp["ppl"] == pytest.approx(res_one["ppl"], rel=1e-6)
+
+    w_ddp = load_file(tmp_path / "ddp" / "pruned" / "model.safetensors")
+    w_one = load_file(tmp_path / "single" / "pruned" / "model.safetensors")
+    assert w_ddp.keys() == w_one.keys()
+    for name in w_one:
+        torch.testing.assert_close(w_ddp[name], w_one[name], atol=1e-5, rtol=1e-5, msg=name)
+    plan_ddp = json.loads((tmp_path / "ddp" / "pruned" / "pruning_plan.json").read_text())
+    plan_one = json.loads((tmp_path / "single" / "pruned" / "pruning_plan.json").read_text())
+    assert plan_ddp["layers"] == plan_one["layers"]
