@@ -264,6 +264,9 @@ class CausalLMModule(PruningPlanMixin, LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def on_train_start(self) -> None:
+        self.model.train()  # loaders return the LM in eval mode
+
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
