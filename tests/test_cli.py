@@ -114,3 +114,31 @@ def test_missing_calibration_data_fails_without_checkpoint(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match="no WikiText-2 train or valid split"):
         main(["prune", "-c", str(cfg)])
     assert not (tmp_path / "out").exists()
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("base", ["paper/llama-7b.yaml", "paper/llama2-13b.yaml"])
+def test_paper_configs_parse_for_every_method(base, capsys):
+    methods = sorted((CONFIGS / "paper" / "methods").glob("*.yaml"))
+    assert {m.stem for m in methods} >= {"rcpu", "rcpu-scale", "wanda-sp", "flap", "ablation-none",
+                                        "ablation-o-proj", "ablation-down-proj"}
+    for extra in [*methods, CONFIGS / "paper" / "data" / "calib-512.yaml"]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["prune", "-c", str(CONFIGS / base), "-c", str(extra), "--print_config"])
+        assert exit_info.value.code in (0, None)
+        cfg = yaml.safe_load(capsys.readouterr().out)
+        override = yaml.safe_load(extra.read_text())
+        for section, values in override.items():
+            for key, value in values.items():
+                assert cfg[section][key] == value, (extra.name, key)
+        assert cfg["data"]["tasks"] and cfg["data"]["bos"] is False
+
+
+def test_smollm2_config_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["prune", "-c", str(CONFIGS / "smollm2-rcpu.yaml"), "--print_config"])
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"]["model"] == "smollm2-135m" and cfg["pruning"]["head_rounding"] == "nearest"
+    assert (cfg["data"]["nsamples"], cfg["data"]["seqlen"], cfg["pruning"]["ratio"]) == (128, 128, 0.2)

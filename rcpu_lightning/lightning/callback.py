@@ -77,7 +77,9 @@ class RCPUPruningCallback(Callback):
         offload_inputs: keep captured layer inputs on CPU.
         batch_size: rows per layer forward inside the engine.
         config: a complete :class:`PruningConfig` instead of the arguments above (they are then ignored).
-        save_dir: write the pruned model here as a Hugging Face checkpoint (rank 0, atomic).
+        save_dir: write the pruned model here as a Hugging Face checkpoint (rank 0, atomic); may use
+            ``{method}``, ``{compensation}``, ``{structure}``, ``{targets}``, ``{ratio}``,
+            ``{ratio_pct}``, ``{nsamples}`` (e.g. ``outputs/llama-7b/{method}-{compensation}-{ratio_pct}``).
         calibration_dataloader: for ``fit``: an iterable of ``input_ids`` [B, T] tensors (or dicts
             with ``input_ids``), or a callable returning one (called with no argument, or with
             ``(trainer, pl_module)`` if it takes two). Default: the DataModule's
@@ -132,6 +134,10 @@ class RCPUPruningCallback(Callback):
             raise TypeError("calibration_dataloader must be an iterable of batches or a callable returning one")
         self.config = config
         self.save_dir = None if save_dir is None else str(save_dir)
+        if self.save_dir is not None:  # a placeholder typo fails now, not after hours of calibration
+            from .results import PATH_FIELDS, format_path
+
+            format_path(self.save_dir, dict.fromkeys(PATH_FIELDS, 0))
         self.calibration_dataloader = calibration_dataloader
         self.prune_at_epoch = prune_at_epoch
         self.model_attr = model_attr
@@ -313,21 +319,30 @@ class RCPUPruningCallback(Callback):
             metrics.update({f"prune/layer_{i:02d}_ratio": r for i, r in enumerate(report.layer_ratios)})
             trainer.logger.log_metrics(metrics, step=trainer.global_step)
 
+    def output_dir(self) -> Optional[str]:
+        """``save_dir`` with its placeholders filled (``{method}``, ``{ratio_pct}``, ... see ``format_path``)."""
+        if self.save_dir is None:
+            return None
+        from .results import format_path
+
+        return format_path(self.save_dir, {**self.config.to_dict(), "nsamples": self.calibration_rows})
+
     def _save(self, trainer: Trainer, pl_module: LightningModule, lm: nn.Module, report: PruningReport) -> None:
         if self.save_dir is None:
             return
         error: Optional[str] = None
+        path = self.output_dir()
         if trainer.is_global_zero:
             try:
                 tokenizer = getattr(pl_module, "tokenizer", None)
-                save_hf_checkpoint(lm, report, self.save_dir, tokenizer, extra={"world_size": trainer.world_size})
-                log.info("pruned model saved to %s", self.save_dir)
+                save_hf_checkpoint(lm, report, path, tokenizer, extra={"world_size": trainer.world_size})
+                log.info("pruned model saved to %s", path)
             except Exception as exc:  # every rank must learn about it, not wait at the barrier forever
                 error = f"{type(exc).__name__}: {exc}"
         error = trainer.strategy.broadcast(error, src=0)
         trainer.strategy.barrier("rcpu_pruning_saved")
         if error is not None:
-            raise RuntimeError(f"saving the pruned model to {self.save_dir} failed on rank 0: {error}")
+            raise RuntimeError(f"saving the pruned model to {path} failed on rank 0: {error}")
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

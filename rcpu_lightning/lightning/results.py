@@ -24,6 +24,23 @@ from ..eval._io import write_json_atomic
 log = logging.getLogger(__name__)
 
 
+PATH_FIELDS = ("method", "compensation", "structure", "targets", "ratio", "ratio_pct", "nsamples", "stage")
+
+
+def format_path(template: str, fields: dict[str, Any]) -> str:
+    """Fill ``{method}``, ``{compensation}``, ``{structure}``, ``{targets}``, ``{ratio}``,
+    ``{ratio_pct}`` (e.g. 20), ``{nsamples}``, ``{stage}`` in an output path (others are an error)."""
+    if "{" not in template:
+        return template
+    values = {k: fields.get(k) for k in PATH_FIELDS}
+    if values.get("ratio") is not None:
+        values["ratio_pct"] = int(round(100 * float(values["ratio"])))
+    try:
+        return template.format_map(values)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"output path {template!r}: unknown placeholder {exc}; allowed: {list(PATH_FIELDS)}") from None
+
+
 def _versions() -> dict[str, str]:
     import lightning
     import torch
@@ -37,13 +54,15 @@ class RCPUResultsWriter(Callback):
     """Write a results JSON after evaluation (test/validate) and after pruning.
 
     Args:
-        path: the JSON file (``None``: do nothing).
+        path: the JSON file (``None``: do nothing); may hold placeholders, see :func:`format_path`.
         name: model label in the record (default: the module's ``model_name``, e.g. the model spec).
     """
 
     def __init__(self, path: Optional[str] = None, name: Optional[str] = None) -> None:
         super().__init__()
         self.path = None if path is None else str(path)
+        if self.path is not None:
+            format_path(self.path, dict.fromkeys(PATH_FIELDS, 0))  # placeholder typos fail now
         self.name = name
         self.started = time.time()
         self.record: dict[str, Any] = {}
@@ -71,7 +90,7 @@ class RCPUResultsWriter(Callback):
                 effective_ratio=report.overall_ratio, effective_params_ratio=1 - report.params_after / report.params_before,
                 layer_ratios=report.layer_ratios, params_before=report.params_before, params_after=report.params_after,
                 prune_seconds=report.seconds, calib_samples_pruned=prune_cb.calibration_rows,
-                prune_world_size=prune_cb.world_size, save_dir=prune_cb.save_dir,
+                prune_world_size=prune_cb.world_size, save_dir=prune_cb.output_dir(),
             )
         elif plan is not None:
             cfg = plan.get("config") or {}
@@ -111,10 +130,12 @@ class RCPUResultsWriter(Callback):
         if self.path is None:
             return
         record = self.build(trainer, pl_module, stage)
+        path = format_path(self.path, {**record, "nsamples": record.get("calib_samples"), "stage": stage})
+        record["results_path"] = path
         self.record = record
         if trainer.is_global_zero:
-            write_json_atomic(self.path, record)
-            log.info("results written to %s", self.path)
+            write_json_atomic(path, record)
+            log.info("results written to %s", path)
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         from .callback import RCPUPruningCallback
