@@ -201,3 +201,22 @@ def test_readme_example_runs(tmp_path):
                   eval_seqlen=16, train_nsamples=16)
     assert results["ppl"] > 1 and results["tokens"] == 9 * 15
     assert (tmp_path / "pruned" / "pruning_plan.json").is_file()
+
+
+def test_predict_loop_pruning_equals_the_engine_and_skips_the_lm_head(tmp_path):
+    from rcpu_lightning.pruning import PruningConfig, capture_layer_inputs, prune_model
+
+    batches = list(_pattern(16, seed=1).split(4))
+    reference = make_tiny_llama(num_heads=6, num_kv_heads=2)
+    cfg = PruningConfig(ratio=0.34, head_rounding="nearest")
+    prune_model(reference, capture_layer_inputs(reference, batches), cfg, progress=False)
+
+    module = CausalLMModule(make_tiny_llama(num_heads=6, num_kv_heads=2))
+    head_calls = []
+    module.model.lm_head.register_forward_hook(lambda *a: head_calls.append(1))
+    _trainer(tmp_path, callbacks=[_pruning()]).predict(
+        module, dataloaders=DataLoader(TensorRows(torch.cat(batches)), batch_size=4), return_predictions=False)
+    assert head_calls == []  # calibration forwards stop at decoder layer 0
+    ref_state = reference.state_dict()
+    for name, value in module.model.state_dict().items():
+        torch.testing.assert_close(value, ref_state[name], msg=name)

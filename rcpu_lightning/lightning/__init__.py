@@ -12,7 +12,7 @@
 
 from .callback import RCPUPruningCallback, save_hf_checkpoint
 from .data import RCPUDataModule, TensorRows, UnpaddedDistributedSampler
-from .module import CHECKPOINT_PLAN_KEY, CausalLMModule, PruningPlanMixin, ZeroShotBatch, find_causal_lm
+from .module import CHECKPOINT_PLAN_KEY, CausalLMModule, PruningPlanMixin, StopForward, ZeroShotBatch, find_causal_lm
 from .results import RCPUResultsWriter
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "RCPUDataModule",
     "RCPUPruningCallback",
     "RCPUResultsWriter",
+    "StopForward",
     "TensorRows",
     "UnpaddedDistributedSampler",
     "ZeroShotBatch",

@@ -48,7 +48,8 @@ from ..pruning.config import Compensation, GqaMode, HeadRounding, Method, Prunin
 from ..pruning.engine import PruningReport, prune_model
 from ..pruning.inputs import LayerInputCatcher, LayerInputs, capture_layer_inputs
 from ..pruning.io import save_pruned
-from .module import CHECKPOINT_PLAN_KEY, find_causal_lm, restore_plan_from_checkpoint
+from .module import CHECKPOINT_PLAN_KEY, StopForward, find_causal_lm, restore_plan_from_checkpoint
+from ..models.adapter import decoder_layers
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ class RCPUPruningCallback(Callback):
         self.world_size: Optional[int] = None  # at pruning time
         self.calibration_rows: Optional[int] = None
         self._catcher: Optional[LayerInputCatcher] = None
+        self._stop_handle = None
 
     # -- finding the LM ----------------------------------------------------------------------
     def lm(self, pl_module: LightningModule) -> nn.Module:
@@ -243,20 +245,30 @@ class RCPUPruningCallback(Callback):
                 "the model already carries a pruning plan: pruning a pruned model again is not supported; "
                 "start from the dense model"
             )
-        self._catcher = LayerInputCatcher(self.lm(pl_module), offload=self.config.offload_inputs, stop=False)
+        lm = self.lm(pl_module)
+        self._catcher = LayerInputCatcher(lm, offload=self.config.offload_inputs, stop=False)
         self._catcher.__enter__()
+        if getattr(pl_module, "stops_calibration_forward", False):
+            # Registered after the catcher's hook, so layer 0's inputs are recorded first.
+            self._stop_handle = decoder_layers(lm)[0].register_forward_pre_hook(_stop_forward, with_kwargs=True)
+
+    def _remove_hooks(self) -> Optional[LayerInputCatcher]:
+        catcher, self._catcher = self._catcher, None
+        if catcher is not None:
+            catcher.__exit__(None, None, None)
+        if self._stop_handle is not None:
+            self._stop_handle.remove()
+            self._stop_handle = None
+        return catcher
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        catcher, self._catcher = self._catcher, None
+        catcher = self._remove_hooks()
         if catcher is None:
             return
-        catcher.__exit__(None, None, None)
         self._prune(trainer, pl_module, self.lm(pl_module), catcher.inputs)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if self._catcher is not None:
-            self._catcher.__exit__(None, None, None)
-            self._catcher = None
+        self._remove_hooks()
 
     # -- the work ----------------------------------------------------------------------------
     def _reduce(self, trainer: Trainer) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
@@ -385,6 +397,10 @@ class RCPUPruningCallback(Callback):
         pl_module.on_save_checkpoint = types.MethodType(on_save_checkpoint, pl_module)
         pl_module.on_load_checkpoint = types.MethodType(on_load_checkpoint, pl_module)
         pl_module._rcpu_hooks = True
+
+
+def _stop_forward(module, args, kwargs):
+    raise StopForward
 
 
 def _device(module: nn.Module) -> torch.device:

@@ -46,6 +46,12 @@ log = logging.getLogger(__name__)
 CHECKPOINT_PLAN_KEY = "rcpu_pruning_plan"
 
 
+class StopForward(Exception):
+    """Raised by a calibration hook once decoder layer 0's inputs are recorded; modules that set
+    ``stops_calibration_forward = True`` catch it in ``predict_step`` (the rest of the forward is
+    not needed for pruning)."""
+
+
 class ZeroShotBatch:
     """A batch of multiple-choice items (a plain object, so Lightning's device transfer leaves the
     frozen item dataclasses alone) plus the BOS switch they are scored with."""
@@ -250,12 +256,16 @@ class CausalLMModule(PruningPlanMixin, LightningModule):
             return batch[0]
         raise TypeError(f"expected input_ids [B, T] (a tensor, a dict with 'input_ids' or a tuple), got {type(batch).__name__}")
 
+    #: predict_step swallows :class:`StopForward`, so the pruning callback may end each calibration
+    #: forward at decoder layer 0 (it then skips the other layers and the LM head).
+    stops_calibration_forward = True
+
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Calibration forward; returns nothing (the catcher of the pruning callback records layer 0's inputs)."""
         try:
             self.model(input_ids=self._input_ids(batch), use_cache=False, logits_to_keep=1)
-        except TypeError:  # a model without logits_to_keep
-            self.model(input_ids=self._input_ids(batch), use_cache=False)
+        except StopForward:
+            pass
         return None
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
