@@ -66,6 +66,18 @@ def test_test_subcommand_reproduces_ppl(pruned_run, tmp_path):
     assert tested["method"] == "rcpu" and tested["params"] == pruned["params_after"]
 
 
+def test_test_with_zero_shot_task(pruned_run, tmp_path):
+    cfg, out = pruned_run
+    res_path = tmp_path / "zs.json"
+    main(["test", "-c", str(cfg), "--model.model", str(out / "pruned"), "--results.path", str(res_path),
+          "--data.tasks", "[piqa]", "--data.task_limit", "7", "--data.bos", "false"])
+    res = json.loads(res_path.read_text())
+    piqa = res["tasks"]["piqa"]
+    assert piqa["n"] == 7 and 0 <= piqa["acc"] <= 1 and 0 <= piqa["acc_norm"] <= 1
+    assert piqa["reported_metric"] == "acc" and res["bos"] is False
+    assert res["ppl"] == pytest.approx(json.loads((out / "results.json").read_text())["ppl"], rel=1e-9)
+
+
 def test_dense_test_differs_from_pruned(pruned_run, tiny, tmp_path):
     cfg, out = pruned_run
     res_path = tmp_path / "dense.json"

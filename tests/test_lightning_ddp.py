@@ -28,8 +28,9 @@ SCRIPT = Path(__file__).parent / "scripts" / "ddp_prune.py"
 def test_ddp_prune_equals_single_process(tmp_path, monkeypatch):
     model = save_tiny_llama(tmp_path / "model")
     data = write_tiny_wikitext(tmp_path / "data")
-    single = tiny_config(tmp_path / "single.yaml", model, data, tmp_path / "single")
-    ddp = tiny_config(tmp_path / "ddp.yaml", model, data, tmp_path / "ddp")
+    zero_shot = {"data__tasks": ["piqa"], "data__task_limit": 7, "data__task_batch_size": 2}  # 7 items: odd
+    single = tiny_config(tmp_path / "single.yaml", model, data, tmp_path / "single", **zero_shot)
+    ddp = tiny_config(tmp_path / "ddp.yaml", model, data, tmp_path / "ddp", **zero_shot)
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     proc = subprocess.run(
@@ -48,6 +49,9 @@ def test_ddp_prune_equals_single_process(tmp_path, monkeypatch):
     assert res_ddp["ppl_windows"] == 9 and res_ddp["tokens"] == res_one["tokens"] == 9 * 15
     assert res_ddp["calib_samples_pruned"] == res_one["calib_samples_pruned"] == 16
     assert res_ddp["ppl"] == pytest.approx(res_one["ppl"], rel=1e-6)
+    assert res_ddp["tasks"]["piqa"]["n"] == res_one["tasks"]["piqa"]["n"] == 7
+    assert res_ddp["tasks"]["piqa"]["acc"] == res_one["tasks"]["piqa"]["acc"]
+    assert res_ddp["tasks"]["piqa"]["acc_norm"] == res_one["tasks"]["piqa"]["acc_norm"]
 
     w_ddp = load_file(tmp_path / "ddp" / "pruned" / "model.safetensors")
     w_one = load_file(tmp_path / "single" / "pruned" / "model.safetensors")

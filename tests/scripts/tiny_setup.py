@@ -49,6 +49,12 @@ def write_tiny_wikitext(folder, test_words: int = 9 * 16 + 5, train_words: int =
 
     (folder / "wiki.test.raw").write_text(text(test_words))
     (folder / "train.txt").write_text(text(train_words))
+    # A tiny PIQA-shaped task (7 documents: an odd number) for the zero-shot dataloaders.
+    import json
+
+    (folder / "zeroshot").mkdir(exist_ok=True)
+    docs = [{"goal": text(6).strip(), "sol1": text(3).strip(), "sol2": text(4).strip(), "label": i % 2} for i in range(7)]
+    (folder / "zeroshot" / "piqa.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     return folder
 
 
