@@ -78,6 +78,21 @@ def test_test_with_zero_shot_task(pruned_run, tmp_path):
     assert res["ppl"] == pytest.approx(json.loads((out / "results.json").read_text())["ppl"], rel=1e-9)
 
 
+def test_fit_prunes_then_finetunes_and_test_reloads_the_lightning_checkpoint(tiny, tmp_path):
+    _, model, data = tiny
+    cfg = tiny_config(tmp_path / "fit.yaml", model, data, tmp_path / "out")
+    cli = main(["fit", "-c", str(cfg), "--trainer.max_steps", "4", "--trainer.enable_checkpointing", "true",
+                "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.limit_val_batches", "0",
+                "--data.train_nsamples", "16", "--model.lr", "0.003", "--results.path", "null"])
+    pruned_params = cli.model.num_parameters()
+    assert cli.model.pruning_plan is not None and (tmp_path / "out" / "pruned" / "pruning_plan.json").is_file()
+    [ckpt] = list((tmp_path / "run").rglob("*.ckpt"))
+    res_path = tmp_path / "test.json"
+    main(["test", "-c", str(cfg), "--ckpt_path", str(ckpt), "--results.path", str(res_path)])
+    res = json.loads(res_path.read_text())
+    assert res["params"] == pruned_params and res["method"] == "rcpu" and res["ppl"] > 1
+
+
 def test_dense_test_differs_from_pruned(pruned_run, tiny, tmp_path):
     cfg, out = pruned_run
     res_path = tmp_path / "dense.json"
