@@ -127,3 +127,22 @@ def test_zeroshot_cli_writes_a_report_row(tmp_path, shared_data, smollm2_tokeniz
     assert rec["config"]["limit"] == 2 and rec["mean_reported"] is None  # not all seven tasks
     md = results_table(load_rows([out]))
     assert "| 20% | rcpu | – |" in md
+
+
+def test_compare_harness_detects_string_and_score_differences(shared_data, smollm2_tokenizer, tiny_model_for_smollm2):
+    from rcpu_lightning.eval.compare_harness import compare_task
+
+    items = load_items("arc_easy", shared_data, limit=3)
+    lls = item_loglikelihoods(tiny_model_for_smollm2, smollm2_tokenizer, items)
+    samples = []
+    for it, ll in zip(items, lls):
+        args = {f"gen_args_{i}": {"arg_0": c, "arg_1": k} for i, (c, k) in enumerate(it.requests)}
+        resp = [[str(v + 1e-4), "False"] for v in ll]
+        acc = float(max(range(len(ll)), key=lambda i: (ll[i], -i)) == it.gold)
+        samples.append({"doc_id": it.doc_id, "arguments": args, "filtered_resps": resp, "acc": acc})
+    res = compare_task("arc_easy", samples, tiny_model_for_smollm2, smollm2_tokenizer, shared_data, None, 4)
+    assert res["string_mismatches"] == 0 and res["docs_acc_differs"] == 0
+    assert res["max_abs_ll_diff"] == pytest.approx(1e-4, abs=1e-5)  # batch size 4 vs 16: ~1e-6 noise
+    samples[1]["arguments"]["gen_args_0"]["arg_1"] = " something else"
+    res = compare_task("arc_easy", samples, tiny_model_for_smollm2, smollm2_tokenizer, shared_data, None, 4)
+    assert res["string_mismatches"] == 1 and res["string_mismatch_doc_ids"] == [1]
