@@ -360,12 +360,12 @@ def evaluate_items(
         max_length = resolve_max_length(model, tokenizer)
     was_training = model.training
     model.eval()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         lls = item_loglikelihoods(model, tokenizer, items, bos=bos, max_length=max_length, batch_size=batch_size, progress=progress)
     finally:
         model.train(was_training)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     metric = MultipleChoiceAccuracy(sync_on_compute=False)
     metric.update(lls, items)
     res = metric.compute()
@@ -381,6 +381,7 @@ def evaluate_items(
         "acc_norm_stderr": _stderr(acc_norm, n),
         "n": n,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,  # process CPU time (all threads); less sensitive to a shared machine
         "bos": bos,
         "bos_in_context": bool(first_ctx) and bos_id is not None and first_ctx[0] == bos_id,
         "reported_metric": reported_metric,
@@ -565,6 +566,8 @@ def _record(
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0], **_lib_versions()},
         "load_seconds": load_seconds,
         "total_seconds": time.perf_counter() - t0,
+        "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "cpu_count": os.cpu_count(),
         "command": "python -m rcpu_lightning.eval.zeroshot " + " ".join(argv if argv is not None else sys.argv[1:]),
         "complete": all(t in results for t in [t.strip() for t in args.tasks.split(",") if t.strip()]),
     }
