@@ -235,3 +235,9 @@ def test_stderr_matches_sample_std():
     assert res["acc"] == 0.75
     outcomes = torch.tensor([1.0, 1.0, 1.0, 0.0])
     assert res["acc_stderr"] == pytest.approx(float(outcomes.std(unbiased=True)) / math.sqrt(4))
+
+
+def test_request_without_context_token_is_rejected():
+    model = make_tiny_llama(vocab_size=VOCAB)
+    with pytest.raises(ValueError, match="no context token"):
+        request_loglikelihoods(model, [([], [5, 6])], max_length=16)

@@ -183,8 +183,8 @@ def request_loglikelihoods(
         if len(full) - 1 > max_length:
             truncated += 1
         inp = tuple(full[-(max_length + 1) :][:-1])
-        if not inp:
-            raise ValueError(f"request {idx} has an empty model input (empty context and one-token continuation)")
+        if len(inp) < len(cont) or not inp:
+            raise ValueError(f"request {idx}: no context token before the continuation (empty context encoding)")
         inputs.setdefault(inp, []).append((idx, cont))
     if truncated:
         log.warning("%d request(s) longer than max_length=%d were left-truncated", truncated, max_length)
