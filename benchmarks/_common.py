@@ -1,0 +1,142 @@
+"""Helpers shared by the benchmark scripts: resumable row files, memory probes, run metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+MODEL_SPEC = "smollm2-135m"
+#: What ``load_causal_lm("smollm2-135m")`` actually is (the embedded GGUF, dequantised to float32).
+MODEL_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF -> float32)"
+
+
+# -- resumable row files --------------------------------------------------------------------------
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, sort_keys=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RowStore:
+    """A JSON list of result rows, each with a unique ``key``; rewritten atomically after every ``add``.
+
+    Re-running a benchmark skips the rows whose key is already present (resume after interruption).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+        if self.path.is_file():
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(data, list):
+                raise ValueError(f"{self.path} must hold a JSON list of rows")
+            self.rows = data
+
+    def keys(self) -> set[str]:
+        return {r["key"] for r in self.rows if "key" in r}
+
+    def has(self, key: str) -> bool:
+        return key in self.keys()
+
+    def get(self, key: str) -> dict | None:
+        for r in self.rows:
+            if r.get("key") == key:
+                return r
+        return None
+
+    def add(self, row: dict) -> None:
+        if "key" not in row:
+            raise ValueError("a row needs a 'key'")
+        self.rows = [r for r in self.rows if r.get("key") != row["key"]] + [row]
+        write_json_atomic(self.path, self.rows)
+
+    def __iter__(self) -> Iterable[dict]:
+        return iter(self.rows)
+
+
+# -- memory -----------------------------------------------------------------------------------------
+def current_rss_mb() -> float:
+    """Resident set size now (``VmRSS``), in MiB."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def peak_rss_mb() -> float:
+    """``getrusage(RUSAGE_SELF).ru_maxrss`` (Linux: KiB) in MiB: the process' RSS high-water mark."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def reset_peak_rss() -> bool:
+    """Reset the RSS high-water mark to the current RSS (Linux >= 4.0: ``echo 5 > /proc/self/clear_refs``).
+
+    Returns whether it worked. Without it the peak after a phase is ``max(peak before, peak of the
+    phase)``, so a loading transient larger than the phase would hide the phase's own peak.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# -- metadata ---------------------------------------------------------------------------------------
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_info() -> dict[str, Any]:
+    """Where and when a row was measured (the machine is shared: the load average says how busy)."""
+    import torch
+
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "commit": git_commit(),
+    }
+
+
+def setup_torch(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.set_grad_enabled(False)
+
+
+def median(values: list[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    if n == 0:
+        raise ValueError("median of no values")
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])

@@ -1,0 +1,475 @@
+"""Quality grid on SmolLM2-135M: WikiText-2 perplexity (and zero-shot accuracy) per method and ratio.
+
+Full grid (hours on a 2-core CPU; resumable, rerun the same command to continue)::
+
+    RCPU_DATA_DIR=/work/shared/data .venv/bin/python benchmarks/quality.py
+
+Quick grid (4 rows at 20 %, 32 calibration samples, first 16 perplexity windows, no zero-shot;
+rows go to ``results/quality_quick.json``, never mixed with the full rows)::
+
+    RCPU_DATA_DIR=/work/shared/data .venv/bin/python benchmarks/quality.py --quick
+
+Every finished row is appended to the JSON file at once; a row whose key (model, variant, ratio,
+calibration set, evaluation settings) is already there is skipped. ``--rows`` selects variants
+(comma-separated ids, shell patterns allowed), ``--ppl-windows N`` scores the first N test windows
+only (recorded in the row and its key), ``--no-zeroshot`` skips the zero-shot tasks.
+Tables (``quality.md``) and the PPL-vs-ratio plot (``quality_ppl.png``) are rewritten from all
+matching rows at the end (``--report-only`` does just that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import fnmatch
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    from . import _common as C
+except ImportError:  # run as a script
+    import _common as C
+
+log = logging.getLogger("benchmarks.quality")
+
+
+@dataclass(frozen=True)
+class Variant:
+    id: str
+    label: str
+    config: dict[str, Any] | None  # PruningConfig overrides; None = the dense model
+    table2: bool = False  # a row of the paper's Table 2 (zero-shot at 20 % and 30 %)
+    tune_lambda: bool = False
+    plot: bool = False
+
+
+VARIANTS: list[Variant] = [
+    Variant("dense", "Dense", None, table2=True),
+    Variant("wanda_sp", "WANDA-sp", {"method": "wanda_sp"}, table2=True, plot=True),
+    Variant("flap_al_am", "FLAP (AL-AM)", {"method": "flap", "structure": "al_am"}, table2=True, plot=True),
+    Variant("flap_ul_um", "FLAP (UL-UM)", {"method": "flap", "structure": "uniform"}),
+    Variant("ls_best", "LS (λ_best)", {"method": "rcpu", "compensation": "least_squares"}, table2=True,
+            tune_lambda=True, plot=True),
+    Variant("rcpu_rot", "RCPU (rot)", {"method": "rcpu", "compensation": "rotation"}, table2=True, plot=True),
+    Variant("rcpu_rot_scale", "RCPU (rot+scale)", {"method": "rcpu", "compensation": "rotation_scale"},
+            table2=True, plot=True),
+    Variant("rcpu_nocomp", "RCPU, no compensation", {"method": "rcpu", "compensation": "none"}, plot=True),
+    Variant("rcpu_o_proj_only", "RCPU rot, o_proj only", {"method": "rcpu", "targets": "o_proj"}),
+    Variant("rcpu_down_proj_only", "RCPU rot, down_proj only", {"method": "rcpu", "targets": "down_proj"}),
+    Variant("rcpu_refresh_mlp", "RCPU rot, refreshed MLP stats", {"method": "rcpu", "refresh_mlp_stats": True}),
+]
+VARIANT_BY_ID = {v.id: v for v in VARIANTS}
+QUICK_VARIANTS = ["dense", "wanda_sp", "rcpu_nocomp", "rcpu_rot"]
+
+FULL = {"ratios": [0.1, 0.2, 0.3], "nsamples": 128, "ppl_windows": 0, "zeroshot": True}
+QUICK = {"ratios": [0.2], "nsamples": 32, "ppl_windows": 16, "zeroshot": False}
+DEFAULT_LAMBDAS = [1e-3, 1e-2, 1e-1, 1.0]
+HEAD_ROUNDING = "nearest"
+
+
+# -- keys -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    model: str = C.MODEL_NAME
+    nsamples: int = 128
+    seqlen: int = 128
+    seed: int = 0
+    eval_seqlen: int = 128
+    ppl_windows: int = 0  # 0 = the whole test split
+    zs_limit: int = 500
+    ls_lambdas: tuple[float, ...] = tuple(DEFAULT_LAMBDAS)
+    ls_heldout: int = 32
+
+    def calib_id(self, variant: Variant) -> str:
+        return "none" if variant.config is None else f"{self.nsamples}x{self.seqlen}@seed{self.seed}"
+
+    def variant_id(self, variant: Variant) -> str:
+        if not variant.tune_lambda:
+            return variant.id
+        grid = ",".join(f"{x:g}" for x in self.ls_lambdas)
+        return f"{variant.id}[grid={grid};heldout={self.ls_heldout}]"
+
+    def ppl_id(self) -> str:
+        return f"wikitext2-test/L{self.eval_seqlen}/{'all' if self.ppl_windows <= 0 else f'first{self.ppl_windows}'}"
+
+
+def row_prefix(s: Settings, variant: Variant, ratio: float) -> str:
+    ratio = 0.0 if variant.config is None else ratio
+    return f"{s.model}|{s.variant_id(variant)}|ratio={ratio:g}|calib={s.calib_id(variant)}"
+
+
+def ppl_key(s: Settings, variant: Variant, ratio: float) -> str:
+    """Key of a perplexity row: model, variant (with the λ grid for LS), ratio, calibration set, windows."""
+    return f"{row_prefix(s, variant, ratio)}|ppl={s.ppl_id()}"
+
+
+def zs_key(s: Settings, variant: Variant, ratio: float, task: str) -> str:
+    """Key of a zero-shot row (one task; harness protocol, first ``zs_limit`` documents)."""
+    return f"{row_prefix(s, variant, ratio)}|zs={task}/limit{s.zs_limit}"
+
+
+@dataclass
+class Job:
+    variant: Variant
+    ratio: float
+    ppl: bool  # perplexity row missing
+    tasks: list[str] = field(default_factory=list)  # zero-shot rows missing
+
+
+def plan_jobs(store: C.RowStore, s: Settings, variants: list[Variant], ratios: list[float], tasks: list[str],
+              zs_ratios: list[float]) -> tuple[list[Job], list[str]]:
+    """Jobs with something left to compute, and the keys skipped because they exist already."""
+    have, jobs, skipped = store.keys(), [], []
+    for v in variants:
+        for ratio in ([0.0] if v.config is None else ratios):
+            want_zs = v.table2 and (v.config is None or any(math.isclose(ratio, z) for z in zs_ratios))
+            pk = ppl_key(s, v, ratio)
+            zk = {t: zs_key(s, v, ratio, t) for t in (tasks if want_zs else [])}
+            missing = [t for t, k in zk.items() if k not in have]
+            skipped += [k for k in [pk, *zk.values()] if k in have]
+            if pk not in have or missing:
+                jobs.append(Job(v, ratio, pk not in have, missing))
+    return jobs, skipped
+
+
+# -- data -------------------------------------------------------------------------------------------
+def heldout_windows(tokenizer, n: int, s: Settings, data_dir, seed_offset: int = 10_000):
+    """``n`` windows of the calibration split that overlap no calibration window (for choosing λ).
+
+    Rebuilds the calibration sampler's starts (``random.Random(seed)``, as ``calibration_windows``)
+    and draws others with ``seed + seed_offset``, rejecting any within ``seqlen`` tokens of a
+    calibration window or of an earlier held-out window.
+    """
+    import torch
+
+    from rcpu_lightning.data import calibration_split, calibration_windows, load_rows
+
+    split = calibration_split(data_dir)
+    ids = tokenizer(" ".join(load_rows(split, data_dir)), return_tensors="pt").input_ids[0]
+    total, L = ids.numel(), s.seqlen
+    rng = random.Random(s.seed)
+    calib = [rng.randint(0, total - L - 1) for _ in range(s.nsamples)]
+    expected = calibration_windows(tokenizer, s.nsamples, L, s.seed, data_dir)
+    if not torch.equal(torch.stack([ids[c : c + L] for c in calib]), expected):
+        raise RuntimeError("could not rebuild the calibration windows' starts; held-out windows would overlap")
+    rng, starts = random.Random(s.seed + seed_offset), []
+    while len(starts) < n:
+        st = rng.randint(0, total - L - 1)
+        if all(abs(st - c) >= L for c in calib) and all(abs(st - o) >= L for o in starts):
+            starts.append(st)
+    return torch.stack([ids[st : st + L] for st in starts])
+
+
+# -- one job ----------------------------------------------------------------------------------------
+def prune_copy(dense, calib, config_kwargs: dict, s: Settings, ratio: float):
+    """A pruned deep copy of ``dense``; returns (model, report, config, seconds incl. input capture)."""
+    from rcpu_lightning.pruning import PruningConfig, capture_layer_inputs, prune_model
+
+    cfg = PruningConfig(ratio=ratio, head_rounding=HEAD_ROUNDING, nsamples=s.nsamples, seqlen=s.seqlen,
+                        seed=s.seed, **config_kwargs)
+    model = copy.deepcopy(dense)
+    t0, c0 = time.perf_counter(), time.process_time()
+    inputs = capture_layer_inputs(model, calib.split(cfg.batch_size))
+    report = prune_model(model, inputs, cfg, progress=False)
+    return model, report, cfg, time.perf_counter() - t0, time.process_time() - c0
+
+
+def tune_lambda(dense, calib, heldout, variant: Variant, s: Settings, ratio: float, known: float | None):
+    """Prune once per λ of the grid; keep the λ with the lowest held-out calibration-split NLL."""
+    from rcpu_lightning.eval.perplexity import evaluate_perplexity
+
+    lambdas = [known] if known is not None else list(s.ls_lambdas)
+    best, search = None, {}
+    for lam in lambdas:
+        model, report, cfg, sec, cpu = prune_copy(dense, calib, {**variant.config, "ls_lambda": lam}, s, ratio)
+        nll = evaluate_perplexity(model, heldout, progress=False)["mean_nll"] if len(lambdas) > 1 else None
+        search[f"{lam:g}"] = nll
+        print(f"  LS λ={lam:g}: held-out mean NLL {nll if nll is None else round(nll, 5)} (pruned in {sec:.0f} s)",
+              flush=True)
+        if best is None or (nll is not None and nll < best[0]):
+            best = (nll if nll is not None else 0.0, lam, model, report, cfg, sec, cpu)
+        else:
+            del model
+    _, lam, model, report, cfg, sec, cpu = best
+    return model, report, cfg, sec, cpu, {"lambda": lam, "heldout_mean_nll": search,
+                                          "heldout_windows": int(heldout.shape[0]) if heldout is not None else 0}
+
+
+def report_summary(report) -> dict[str, Any]:
+    first = report.layers[0] if report.layers else {}
+    uniform = all(layer["heads"] == first.get("heads") and layer["channels"] == first.get("channels")
+                  for layer in report.layers)
+    return {
+        "effective_ratio": report.overall_ratio,
+        "params_before": report.params_before,
+        "params_after": report.params_after,
+        "heads_per_layer": [layer["heads"] for layer in report.layers] if not uniform else first.get("heads"),
+        "kv_heads_per_layer": first.get("kv_heads") if uniform else [layer["kv_heads"] for layer in report.layers],
+        "channels_per_layer": [layer["channels"] for layer in report.layers] if not uniform else first.get("channels"),
+        "engine_seconds": report.seconds,
+    }
+
+
+def run_job(job: Job, dense, tokenizer, calib, windows, heldout_fn, store: C.RowStore, s: Settings, args) -> None:
+    from rcpu_lightning.eval.perplexity import evaluate_perplexity
+    from rcpu_lightning.eval.zeroshot import evaluate_task
+
+    v, ratio = job.variant, job.ratio
+    base: dict[str, Any] = {"model": s.model, "method": v.label, "variant": v.id, "ratio": ratio,
+                            "calib_samples": s.nsamples if v.config else None, "calib_seqlen": s.seqlen,
+                            "calib_seed": s.seed, "head_rounding": HEAD_ROUNDING if v.config else None}
+    extra: dict[str, Any] = {}
+    if v.config is None:
+        model = dense
+    else:
+        config = dict(v.config)
+        if v.tune_lambda:
+            prev = store.get(ppl_key(s, v, ratio))  # resume: λ already chosen for this row
+            known = prev["ls"]["lambda"] if prev and prev.get("ls") else None
+            model, report, cfg, sec, cpu, extra["ls"] = tune_lambda(
+                dense, calib, None if known is not None else heldout_fn(), v, s, ratio, known)
+        else:
+            model, report, cfg, sec, cpu = prune_copy(dense, calib, config, s, ratio)
+        extra.update(report_summary(report))
+        extra.update(config=cfg.to_dict(), prune_seconds=sec, prune_cpu_seconds=cpu)
+        print(f"  pruned: effective ratio {report.overall_ratio:.4f}, {sec:.0f} s", flush=True)
+    if job.ppl:
+        t0 = time.perf_counter()
+        ppl = evaluate_perplexity(model, windows, batch_size=args.eval_batch_size, progress=False)
+        row = {"key": ppl_key(s, v, ratio), "kind": "ppl", **base, "ppl": ppl["ppl"], "mean_nll": ppl["mean_nll"],
+               "seqlen": ppl["seqlen"], "ppl_windows": ppl["windows"], "ppl_windows_total": args.total_windows,
+               "ppl_tokens": ppl["tokens"], "ppl_seconds": time.perf_counter() - t0, **extra, "run": C.run_info()}
+        store.add(row)
+        print(f"  PPL {ppl['ppl']:.3f} on {ppl['windows']} windows ({row['ppl_seconds']:.0f} s)", flush=True)
+    for task in job.tasks:
+        res = evaluate_task(model, tokenizer, task, data_dir=args.data_dir, limit=s.zs_limit, progress=False)
+        store.add({"key": zs_key(s, v, ratio, task), "kind": "zeroshot", **base, "task": task, "tasks": {task: res},
+                   "effective_ratio": extra.get("effective_ratio"), "ls": extra.get("ls"), "run": C.run_info()})
+        print(f"  {task}: acc {res['acc']:.4f} acc_norm {res['acc_norm']:.4f} ({res['seconds']:.0f} s)", flush=True)
+
+
+# -- report -----------------------------------------------------------------------------------------
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def matching_rows(rows: list[dict], s: Settings) -> tuple[list[dict], list[dict]]:
+    """(perplexity rows, zero-shot rows) measured with the settings ``s`` (other rows are left out)."""
+    ppl, zs = [], []
+    for r in rows:
+        v = VARIANT_BY_ID.get(r.get("variant"))
+        if v is None:
+            continue
+        if r.get("kind") == "ppl" and r["key"] == ppl_key(s, v, r["ratio"]):
+            ppl.append(r)
+        elif r.get("kind") == "zeroshot" and r["key"] == zs_key(s, v, r["ratio"], r["task"]):
+            zs.append(r)
+    return ppl, zs
+
+
+def ppl_table(ppl_rows: list[dict], ratios: list[float]) -> str:
+    """Method x ratio perplexity table (effective parameter ratio in parentheses)."""
+    by = {(r["variant"], r["ratio"]): r for r in ppl_rows}
+    dense = by.get(("dense", 0.0))
+    lines = ["| Method | " + " | ".join(f"{100 * x:.0f}%" for x in ratios) + " |",
+             "|---|" + "---|" * len(ratios)]
+    if dense:
+        lines.append("| Dense | " + " | ".join(_fmt(dense["ppl"]) for _ in ratios) + " |")
+    for v in VARIANTS:
+        if v.config is None or not any((v.id, x) in by for x in ratios):
+            continue
+        cells = []
+        for x in ratios:
+            r = by.get((v.id, x))
+            cells.append("–" if r is None else f"{_fmt(r['ppl'])} ({100 * r['effective_ratio']:.1f}%)")
+        lines.append(f"| {v.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_notes(ppl_rows: list[dict], s: Settings) -> str:
+    notes = []
+    shapes = {}
+    for r in ppl_rows:
+        if r["variant"] in ("dense",) or r.get("config", {}).get("structure") == "al_am":
+            continue
+        shapes.setdefault(r["ratio"], (r.get("heads_per_layer"), r.get("kv_heads_per_layer"), r.get("channels_per_layer")))
+    windows = {(r["ppl_windows"], r.get("ppl_windows_total")) for r in ppl_rows}
+    w_desc = ", ".join(f"{w} of {t}" for w, t in sorted(windows, key=str))
+    notes.append(f"- Model: {s.model}, float32, CPU. Perplexity: WikiText-2 test, windows of {s.eval_seqlen} tokens "
+                 f"({w_desc} windows scored). In parentheses: decoder-layer parameters removed (effective ratio).")
+    notes.append(f"- Calibration: {s.nsamples} windows x {s.seqlen} tokens, seed {s.seed}, drawn from the tokenized "
+                 "WikiText-2 v1 *valid* split (no train split is available offline), not the paper's train split.")
+    notes.append("- Head rounding `nearest`: SmolLM2 has 9 query heads in 3 kv groups, so heads go in units of 3 "
+                 "(one per group, k/v kept). `floor` would remove no head below 1/3 and leave the o_proj "
+                 "compensation untested. Heads per layer after pruning (uniform rows): "
+                 + "; ".join(f"{100 * x:.0f}%: {h}/9 heads, {c}/1536 MLP channels"
+                             for x, (h, _, c) in sorted(shapes.items()))
+                 + ". At 10 % nearest rounding still removes no head (0.9 -> 0), so only MLP channels are pruned there.")
+    ls = {r["ratio"]: r["ls"] for r in ppl_rows if r.get("ls")}
+    if ls:
+        notes.append("- LS (λ_best): ridge least squares (λ relative to the mean Gram G/n) on the RCPU selection; λ "
+                     "picked from the grid {" + ", ".join(f"{x:g}" for x in s.ls_lambdas) + "} by the lowest mean NLL "
+                     f"on {s.ls_heldout} held-out windows of the calibration split that overlap no calibration "
+                     "window (reconstruction error on the calibration set itself always favours the smallest λ). "
+                     "Chosen: " + ", ".join(f"{100 * x:.0f}%: λ={v['lambda']:g}" for x, v in sorted(ls.items())) + ".")
+    notes.append("- FLAP (AL-AM) uses FLAP's global adaptive structure (per-layer counts differ); FLAP rows use "
+                 "FLAP's bias compensation; WANDA-sp has no compensation; RCPU rows use RCPU's variance-aware score.")
+    return "\n".join(notes) + "\n"
+
+
+def settings_from_rows(rows: list[dict]) -> Settings | None:
+    """The settings of the most recent pruned perplexity row (to render a file without knowing its flags)."""
+    ppl = [r for r in rows if r.get("kind") == "ppl" and r.get("variant") in VARIANT_BY_ID and r.get("calib_samples")]
+    if not ppl:
+        return None
+    r = ppl[-1]
+    windows = 0 if r["ppl_windows"] == r.get("ppl_windows_total") else r["ppl_windows"]
+    limits = [t.get("limit") for z in rows if z.get("kind") == "zeroshot" for t in z.get("tasks", {}).values()]
+    ls = next((x["ls"] for x in reversed(ppl) if x.get("ls") and len(x["ls"].get("heldout_mean_nll", {})) > 1), None)
+    kw = {}
+    if ls:
+        kw = {"ls_lambdas": tuple(float(k) for k in ls["heldout_mean_nll"]), "ls_heldout": ls["heldout_windows"]}
+    return Settings(nsamples=r["calib_samples"], seqlen=r["calib_seqlen"], seed=r["calib_seed"], eval_seqlen=r["seqlen"],
+                    ppl_windows=windows, zs_limit=limits[-1] if limits else 500, **kw)
+
+
+def report_markdown(rows: list[dict], s: Settings, ratios: list[float] | None = None, image: str | None = None,
+                    heading: str = "##") -> str:
+    """Markdown tables (perplexity, zero-shot) and notes from the rows measured with ``s``."""
+    from rcpu_lightning.eval.report import results_table
+
+    ppl_rows, zs_rows = matching_rows(rows, s)
+    if not ppl_rows:
+        return ""
+    ratios = ratios or sorted({r["ratio"] for r in ppl_rows if r["ratio"] > 0})
+    parts = [f"{heading} WikiText-2 perplexity ({s.model})\n", ppl_table(ppl_rows, ratios), "", table_notes(ppl_rows, s)]
+    table2 = {VARIANT_BY_ID[r["variant"]].id for r in zs_rows}
+    if zs_rows:
+        merged = [{"model": s.model, "method": r["method"], "ratio": r["ratio"], "ppl": r["ppl"]}
+                  for r in ppl_rows if r["variant"] in table2] + zs_rows
+        parts += [f"\n{heading} Zero-shot accuracy (lm-evaluation-harness protocol, first "
+                  f"{s.zs_limit} documents per task)\n", results_table(merged)]
+    if image:
+        parts += [f"\n![WikiText-2 perplexity vs pruning ratio]({image})\n"]
+    return "\n".join(parts)
+
+
+def write_report(rows: list[dict], s: Settings, ratios: list[float], md_path: Path, png_path: Path) -> str:
+    """Write ``md_path`` (tables) and ``png_path`` (PPL vs ratio, via the eval report functions)."""
+    from rcpu_lightning.eval.report import plot_ppl_vs_ratio
+
+    ppl_rows, _ = matching_rows(rows, s)
+    if not ppl_rows:
+        return ""
+    plot_rows = [{"model": s.model, "method": r["method"], "ratio": r["ratio"], "ppl": r["ppl"]}
+                 for r in ppl_rows if r["variant"] == "dense" or VARIANT_BY_ID[r["variant"]].plot]
+    image = None
+    if len({r["ratio"] for r in plot_rows}) > 1:
+        plot_ppl_vs_ratio(plot_rows, png_path, title=f"SmolLM2-135M: WikiText-2 PPL vs pruning ratio")
+        image = png_path.name
+    text = report_markdown(rows, s, ratios, image)
+    md_path.write_text(text, encoding="utf-8")
+    return text
+
+
+# -- main -------------------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="reduced grid -> results/quality_quick.json")
+    p.add_argument("--rows", default=None, help="comma-separated variant ids or patterns "
+                   f"(default: all; quick: {','.join(QUICK_VARIANTS)}); known: {','.join(VARIANT_BY_ID)}")
+    p.add_argument("--ratios", default=None, help="comma-separated pruning ratios (default 0.1,0.2,0.3; quick 0.2)")
+    p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default 128; quick 32)")
+    p.add_argument("--seqlen", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ppl-windows", type=int, default=None, help="score the first N test windows (0 = all; quick 16)")
+    p.add_argument("--eval-batch-size", type=int, default=8)
+    p.add_argument("--no-zeroshot", action="store_true")
+    p.add_argument("--zs-limit", type=int, default=500, help="first N documents per zero-shot task")
+    p.add_argument("--zs-ratios", default="0.2,0.3")
+    p.add_argument("--tasks", default=None, help="zero-shot tasks (default: the seven of the paper)")
+    p.add_argument("--ls-lambdas", default=",".join(f"{x:g}" for x in DEFAULT_LAMBDAS))
+    p.add_argument("--ls-heldout", type=int, default=32, help="held-out calibration-split windows for choosing λ")
+    p.add_argument("--data-dir", default=None, help="default: $RCPU_DATA_DIR")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None, help="row file (default results/quality.json or quality_quick.json)")
+    p.add_argument("--report-only", action="store_true", help="only rewrite the markdown/plot from the row file")
+    p.add_argument("--dry-run", action="store_true", help="print what would run / be skipped")
+    return p.parse_args(argv)
+
+
+def resolve(args) -> tuple[Settings, list[Variant], list[float], list[str], list[float], Path]:
+    from rcpu_lightning.eval.tasks import TASKS
+
+    mode = QUICK if args.quick else FULL
+    ratios = [float(x) for x in args.ratios.split(",")] if args.ratios else list(mode["ratios"])
+    patterns = args.rows.split(",") if args.rows else (QUICK_VARIANTS if args.quick else ["*"])
+    variants = [v for v in VARIANTS if any(fnmatch.fnmatch(v.id, p.strip()) for p in patterns)]
+    unknown = [p for p in patterns if not any(fnmatch.fnmatch(v.id, p.strip()) for v in VARIANTS)]
+    if unknown:
+        raise SystemExit(f"--rows {unknown} match no variant; known: {', '.join(VARIANT_BY_ID)}")
+    zeroshot = mode["zeroshot"] and not args.no_zeroshot
+    tasks = ([t.strip() for t in args.tasks.split(",")] if args.tasks else list(TASKS)) if zeroshot else []
+    s = Settings(nsamples=args.nsamples or mode["nsamples"], seqlen=args.seqlen, seed=args.seed,
+                 ppl_windows=mode["ppl_windows"] if args.ppl_windows is None else args.ppl_windows,
+                 zs_limit=args.zs_limit, ls_lambdas=tuple(float(x) for x in args.ls_lambdas.split(",")),
+                 ls_heldout=args.ls_heldout)
+    out = Path(args.out) if args.out else C.RESULTS_DIR / ("quality_quick.json" if args.quick else "quality.json")
+    return s, variants, ratios, tasks, [float(x) for x in args.zs_ratios.split(",")], out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    s, variants, ratios, tasks, zs_ratios, out = resolve(args)
+    store = C.RowStore(out)
+    md, png = out.with_suffix(".md"), out.with_name(out.stem + "_ppl.png")
+    if args.report_only:
+        print(write_report(store.rows, s, ratios, md, png) or "no matching rows")
+        return 0
+    jobs, skipped = plan_jobs(store, s, variants, ratios, tasks, zs_ratios)
+    for k in skipped:
+        print(f"skip (already in {out.name}): {k}")
+    for j in jobs:
+        print(f"todo: {j.variant.id} @ {j.ratio:g}: ppl={'yes' if j.ppl else 'done'}, zero-shot tasks {j.tasks or '-'}")
+    if args.dry_run or not jobs:
+        if not jobs:
+            write_report(store.rows, s, ratios, md, png)
+        return 0
+
+    C.setup_torch(args.threads)
+    from rcpu_lightning.data import calibration_windows, perplexity_windows
+    from rcpu_lightning.models import load_causal_lm
+
+    dense, tokenizer = load_causal_lm(C.MODEL_SPEC)
+    dense.eval()
+    all_windows = perplexity_windows(tokenizer, s.eval_seqlen, args.data_dir)
+    args.total_windows = int(all_windows.shape[0])
+    windows = all_windows[: s.ppl_windows] if s.ppl_windows > 0 else all_windows
+    calib = calibration_windows(tokenizer, s.nsamples, s.seqlen, s.seed, args.data_dir)
+    cache: dict[str, Any] = {}
+
+    def heldout():
+        if "h" not in cache:
+            cache["h"] = heldout_windows(tokenizer, s.ls_heldout, s, args.data_dir)
+        return cache["h"]
+
+    t_start = time.perf_counter()
+    for i, job in enumerate(jobs, 1):
+        print(f"[{i}/{len(jobs)}] {job.variant.label} @ {100 * job.ratio:.0f}% "
+              f"(elapsed {time.perf_counter() - t_start:.0f} s)", flush=True)
+        run_job(job, dense, tokenizer, calib, windows, heldout, store, s, args)
+    text = write_report(store.rows, s, ratios, md, png)
+    print(text)
+    print(f"done in {time.perf_counter() - t_start:.0f} s; rows in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

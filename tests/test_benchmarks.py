@@ -1,0 +1,190 @@
+"""Fast tests of the benchmark scripts' logic (tiny random models; no SmolLM2, no data)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks import _common as C  # noqa: E402
+from benchmarks import calibration_scaling as cs  # noqa: E402
+from benchmarks import quality as q  # noqa: E402
+from benchmarks import render_readme as rr  # noqa: E402
+from rcpu_lightning.models.adapter import decoder_layers, layer_parts  # noqa: E402
+from rcpu_lightning.pruning import PruningConfig, capture_layer_inputs, prune_model  # noqa: E402
+
+from conftest import make_tiny_llama  # noqa: E402
+
+
+# -- row store and keys ---------------------------------------------------------------------------
+def test_rowstore_appends_and_reloads(tmp_path):
+    path = tmp_path / "rows.json"
+    store = C.RowStore(path)
+    store.add({"key": "a", "v": 1})
+    store.add({"key": "b", "v": 2})
+    store.add({"key": "a", "v": 3})  # same key replaces
+    again = C.RowStore(path)
+    assert again.keys() == {"a", "b"}
+    assert again.get("a")["v"] == 3
+    with pytest.raises(ValueError):
+        store.add({"v": 4})
+
+
+def test_keys_distinguish_settings():
+    s = q.Settings()
+    rot, dense, ls = (q.VARIANT_BY_ID[i] for i in ("rcpu_rot", "dense", "ls_best"))
+    k = q.ppl_key(s, rot, 0.2)
+    assert k != q.ppl_key(s, rot, 0.3)
+    assert k != q.ppl_key(q.Settings(nsamples=32), rot, 0.2)
+    assert k != q.ppl_key(q.Settings(ppl_windows=16), rot, 0.2)
+    assert k != q.ppl_key(s, q.VARIANT_BY_ID["rcpu_rot_scale"], 0.2)
+    assert "first16" in q.ppl_key(q.Settings(ppl_windows=16), rot, 0.2) and "/all" in k
+    # dense: ratio and calibration do not matter
+    assert q.ppl_key(s, dense, 0.2) == q.ppl_key(q.Settings(nsamples=32), dense, 0.0)
+    # the LS grid is part of its key (another grid may choose another λ)
+    assert q.ppl_key(s, ls, 0.2) != q.ppl_key(q.Settings(ls_lambdas=(0.1,)), ls, 0.2)
+    assert q.zs_key(s, rot, 0.2, "piqa") != q.zs_key(q.Settings(zs_limit=100), rot, 0.2, "piqa")
+
+
+def test_plan_jobs_skips_finished_rows(tmp_path):
+    s = q.Settings(ppl_windows=16)
+    store = C.RowStore(tmp_path / "q.json")
+    variants = [q.VARIANT_BY_ID[i] for i in ("dense", "wanda_sp", "rcpu_nocomp")]
+    jobs, skipped = q.plan_jobs(store, s, variants, [0.1, 0.2], ["piqa", "boolq"], [0.2])
+    todo = {(j.variant.id, j.ratio): j for j in jobs}
+    assert set(todo) == {("dense", 0.0), ("wanda_sp", 0.1), ("wanda_sp", 0.2), ("rcpu_nocomp", 0.1), ("rcpu_nocomp", 0.2)}
+    assert todo[("dense", 0.0)].tasks == ["piqa", "boolq"]
+    assert todo[("wanda_sp", 0.1)].tasks == []  # zero-shot only at the zs ratios
+    assert todo[("wanda_sp", 0.2)].tasks == ["piqa", "boolq"]
+    assert todo[("rcpu_nocomp", 0.2)].tasks == []  # not a Table-2 row
+    assert skipped == []
+    wanda = q.VARIANT_BY_ID["wanda_sp"]
+    store.add({"key": q.ppl_key(s, wanda, 0.2), "kind": "ppl"})
+    store.add({"key": q.zs_key(s, wanda, 0.2, "piqa"), "kind": "zeroshot"})
+    store.add({"key": q.ppl_key(s, wanda, 0.1), "kind": "ppl"})
+    jobs, skipped = q.plan_jobs(C.RowStore(tmp_path / "q.json"), s, variants, [0.1, 0.2], ["piqa", "boolq"], [0.2])
+    todo = {(j.variant.id, j.ratio): j for j in jobs}
+    assert ("wanda_sp", 0.1) not in todo
+    assert not todo[("wanda_sp", 0.2)].ppl and todo[("wanda_sp", 0.2)].tasks == ["boolq"]
+    assert len(skipped) == 3
+    # other eval settings: nothing skipped
+    jobs, skipped = q.plan_jobs(C.RowStore(tmp_path / "q.json"), q.Settings(), variants, [0.1, 0.2], [], [0.2])
+    assert skipped == [] and len(jobs) == 5
+
+
+def test_quick_and_full_use_separate_files():
+    full = q.resolve(q.parse_args([]))
+    quick = q.resolve(q.parse_args(["--quick"]))
+    assert full[-1].name == "quality.json" and quick[-1].name == "quality_quick.json"
+    assert quick[0].ppl_windows > 0 and quick[3] == []  # subset of windows, no zero-shot
+    assert [v.id for v in quick[1]] == [v.id for v in q.VARIANTS if v.id in q.QUICK_VARIANTS]
+    assert q.resolve(q.parse_args(["--rows", "rcpu_*", "--no-zeroshot"]))[3] == []
+    with pytest.raises(SystemExit):
+        q.resolve(q.parse_args(["--rows", "nope"]))
+
+
+def test_ppl_table_and_report(tmp_path):
+    s = q.Settings(ppl_windows=4)
+    rows = []
+    for vid, ratio, ppl in (("dense", 0.0, 10.0), ("rcpu_rot", 0.2, 12.5), ("wanda_sp", 0.2, 20.0)):
+        v = q.VARIANT_BY_ID[vid]
+        rows.append({"key": q.ppl_key(s, v, ratio), "kind": "ppl", "variant": vid, "method": v.label, "ratio": ratio,
+                     "ppl": ppl, "effective_ratio": ratio * 0.9, "ppl_windows": 4, "ppl_windows_total": 100,
+                     "heads_per_layer": 6, "channels_per_layer": 1229, "config": {"structure": "uniform"}})
+    rows.append({**rows[1], "key": "other settings", "ppl": 99.0})  # not matching: ignored
+    text = q.write_report(rows, s, [0.2], tmp_path / "q.md", tmp_path / "q.png")
+    assert "| RCPU (rot) | 12.50 (18.0%) |" in text and "99.00" not in text
+    assert (tmp_path / "q.png").is_file() and "q.png" in text
+
+
+# -- store-all baseline == streaming engine -------------------------------------------------------
+@pytest.mark.parametrize("kv", [2, 6])
+def test_storeall_matches_streaming_engine(kv):
+    model = make_tiny_llama(num_heads=6, num_kv_heads=kv, num_layers=2)
+    torch.manual_seed(1)
+    batches = list(torch.randint(0, 64, (12, 16)).split(4))
+    config = PruningConfig(method="rcpu", ratio=0.34, head_rounding="nearest", batch_size=4)
+    ours, store = copy.deepcopy(model), copy.deepcopy(model)
+    with torch.no_grad():
+        prune_model(ours, capture_layer_inputs(ours, batches), config, progress=False)
+        info = cs.storeall_prune(store, capture_layer_inputs(store, batches), config, dtype=torch.float64, chunk=40)
+    assert info["stored_mb_max"] > 0
+    for la, lb in zip(decoder_layers(ours), decoder_layers(store)):
+        pa, pb = layer_parts(la), layer_parts(lb)
+        assert pa.num_heads == pb.num_heads < 6 and pa.intermediate_size == pb.intermediate_size < 48
+        for name in ("q_proj", "k_proj", "o_proj", "gate_proj", "down_proj"):
+            wa, wb = getattr(pa, name).weight, getattr(pb, name).weight
+            assert wa.shape == wb.shape
+            assert (wa - wb).abs().max().item() < 1e-6, name
+    ids = batches[0]
+    with torch.no_grad():
+        assert torch.allclose(ours(ids).logits, store(ids).logits, atol=1e-5)
+
+
+def test_storeall_rotation_is_procrustes_of_gram():
+    from rcpu_lightning.pruning import ChannelStats, rotation_compensation
+
+    torch.manual_seed(0)
+    X, W = torch.randn(300, 10), torch.randn(5, 10)
+    keep = [0, 2, 3, 7, 9]
+    stats = ChannelStats.zeros(10)
+    stats.update(X)
+    ref = rotation_compensation(W.double(), stats.G, torch.tensor(keep))
+    got = cs.storeall_rotation(W.double(), X, keep, chunk=64)
+    assert (ref - got).abs().max() < 1e-10
+
+
+def test_storeall_refuses_other_methods():
+    model = make_tiny_llama()
+    with pytest.raises(ValueError):
+        cs.storeall_prune(model, None, PruningConfig(method="wanda_sp"))
+
+
+def test_peak_rss_reset_and_measure():
+    before = C.current_rss_mb()
+    assert C.peak_rss_mb() >= before * 0.9
+    if C.reset_peak_rss():
+        assert C.peak_rss_mb() <= C.current_rss_mb() + 1.0
+
+
+# -- README rendering -----------------------------------------------------------------------------
+def _results(tmp_path: Path) -> Path:
+    d = tmp_path / "results"
+    d.mkdir()
+    (d / "overhead.json").write_text(json.dumps({"lightning_tokens_per_s": 100.0, "bare_tokens_per_s": 110.0,
+                                                 "ratio": 100 / 110, "repeats": 3, "windows": 8, "seqlen": 128}))
+    (d / "calibration_scaling_quick.json").write_text(json.dumps([
+        {"key": "k", "samples": 16, "ppl": 50.0, "ppl_windows": 4, "ours_seconds": 10.0, "storeall_seconds": 8.0,
+         "ours_peak_mb": 30.0, "storeall_peak_mb": 60.0, "time_ratio": 1.25, "memory_ratio": 0.5,
+         "cpu_time_ratio": 1.2, "captured_inputs_mb": 4.5}]))
+    return d
+
+
+def test_render_readme_between_markers(tmp_path, capsys):
+    d = _results(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text("# T\n\nbefore\n<!-- results:start -->\nold\n<!-- results:end -->\nafter\n")
+    assert rr.main(["--readme", str(readme), "--results", str(d)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# T\n\nbefore\n<!-- results:start -->\n") and text.endswith("<!-- results:end -->\nafter\n")
+    assert "old" not in text and "0.91" in text and "0.50" in text
+    # idempotent
+    rr.main(["--readme", str(readme), "--results", str(d)])
+    assert readme.read_text() == text
+
+
+def test_render_readme_without_markers_prints(tmp_path, capsys):
+    d = _results(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    assert rr.main(["--readme", str(readme), "--results", str(d)]) == 0
+    assert readme.read_text() == "# no markers\n"
+    assert "0.91" in capsys.readouterr().out
