@@ -188,3 +188,29 @@ def test_render_readme_without_markers_prints(tmp_path, capsys):
     assert rr.main(["--readme", str(readme), "--results", str(d)]) == 0
     assert readme.read_text() == "# no markers\n"
     assert "0.91" in capsys.readouterr().out
+
+
+class _WordTokenizer:
+    """Whitespace tokenizer ("w123" -> 123) with the call signature the data package uses."""
+
+    def __call__(self, text, return_tensors=None):
+        ids = torch.tensor([[int(w[1:]) for w in text.split()]])
+        return type("Enc", (), {"input_ids": ids})()
+
+
+def test_heldout_windows_avoid_calibration_windows(tmp_path):
+    import random
+
+    words = [f"w{i}" for i in range(4000)]
+    (tmp_path / "wiki.valid.tokens").write_text("\n".join(" ".join(words[i : i + 10]) for i in range(0, 4000, 10)) + "\n")
+    s = q.Settings(nsamples=8, seqlen=16, seed=3)
+    held = q.heldout_windows(_WordTokenizer(), 20, s, str(tmp_path))
+    assert held.shape == (20, 16)
+    ids = _WordTokenizer()(" ".join(["" if not r.strip() else r for r in open(tmp_path / "wiki.valid.tokens")])).input_ids[0]
+    rng = random.Random(3)
+    calib = [rng.randint(0, ids.numel() - 16 - 1) for _ in range(8)]
+    # each held-out window's start (ids are unique per word here) is >= seqlen away from every calibration start
+    pos = {int(t): i for i, t in enumerate(ids.tolist())}
+    starts = [pos[int(w[0])] for w in held]
+    assert all(abs(a - c) >= 16 for a in starts for c in calib)
+    assert len(set(starts)) == 20
