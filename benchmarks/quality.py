@@ -310,7 +310,8 @@ def table_notes(ppl_rows: list[dict], s: Settings) -> str:
                  "compensation untested. Heads per layer after pruning (uniform rows): "
                  + "; ".join(f"{100 * x:.0f}%: {h}/9 heads, {c}/1536 MLP channels"
                              for x, (h, _, c) in sorted(shapes.items()))
-                 + ". At 10 % nearest rounding still removes no head (0.9 -> 0), so only MLP channels are pruned there.")
+                 + ("; at 10 % nearest rounding still removes no head (0.9 -> 0), so only MLP channels are pruned"
+                    if any(math.isclose(x, 0.1) for x in shapes) else "") + ".")
     ls = {r["ratio"]: r["ls"] for r in ppl_rows if r.get("ls")}
     if ls:
         notes.append("- LS (λ_best): ridge least squares (λ relative to the mean Gram G/n) on the RCPU selection; λ "
@@ -318,8 +319,10 @@ def table_notes(ppl_rows: list[dict], s: Settings) -> str:
                      f"on {s.ls_heldout} held-out windows of the calibration split that overlap no calibration "
                      "window (reconstruction error on the calibration set itself always favours the smallest λ). "
                      "Chosen: " + ", ".join(f"{100 * x:.0f}%: λ={v['lambda']:g}" for x, v in sorted(ls.items())) + ".")
-    notes.append("- FLAP (AL-AM) uses FLAP's global adaptive structure (per-layer counts differ); FLAP rows use "
-                 "FLAP's bias compensation; WANDA-sp has no compensation; RCPU rows use RCPU's variance-aware score.")
+    if any(r["variant"].startswith("flap") for r in ppl_rows):
+        notes.append("- FLAP (AL-AM) uses FLAP's global adaptive structure (per-layer counts differ); FLAP rows use "
+                     "FLAP's bias compensation.")
+    notes.append("- WANDA-sp has no compensation; RCPU rows use RCPU's variance-aware score (γ) for selection.")
     return "\n".join(notes) + "\n"
 
 
