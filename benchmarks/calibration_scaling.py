@@ -6,7 +6,9 @@
 For each sample count the parent starts two fresh worker processes (``--worker ours`` then
 ``--worker storeall``), each of which loads the model and the data, records its RSS, resets the
 RSS high-water mark (``/proc/self/clear_refs``), captures the calibration inputs and prunes, and
-reads ``getrusage(RUSAGE_SELF).ru_maxrss``. Peak memory = that high-water mark minus the RSS
+reads ``getrusage(RUSAGE_SELF).ru_maxrss``. The model's weights are copied out of the memory-mapped
+safetensors cache first (otherwise pages touched for the first time during pruning would count).
+Peak memory = that high-water mark minus the RSS
 before the capture (model, tokenizer and data already loaded). ``tracemalloc`` is useless here:
 it does not see torch's allocations.
 
@@ -175,6 +177,10 @@ def worker(args) -> dict[str, Any]:
     windows = windows[:n_ppl] if args.ppl_windows > 0 or args.worker != "ours" else windows
     config = PruningConfig(method="rcpu", compensation="rotation", ratio=RATIO, head_rounding="nearest",
                            nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
+    # The safetensors cache is memory-mapped: weights become resident only when first touched, which
+    # would count the whole model as "pruning memory". Copy every tensor into anonymous memory first.
+    for t in [*model.parameters(), *model.buffers()]:
+        t.data = t.data.clone()
     gc.collect()
     baseline = C.current_rss_mb()
     peak_before_reset = C.peak_rss_mb()
