@@ -294,3 +294,31 @@ def test_hub_source_is_mocked_and_normalised(monkeypatch):
 
 def test_paper_metric_map():
     assert [PAPER_METRIC[t] for t in TASKS] == ["acc", "acc", "acc_norm", "acc", "acc", "acc_norm", "acc_norm"]
+
+
+def test_prepare_lm_eval_tasks_writes_yaml_and_hf_layout_copies(tmp_path, shared_data):
+    from rcpu_lightning.eval.compare_harness import _HARNESS_HELPERS, _HARNESS_YAML, prepare_lm_eval_tasks
+
+    harness = tmp_path / "lm_eval_tasks"
+    for rel, _, _ in _HARNESS_YAML.values():
+        (harness / rel).parent.mkdir(parents=True, exist_ok=True)
+        (harness / rel).write_text(
+            'task: x\ndataset_path: y\noutput_type: multiple_choice\ndoc_to_text: "Question: {{question}}\\nAnswer:"\n'
+            "doc_to_target: label\ntraining_split: train\n"
+        )
+    for rel in _HARNESS_HELPERS:
+        (harness / rel).write_text("# helper\n")
+    out = tmp_path / "out"
+    names = prepare_lm_eval_tasks(out, shared_data, harness)
+    assert names == [f"local_{t}" for t in TASKS]
+    yaml = (out / "local_arc_easy.yaml").read_text()
+    assert "task: local_arc_easy\ndataset_path: json\n" in yaml
+    assert f"    test: {(out / 'arc_easy.jsonl').resolve()}\ntest_split: test\n" in yaml
+    assert 'doc_to_text: "Question: {{question}}\\nAnswer:"' in yaml and "training_split" not in yaml
+    assert "  - metric: acc_norm" in yaml and "  - metric: acc_norm" not in (out / "local_boolq.yaml").read_text()
+    arc = json.loads((out / "arc_easy.jsonl").read_text().splitlines()[0])
+    assert arc["question"].startswith("Which statement best explains") and arc["choices"]["label"] == ["A", "B", "C", "D"]
+    hs = json.loads((out / "hellaswag.jsonl").read_text().splitlines()[0])
+    assert hs["ctx_a"] == "A man is sitting on a roof. He" and hs["ctx_b"] == "" and hs["label"] == "3"
+    assert json.loads((out / "boolq.jsonl").read_text().splitlines()[0])["label"] == 0
+    assert (out / "utils.py").is_file() and (out / "preprocess_winogrande.py").is_file()

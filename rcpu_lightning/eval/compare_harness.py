@@ -9,8 +9,15 @@ For every ``samples_local_<task>_*.jsonl`` the script
 2. scores them with :func:`rcpu_lightning.eval.zeroshot.item_loglikelihoods` and compares the
    per-request log-likelihoods and the per-document acc / acc_norm with the harness' values.
 
-Usage::
+Usage (lm_eval lives in its own venv; the model must be a plain HF folder for it)::
 
+    # 1. task YAMLs + HF-layout data copies for lm_eval
+    python -m rcpu_lightning.eval.compare_harness --prepare /tmp/lmeval-tasks --data-dir /work/shared/data \\
+        --lm-eval-tasks /path/to/site-packages/lm_eval/tasks
+    # 2. lm_eval --model hf --model_args pretrained=DIR,dtype=float32 --include_path /tmp/lmeval-tasks \\
+    #        --tasks local_boolq,...,local_openbookqa --limit N --batch_size 16 --device cpu \\
+    #        --log_samples --output_path LM_EVAL_OUT_DIR
+    # 3. compare
     python -m rcpu_lightning.eval.compare_harness LM_EVAL_OUT_DIR --data-dir /work/shared/data \\
         [--model-gguf FILE | --model DIR] [--bos default|true|false] --output compare.json
 """
@@ -30,6 +37,60 @@ import torch
 
 from .tasks import PAPER_METRIC, TASKS, load_items
 from .zeroshot import _parse_bos, embedded_smollm2_gguf, item_loglikelihoods, load_gguf_model, score_item
+
+
+_HARNESS_YAML = {
+    "boolq": ("super_glue/boolq/default.yaml", "validation", ["acc"]),
+    "piqa": ("piqa/piqa.yaml", "validation", ["acc", "acc_norm"]),
+    "hellaswag": ("hellaswag/hellaswag.yaml", "validation", ["acc", "acc_norm"]),
+    "winogrande": ("winogrande/default.yaml", "validation", ["acc"]),
+    "arc_easy": ("arc/arc_easy.yaml", "test", ["acc", "acc_norm"]),
+    "arc_challenge": ("arc/arc_easy.yaml", "test", ["acc", "acc_norm"]),  # arc_challenge.yaml includes it
+    "openbookqa": ("openbookqa/openbookqa.yaml", "test", ["acc", "acc_norm"]),
+}
+_HARNESS_HELPERS = ("hellaswag/utils.py", "winogrande/preprocess_winogrande.py")
+
+
+def prepare_lm_eval_tasks(out_dir: str | Path, data_dir: str | Path, lm_eval_tasks: str | Path) -> list[str]:
+    """Write ``local_<task>.yaml`` (the harness' own doc_to_* / process_docs lines, dataset = local JSON)
+    and HF-layout JSONL copies of the shared files into ``out_dir``. Returns the task names.
+
+    HellaSwag: the local file has no ctx_a/ctx_b, so the copy carries ``ctx_a`` = our recapitalised ctx
+    and ``ctx_b`` = "" (lm-eval then builds the same query: the trailing space is stripped).
+    """
+    import re
+    import shutil
+
+    from .tasks import TASK_SPECS, _read_jsonl, recapitalize_hellaswag_ctx
+
+    out, harness = Path(out_dir), Path(lm_eval_tasks)
+    out.mkdir(parents=True, exist_ok=True)
+    for helper in _HARNESS_HELPERS:
+        shutil.copy(harness / helper, out / Path(helper).name)
+    names = []
+    for task, (yaml_rel, split, metrics) in _HARNESS_YAML.items():
+        spec = TASK_SPECS[task]
+        docs = [spec.normalize_local(d) for d in _read_jsonl(Path(data_dir) / "zeroshot" / spec.local_file, None)]
+        if task == "hellaswag":
+            docs = [
+                {"activity_label": d["activity_label"], "ctx_a": recapitalize_hellaswag_ctx(d["ctx"]), "ctx_b": "",
+                 "endings": d["endings"], "label": str(d["label"])}
+                for d in docs
+            ]
+        data_file = (out / f"{task}.jsonl").resolve()
+        with open(data_file, "w", encoding="utf-8") as f:
+            for d in docs:
+                f.write(json.dumps(d) + "\n")
+        src = (harness / yaml_rel).read_text(encoding="utf-8").splitlines()
+        keep = [line for line in src if re.match(r"^(output_type|process_docs|doc_to_text|doc_to_target|doc_to_choice):", line)]
+        lines = [f"task: local_{task}", "dataset_path: json", "dataset_kwargs:", "  data_files:", f"    {split}: {data_file}"]
+        lines += [f"{'validation' if split == 'validation' else 'test'}_split: {split}"] + keep + ["metric_list:"]
+        for m in metrics:
+            lines += [f"  - metric: {m}", "    aggregation: mean", "    higher_is_better: true"]
+        lines += ["metadata:", "  version: 1.0"]
+        (out / f"local_{task}.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        names.append(f"local_{task}")
+    return names
 
 
 def _read_samples(path: str) -> list[dict]:
@@ -79,7 +140,9 @@ def compare_task(task: str, samples: list[dict], model, tokenizer, data_dir, bos
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rcpu_lightning.eval.compare_harness", description=__doc__.split("\n\n")[0])
-    p.add_argument("lm_eval_dir", help="lm_eval --output_path folder (searched recursively for samples_local_*.jsonl)")
+    p.add_argument("lm_eval_dir", nargs="?", help="lm_eval --output_path folder (searched recursively for samples_local_*.jsonl)")
+    p.add_argument("--prepare", metavar="OUT_DIR", help="only write the local_<task> YAMLs and data copies here")
+    p.add_argument("--lm-eval-tasks", help="the installed lm_eval/tasks folder (with --prepare)")
     p.add_argument("--data-dir", required=True)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model")
@@ -91,6 +154,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-docs", type=int, default=None, help="compare only the first K harness documents")
     p.add_argument("--output")
     args = p.parse_args(argv)
+    if args.prepare:
+        if not args.lm_eval_tasks:
+            p.error("--prepare needs --lm-eval-tasks")
+        print(",".join(prepare_lm_eval_tasks(args.prepare, args.data_dir, args.lm_eval_tasks)))
+        return 0
+    if not args.lm_eval_dir:
+        p.error("lm_eval_dir is required unless --prepare is given")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model:
