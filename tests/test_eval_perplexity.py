@@ -103,3 +103,21 @@ def test_rejects_bad_shapes():
         m.update(torch.zeros(2, 5, 7), torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(RuntimeError):
         Perplexity().compute()
+
+
+def test_evaluate_perplexity_accepts_a_plain_module_returning_logits():
+    class Bigram(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.randn(11, 11))
+
+        def forward(self, input_ids):  # no use_cache, returns a bare tensor
+            return self.table[input_ids]
+
+    torch.manual_seed(0)
+    model = Bigram()
+    windows = _windows(4, 10, 11, seed=9)
+    out = evaluate_perplexity(model, windows, batch_size=3, progress=False)
+    logp = torch.log_softmax(model.table.detach().double(), dim=-1)
+    nll = -sum(float(logp[w[t], w[t + 1]]) for w in windows for t in range(9))
+    assert out["ppl"] == pytest.approx(math.exp(nll / 36), rel=1e-6)

@@ -13,6 +13,7 @@ so the value from several ranks is exactly the value of one process over all win
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -111,6 +112,10 @@ def evaluate_perplexity(
     was_training = model.training
     model.eval()
     metric = Perplexity(sync_on_compute=False).to(device)
+    try:
+        kwargs = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+    except (TypeError, ValueError):
+        kwargs = {}
     starts = range(0, windows.shape[0], batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -119,7 +124,8 @@ def evaluate_perplexity(
     try:
         for start in starts:
             batch = windows[start : start + batch_size].to(device)
-            logits = model(input_ids=batch, use_cache=False).logits
+            out = model(input_ids=batch, **kwargs)
+            logits = out.logits if hasattr(out, "logits") else out
             metric.update(logits, batch)
         ppl = float(metric.compute())
     finally:
