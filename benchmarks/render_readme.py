@@ -49,7 +49,7 @@ def quality_section(results: Path, readme: Path) -> str:
     if not s:
         return "### Quality\n\nNo quality rows yet (`python benchmarks/quality.py`).\n"
     png = path.with_name(path.stem + "_ppl.png")
-    text = Q.report_markdown(rows, s, image=_rel(png, readme) if png.is_file() else None, heading="###")
+    text = Q.report_markdown(rows, s, image=_rel(png, readme) if png.is_file() else None, heading="####")
     label = " — quick grid (`--quick`), not the full benchmark" if quick else ""
     return f"### Quality{label}\n\nFrom `{_rel(path, readme)}`.\n\n" + text
 
@@ -86,7 +86,9 @@ def overhead_section(results: Path, readme: Path) -> str:
             "| loop | tokens/s |\n|---|---|\n"
             f"| `Trainer.test` ({r.get('lightning_impl', 'Lightning')}) | {r['lightning_tokens_per_s']:.1f} |\n"
             f"| bare `for batch: model(batch)` | {r['bare_tokens_per_s']:.1f} |\n"
-            f"| ratio Lightning / bare | {r['ratio']:.2f} |\n")
+            f"| ratio Lightning / bare | {r['ratio']:.2f} |\n"
+            + (f"\nMedian of the per-repeat ratios: {r['ratio_median_per_repeat']:.2f}; same perplexity from both "
+               f"loops: {r['ppl_lightning']:.4f} / {r['ppl_bare']:.4f}.\n" if "ratio_median_per_repeat" in r else ""))
 
 
 def render(results: Path, readme: Path) -> str:
