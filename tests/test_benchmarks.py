@@ -214,3 +214,32 @@ def test_heldout_windows_avoid_calibration_windows(tmp_path):
     starts = [pos[int(w[0])] for w in held]
     assert all(abs(a - c) >= 16 for a in starts for c in calib)
     assert len(set(starts)) == 20
+
+
+def test_every_quality_variant_runs_on_a_tiny_model(tmp_path):
+    """Each row of the grid (AL-AM, LS λ search, targets, refreshed stats...) prunes and scores end to end."""
+    import argparse
+
+    dense = make_tiny_llama(num_heads=6, num_kv_heads=2, num_layers=2)
+    torch.manual_seed(2)
+    calib, windows, heldout = (torch.randint(0, 64, (n, 16)) for n in (8, 4, 4))
+    s = q.Settings(nsamples=8, seqlen=16, ppl_windows=4, ls_lambdas=(1e-3, 1.0), ls_heldout=4)
+    store = C.RowStore(tmp_path / "q.json")
+    args = argparse.Namespace(eval_batch_size=2, total_windows=10, data_dir=None)
+    for v in q.VARIANTS:
+        q.run_job(q.Job(v, 0.34, True, []), dense, None, calib, windows, lambda: heldout, store, s, args)
+    rows = {r["variant"]: r for r in C.RowStore(tmp_path / "q.json")}
+    assert set(rows) == set(q.VARIANT_BY_ID)
+    for vid, r in rows.items():
+        assert r["key"] == q.ppl_key(s, q.VARIANT_BY_ID[vid], 0.34) and r["ppl"] > 0 and r["ppl_windows"] == 4
+        assert vid == "dense" or r["effective_ratio"] > 0
+    assert set(rows["ls_best"]["ls"]["heldout_mean_nll"]) == {"0.001", "1"}
+    assert rows["ls_best"]["config"]["ls_lambda"] == rows["ls_best"]["ls"]["lambda"]
+    assert rows["rcpu_refresh_mlp"]["config"]["refresh_mlp_stats"] and rows["rcpu_o_proj_only"]["config"]["targets"] == "o_proj"
+    assert rows["flap_al_am"]["config"]["structure"] == "al_am"
+    assert dense.model.layers[0].self_attn.q_proj.out_features == 48  # the dense model itself is never pruned
+    # resuming LS with its λ known prunes once, without a search
+    v = q.VARIANT_BY_ID["ls_best"]
+    q.run_job(q.Job(v, 0.34, False, []), dense, None, calib, windows, lambda: 1 / 0, store, s, args)
+    text = q.report_markdown(store.rows, s)
+    assert "LS (λ_best)" in text and "λ=" in text
