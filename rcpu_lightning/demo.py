@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--method", default="rcpu")
     parser.add_argument("--nsamples", type=int, default=128)
     parser.add_argument("--seqlen", type=int, default=128)
-    parser.add_argument("--windows", type=int, default=200, help="perplexity windows to score (0 = all)")
+    parser.add_argument("--windows", type=int, default=100, help="perplexity windows to score (0 = all)")
     parser.add_argument("--head-rounding", default="nearest", choices=["floor", "nearest"],
                         help="nearest: SmolLM2 has 9 heads in 3 kv groups, floor would remove none at 20%%")
     args = parser.parse_args(argv)
