@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ..data.wikitext import resolve_data_dir  # the one data_dir rule: argument, else $RCPU_DATA_DIR, else the hub
+
 __all__ = [
     "MultipleChoiceItem",
     "TASKS",
@@ -274,14 +276,6 @@ def _spec(task: str) -> TaskSpec:
         return TASK_SPECS[task]
     except KeyError:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(ALL_TASKS)}") from None
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
-    """``data_dir`` if given, else ``$RCPU_DATA_DIR`` if set, else ``None`` (= load from the hub)."""
-    if data_dir is None:
-        env = os.environ.get("RCPU_DATA_DIR")
-        return Path(env) if env else None
-    return Path(data_dir)
 
 
 def _read_jsonl(path: Path, limit: int | None) -> list[dict]:

@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..data.wikitext import DATA_DIR_ENV, calibration_windows, perplexity_windows
+from ..data.wikitext import calibration_windows, perplexity_windows, resolve_data_dir
 from ..eval.tasks import ALL_TASKS, load_items
 from ..eval.zeroshot import MultipleChoiceDataset
 from .module import ZeroShotBatch
@@ -34,10 +34,9 @@ SIBLING_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data
 def default_data_dir(data_dir: Optional[str]) -> Optional[str]:
     """``data_dir``, else ``$RCPU_DATA_DIR``, else ``../shared/data`` beside the repo if it exists,
     else ``None`` (the Hugging Face hub)."""
-    if data_dir:
-        return str(data_dir)
-    if os.environ.get(DATA_DIR_ENV):
-        return os.environ[DATA_DIR_ENV]
+    resolved = resolve_data_dir(data_dir or None)
+    if resolved is not None:
+        return str(resolved)
     return str(SIBLING_DATA_DIR) if SIBLING_DATA_DIR.is_dir() else None
 
 
