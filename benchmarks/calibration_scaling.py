@@ -126,6 +126,7 @@ def storeall_prune(model: torch.nn.Module, inputs, config, dtype=torch.float64, 
     layers = decoder_layers(model)
     plan = PruningPlan(str(model.config.model_type), dense_values(model), [], config.to_dict())
     batches = inputs.rebatch(config.batch_size).batches
+    inputs.batches.clear()  # as prune_model(release_inputs=True): one copy of the activations
     n_tokens = sum(h.shape[0] * h.shape[1] for h, _ in batches)
     stored_max = 0.0
     with torch.no_grad():
@@ -135,7 +136,7 @@ def storeall_prune(model: torch.nn.Module, inputs, config, dtype=torch.float64, 
             parts = layer_parts(layer)
             stores = {"o": _Store(parts.o_proj, n_tokens), "d": _Store(parts.down_proj, n_tokens)}
             try:
-                run_layer(layer, batches, config.offload_inputs)  # outputs unused: the layer is re-run below
+                run_layer(layer, batches, config.offload_inputs, replace=False)  # the layer is re-run below
             finally:
                 Xo, Xd = stores["o"].close(), stores["d"].close()
             stored_max = max(stored_max, (Xo.numel() + Xd.numel()) * Xo.element_size() / 2**20)
@@ -154,7 +155,7 @@ def storeall_prune(model: torch.nn.Module, inputs, config, dtype=torch.float64, 
             prune_attention(parts, kept_heads, kept_kv, o_w, None)
             prune_mlp(layer_parts(layer), kept_ch, d_w, None)
             plan.layers.append(LayerPlan(kept_heads, kept_kv, kept_ch, biased_projections(layer_parts(layer)), []))
-            batches = run_layer(layer, batches, config.offload_inputs)
+            run_layer(layer, batches, config.offload_inputs, replace=True)  # now layer i + 1's inputs
     del batches
     update_config(model, plan)
     return {"seconds": time.perf_counter() - t0, "stored_mb_max": stored_max}
@@ -188,7 +189,7 @@ def worker(args) -> dict[str, Any]:
     t0, c0 = time.perf_counter(), time.process_time()
     inputs = capture_layer_inputs(model, calib.split(config.batch_size))
     if args.worker == "ours":
-        prune_model(model, inputs, config, progress=False)
+        prune_model(model, inputs, config, progress=False, release_inputs=True)
         extra = {}
     else:
         extra = storeall_prune(model, inputs, config)

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     calib = calibration_windows(tokenizer, config.nsamples, config.seqlen, config.seed, args.data_dir)
     start = time.perf_counter()
     inputs = capture_layer_inputs(model, calib.split(config.batch_size))
-    report = prune_model(model, inputs, config)
+    report = prune_model(model, inputs, config, release_inputs=True)
     seconds = time.perf_counter() - start
     pruned = evaluate_perplexity(model, windows)
     print(f"pruned perplexity: {pruned['ppl']:.3f} ({config.method}, ratio {config.ratio}, effective "

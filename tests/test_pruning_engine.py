@@ -326,3 +326,26 @@ def test_float32_statistics_give_the_same_decisions():
     assert ra.plan.layers == rb.plan.layers
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(x, y, atol=1e-3, rtol=0, msg=k)
+
+
+@pytest.mark.parametrize("structure", ["uniform", "al_am"])
+def test_release_inputs_frees_layer0_activations_during_pruning(structure):
+    """One copy of the activations: with ``release_inputs`` the captured layer-0 tensors are gone
+    before layer 1 is pruned; without it the caller's ``inputs`` keeps them (and stays reusable)."""
+    import weakref
+
+    cfg = PruningConfig(ratio=0.34, structure=structure, batch_size=2)
+    results = {}
+    for release in (False, True):
+        model = make_tiny_llama(**GQA)
+        inputs = _inputs(model)
+        refs = [weakref.ref(h) for h, _ in inputs.batches]
+        seen: list[bool] = []
+        layer1 = decoder_layers(model)[1]
+        layer1.register_forward_pre_hook(lambda *a: seen.append(all(r() is None for r in refs)))
+        prune_model(model, inputs, cfg, progress=False, release_inputs=release)
+        assert len(inputs.batches) == (0 if release else 2)
+        # The last layer-1 forward comes after layer 0 has replaced every batch with its output.
+        results[release] = (seen[-1], _state(model))
+    assert results[True][0] and not results[False][0]
+    _assert_same_state(results[False][1], results[True][1])

@@ -288,8 +288,11 @@ class RCPUPruningCallback(Callback):
         reduce = self._reduce(trainer)
         with torch.inference_mode(False):
             # Captured in an inference-mode predict loop the inputs are inference tensors: make
-            # ordinary copies so nothing downstream trips over them.
-            inputs = LayerInputs([(h.clone() if h.is_inference() else h, kw) for h, kw in inputs.batches])
+            # ordinary copies (one batch at a time, so two full copies never coexist) so that
+            # nothing downstream trips over them.
+            for k, (h, kw) in enumerate(inputs.batches):
+                if h.is_inference():
+                    inputs.batches[k] = (h.clone(), kw)
             rows = sum(h.shape[0] for h, _ in inputs.batches)
             seqlen = max((h.shape[1] for h, _ in inputs.batches), default=0)
             counts = torch.tensor([float(rows), float(rows == 0)], dtype=torch.float64)
@@ -305,8 +308,7 @@ class RCPUPruningCallback(Callback):
                 )
             config = dataclasses.replace(self.config, nsamples=total_rows, seqlen=max(seqlen, 1))
             progress = self.progress and trainer.is_global_zero
-            report = prune_model(lm, inputs, config, reduce=reduce, progress=progress)
-            del inputs
+            report = prune_model(lm, inputs, config, reduce=reduce, progress=progress, release_inputs=True)
         self.report, self.pruned = report, True
         self.world_size, self.calibration_rows = trainer.world_size, total_rows
         _store_plan(pl_module, report)

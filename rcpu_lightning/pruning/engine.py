@@ -82,30 +82,35 @@ def _device(parts: LayerParts) -> torch.device:
     return parts.q_proj.weight.device
 
 
-def run_layer(layer: nn.Module, batches: Batches, offload: bool) -> Batches:
-    """Forward every batch through ``layer``; returns the outputs as the next layer's inputs."""
+def run_layer(layer: nn.Module, batches: Batches, offload: bool, replace: bool) -> None:
+    """Forward every batch through ``layer``.
+
+    ``replace=True`` overwrites each entry of ``batches`` with the layer's output (the next
+    layer's input) as soon as it is computed, so one copy of the activations is held, never two;
+    ``replace=False`` drops the outputs (a statistics pass).
+    """
     device = _device(layer_parts(layer))
-    out = []
-    for hidden, kwargs in batches:
+    for k, (hidden, kwargs) in enumerate(batches):
         h = layer(hidden.to(device), **to_device(kwargs, device))
-        h = h[0] if isinstance(h, tuple) else h
-        out.append((h.to("cpu") if offload else h, kwargs))
-    return out
+        if replace:
+            h = h[0] if isinstance(h, tuple) else h
+            batches[k] = (h.to("cpu") if offload else h, kwargs)
+        del h
 
 
 def layer_stats(
     layer: nn.Module, batches: Batches, modules: dict[str, nn.Module], config: PruningConfig,
     reduce: Reduce | None, layer_idx: int, diag_only: bool = False, where: str = "",
-) -> tuple[dict[str, ChannelStats], Batches]:
-    """Reduced input statistics of ``modules`` while ``layer`` runs on ``batches`` (plus its outputs)."""
+) -> dict[str, ChannelStats]:
+    """Reduced input statistics of ``modules`` while ``layer`` runs on ``batches`` (outputs dropped)."""
     dtype = getattr(torch, config.stats_dtype)
     with collect_input_stats(modules, dtype, diag_only) as local:
-        outputs = run_layer(layer, batches, config.offload_inputs)
+        run_layer(layer, batches, config.offload_inputs, replace=False)
     names = list(local)
     stats = dict(zip(names, reduce_stats([local[n] for n in names], reduce)))
     for name, s in stats.items():
         check_stats(s, f"layer {layer_idx} {name} {where}".rstrip())
-    return stats, outputs
+    return stats
 
 
 def check_stats(stats: ChannelStats, where: str) -> None:
@@ -143,10 +148,11 @@ def al_am_structure(
     """Dense pass + FLAP's AL-AM global threshold -> (heads, channels) to remove per layer."""
     layers, local = decoder_layers(model), []
     dtype = getattr(torch, config.stats_dtype)
+    batches = list(batches)  # this dense pass must not overwrite the caller's layer-0 inputs
     for layer in layers:
         parts = layer_parts(layer)
         with collect_input_stats({"o": parts.o_proj, "d": parts.down_proj}, dtype, diag_only=True) as st:
-            batches = run_layer(layer, batches, config.offload_inputs)
+            run_layer(layer, batches, config.offload_inputs, replace=True)
         local += [st["o"], st["d"]]
     del batches
     reduced = reduce_stats(local, reduce)
@@ -199,12 +205,12 @@ def _decide_channels(parts: LayerParts, stats: ChannelStats, n_remove: int, conf
 def prune_layer(
     idx: int, layer: nn.Module, batches: Batches, counts: tuple[int, int], config: PruningConfig,
     reduce: Reduce | None,
-) -> tuple[LayerPlan, Batches]:
-    """Prune one decoder layer in place; returns its plan and the next layer's inputs."""
+) -> LayerPlan:
+    """Prune one decoder layer in place; returns its plan. ``batches`` become the next layer's inputs."""
     parts = layer_parts(layer)
     targets = {"o_proj": parts.o_proj} if config.refresh_mlp_stats else {
         "o_proj": parts.o_proj, "down_proj": parts.down_proj}
-    stats, _ = layer_stats(layer, batches, targets, config, reduce, idx)
+    stats = layer_stats(layer, batches, targets, config, reduce, idx)
     kept_heads, kept_kv, o_comp = _decide_heads(parts, stats["o_proj"], counts[0], config)
     if not config.refresh_mlp_stats:  # all decisions made before any weight changes
         kept_ch, d_comp = _decide_channels(parts, stats["down_proj"], counts[1], config)
@@ -212,13 +218,14 @@ def prune_layer(
     prune_attention(parts, kept_heads, kept_kv, o_comp.weight, o_comp.bias_delta)
     parts = layer_parts(layer)
     if config.refresh_mlp_stats:
-        d_stats, _ = layer_stats(layer, batches, {"down_proj": parts.down_proj}, config, reduce, idx,
+        d_stats = layer_stats(layer, batches, {"down_proj": parts.down_proj}, config, reduce, idx,
                                  where="(refreshed after this layer's attention was pruned)")
         kept_ch, d_comp = _decide_channels(parts, d_stats["down_proj"], counts[1], config)
     added += ["down_proj"] if d_comp.bias_delta is not None and parts.down_proj.bias is None else []
     prune_mlp(parts, kept_ch, d_comp.weight, d_comp.bias_delta)
     plan = LayerPlan(kept_heads, kept_kv, kept_ch, biased_projections(layer_parts(layer)), added)
-    return plan, run_layer(layer, batches, config.offload_inputs)
+    run_layer(layer, batches, config.offload_inputs, replace=True)  # batches now feed layer idx + 1
+    return plan
 
 
 # -- the model ----------------------------------------------------------------------------------
@@ -228,12 +235,18 @@ def prune_model(
     config: PruningConfig,
     reduce: Reduce | None = None,
     progress: bool = True,
+    release_inputs: bool = False,
 ) -> PruningReport:
     """Prune ``model`` in place, layer by layer, calibrated on ``inputs`` (from ``capture_layer_inputs``).
 
     ``reduce(t) -> t`` sums a tensor over processes (supplied by the caller; None on one process).
     It is called once per layer (twice with ``refresh_mlp_stats``; once more for ``al_am``),
     however many batches this process holds.
+
+    Memory: the engine holds one copy of the calibration activations, overwritten layer by layer,
+    plus the per-module sums. ``inputs`` is left untouched by default, so layer 0's activations
+    stay alive for a second prune; ``release_inputs=True`` empties ``inputs`` instead, and
+    layer 0's activations are freed as they are replaced (the peak then holds one copy, not two).
     """
     from tqdm.auto import tqdm
 
@@ -242,13 +255,15 @@ def prune_model(
     layers = decoder_layers(model)
     params_before, layer_before = _count(model), [_count(layer) for layer in layers]
     plan = PruningPlan(str(model.config.model_type), dense_values(model), [], config.to_dict())
-    batches = inputs.rebatch(config.batch_size).batches
+    batches = inputs.rebatch(config.batch_size).batches  # views of the captured tensors, overwritten per layer
+    if release_inputs:
+        inputs.batches.clear()
     with torch.no_grad():
         counts = (al_am_structure(model, batches, config, reduce) if config.structure == "al_am"
                   else uniform_counts(model, config))
         validate_counts(model, counts)
         for i, layer in enumerate(tqdm(layers, desc="pruning layers", disable=None if progress else True)):
-            layer_plan, batches = prune_layer(i, layer, batches, counts[i], config, reduce)
+            layer_plan = prune_layer(i, layer, batches, counts[i], config, reduce)
             plan.layers.append(layer_plan)
             _log_layer(i, layer_plan, plan.dense, layer_before[i], _count(layer))
     del batches
