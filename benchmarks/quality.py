@@ -227,6 +227,7 @@ def run_job(job: Job, dense, tokenizer, calib, windows, heldout_fn, store: C.Row
     extra: dict[str, Any] = {}
     if v.config is None:
         model = dense
+        extra["params_before"] = sum(t.numel() for t in dense.parameters())
     else:
         config = dict(v.config)
         if v.tune_lambda:
@@ -259,6 +260,10 @@ def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}"
 
 
+def _secs(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0f}"
+
+
 def matching_rows(rows: list[dict], s: Settings) -> tuple[list[dict], list[dict]]:
     """(perplexity rows, zero-shot rows) measured with the settings ``s`` (other rows are left out)."""
     ppl, zs = [], []
@@ -289,6 +294,23 @@ def ppl_table(ppl_rows: list[dict], ratios: list[float]) -> str:
             r = by.get((v.id, x))
             cells.append("–" if r is None else f"{_fmt(r['ppl'])} ({100 * r['effective_ratio']:.1f}%)")
         lines.append(f"| {v.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def cost_table(ppl_rows: list[dict], ratios: list[float]) -> str:
+    """Per row: parameters, decoder-layer parameters removed, prune seconds, PPL evaluation seconds."""
+    lines = ["| Method | ratio | params | removed | prune s | PPL eval s |", "|---|---|---|---|---|---|"]
+    order = {v.id: i for i, v in enumerate(VARIANTS)}
+    rows = sorted((r for r in ppl_rows if r["variant"] == "dense" or any(math.isclose(r["ratio"], x) for x in ratios)),
+                  key=lambda r: (r["ratio"], order[r["variant"]]))
+    for r in rows:
+        if r["variant"] == "dense":
+            params, removed, prune = r.get("params_before"), "–", "–"
+        else:
+            params, removed, prune = r.get("params_after"), f"{100 * r['effective_ratio']:.1f}%", _secs(r.get("prune_seconds"))
+        size = "–" if params is None else f"{params / 1e6:.2f} M"
+        lines.append(f"| {VARIANT_BY_ID[r['variant']].label} | {100 * r['ratio']:.0f}% | {size} | {removed} | {prune} "
+                     f"| {_secs(r.get('ppl_seconds'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -326,6 +348,12 @@ def table_notes(ppl_rows: list[dict], s: Settings) -> str:
     return "\n".join(notes) + "\n"
 
 
+def cost_notes() -> str:
+    return ("- prune s: wall seconds of input capture + `prune_model` on the shared 2-core CPU (one run each; other "
+            "jobs may have shared the cores). For LS (λ_best) it is the prune with the chosen λ; choosing λ took one "
+            "prune and one held-out evaluation per grid value on top.\n")
+
+
 def settings_from_rows(rows: list[dict]) -> Settings | None:
     """The settings of the most recent pruned perplexity row (to render a file without knowing its flags)."""
     ppl = [r for r in rows if r.get("kind") == "ppl" and r.get("variant") in VARIANT_BY_ID and r.get("calib_samples")]
@@ -351,7 +379,8 @@ def report_markdown(rows: list[dict], s: Settings, ratios: list[float] | None = 
     if not ppl_rows:
         return ""
     ratios = ratios or sorted({r["ratio"] for r in ppl_rows if r["ratio"] > 0})
-    parts = [f"{heading} WikiText-2 perplexity ({s.model})\n", ppl_table(ppl_rows, ratios), "", table_notes(ppl_rows, s)]
+    parts = [f"{heading} WikiText-2 perplexity ({s.model})\n", ppl_table(ppl_rows, ratios), "", table_notes(ppl_rows, s),
+             f"\n{heading} Size and cost per row\n", cost_table(ppl_rows, ratios), "", cost_notes()]
     table2 = {VARIANT_BY_ID[r["variant"]].id for r in zs_rows}
     if zs_rows:
         merged = [{"model": s.model, "method": r["method"], "ratio": r["ratio"], "ppl": r["ppl"]}
