@@ -98,10 +98,14 @@ def test_ppl_table_and_report(tmp_path):
         v = q.VARIANT_BY_ID[vid]
         rows.append({"key": q.ppl_key(s, v, ratio), "kind": "ppl", "variant": vid, "method": v.label, "ratio": ratio,
                      "ppl": ppl, "effective_ratio": ratio * 0.9, "ppl_windows": 4, "ppl_windows_total": 100,
-                     "heads_per_layer": 6, "channels_per_layer": 1229, "config": {"structure": "uniform"}})
+                     "heads_per_layer": 6, "channels_per_layer": 1229, "config": {"structure": "uniform"},
+                     "params_before": 1_000_000, "params_after": 800_000 if ratio else None,
+                     "prune_seconds": 61.4 if ratio else None, "ppl_seconds": 7.6})
     rows.append({**rows[1], "key": "other settings", "ppl": 99.0})  # not matching: ignored
     text = q.write_report(rows, s, [0.2], tmp_path / "q.md", tmp_path / "q.png")
     assert "| RCPU (rot) | 12.50 (18.0%) |" in text and "99.00" not in text
+    assert "| Dense | 0% | 1.00 M | – | – | 8 |" in text  # size-and-cost table
+    assert "| RCPU (rot) | 20% | 0.80 M | 18.0% | 61 | 8 |" in text
     assert (tmp_path / "q.png").is_file() and "q.png" in text
 
 
