@@ -224,31 +224,43 @@ def run_worker(impl: str, n: int, args) -> dict[str, Any]:
 
 def row_key(n: int, args) -> str:
     ppl = "all" if args.ppl_windows <= 0 else f"first{args.ppl_windows}"
+    only = "" if "storeall" in args.impls else "|ours-only"
     return (f"{C.MODEL_NAME}|rcpu_rot|ratio={RATIO:g}|calib={n}x{args.seqlen}@seed{args.seed}"
-            f"|ppl=wikitext2-test/L{args.seqlen}/{ppl}|check={args.check_windows}")
+            f"|ppl=wikitext2-test/L{args.seqlen}/{ppl}|check={args.check_windows}{only}")
 
 
-def make_row(n: int, ours: dict, store: dict, args) -> dict[str, Any]:
+def _ratio(a: float, b: float | None) -> float | None:
+    return a / b if b else None
+
+
+def make_row(n: int, ours: dict, store: dict | None, args) -> dict[str, Any]:
+    """One row; ``store`` is None when the store-all worker was not run (``--impls ours``)."""
+    store = store or {}
     return {
         "key": row_key(n, args), "model": C.MODEL_NAME, "method": "RCPU (rot)", "ratio": RATIO, "samples": n,
         "seqlen": args.seqlen, "ppl": ours["ppl"], "ppl_windows": ours["ppl_windows"],
-        "ours_seconds": ours["seconds"], "storeall_seconds": store["seconds"],
-        "ours_cpu_seconds": ours["cpu_seconds"], "storeall_cpu_seconds": store["cpu_seconds"],
-        "ours_peak_mb": ours["peak_mb"], "storeall_peak_mb": store["peak_mb"],
-        "time_ratio": ours["seconds"] / store["seconds"], "cpu_time_ratio": ours["cpu_seconds"] / store["cpu_seconds"],
-        "memory_ratio": ours["peak_mb"] / store["peak_mb"] if store["peak_mb"] > 0 else None,
+        "ours_seconds": ours["seconds"], "storeall_seconds": store.get("seconds"),
+        "ours_cpu_seconds": ours["cpu_seconds"], "storeall_cpu_seconds": store.get("cpu_seconds"),
+        "ours_peak_mb": ours["peak_mb"], "storeall_peak_mb": store.get("peak_mb"),
+        "time_ratio": _ratio(ours["seconds"], store.get("seconds")),
+        "cpu_time_ratio": _ratio(ours["cpu_seconds"], store.get("cpu_seconds")),
+        "memory_ratio": _ratio(ours["peak_mb"], store.get("peak_mb")),
         "captured_inputs_mb": ours["captured_inputs_mb"], "storeall_activations_mb": store.get("stored_mb_max"),
-        "check_mean_nll_ours": ours["check_mean_nll"], "check_mean_nll_storeall": store["check_mean_nll"],
-        "check_windows": args.check_windows, "workers": {"ours": ours, "storeall": store}, "run": C.run_info(),
+        "check_mean_nll_ours": ours["check_mean_nll"], "check_mean_nll_storeall": store.get("check_mean_nll"),
+        "check_windows": args.check_windows, "workers": {"ours": ours, "storeall": store or None}, "run": C.run_info(),
     }
 
 
+def _f(x: float | None, spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
 def print_row(r: dict) -> None:
-    print(f"n={r['samples']:5d}  ppl={r['ppl']:.3f}  time ours/store-all = {r['ours_seconds']:.0f}/{r['storeall_seconds']:.0f} s"
-          f" = {r['time_ratio']:.2f} (cpu {r['cpu_time_ratio']:.2f})  peak ours/store-all = "
-          f"{r['ours_peak_mb']:.0f}/{r['storeall_peak_mb']:.0f} MB = "
-          f"{r['memory_ratio'] if r['memory_ratio'] is None else round(r['memory_ratio'], 2)}"
-          f"  check NLL {r['check_mean_nll_ours']:.5f}/{r['check_mean_nll_storeall']:.5f}", flush=True)
+    print(f"n={r['samples']:5d}  ppl={r['ppl']:.3f}  time ours/store-all = {r['ours_seconds']:.0f}/"
+          f"{_f(r['storeall_seconds'], '.0f')} s = {_f(r['time_ratio'], '.2f')} (cpu {_f(r['cpu_time_ratio'], '.2f')})"
+          f"  peak ours/store-all = {r['ours_peak_mb']:.0f}/{_f(r['storeall_peak_mb'], '.0f')} MB = "
+          f"{_f(r['memory_ratio'], '.2f')}  check NLL {r['check_mean_nll_ours']:.5f}/"
+          f"{_f(r['check_mean_nll_storeall'], '.5f')}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -262,9 +274,14 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--impls", default="ours,storeall",
+                   help="implementations to run: ours,storeall (default) or ours (a row marked ours-only)")
     p.add_argument("--worker", choices=["ours", "storeall"], help=argparse.SUPPRESS)
     p.add_argument("--nsamples", type=int, default=128, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.impls = [x.strip() for x in args.impls.split(",") if x.strip()]
+    if "ours" not in args.impls or not set(args.impls) <= {"ours", "storeall"}:
+        p.error(f"--impls must be 'ours' or 'ours,storeall', got {','.join(args.impls)!r}")
     if args.ppl_windows is None:
         args.ppl_windows = 16 if args.quick else 256
     if args.worker:
@@ -280,8 +297,10 @@ def main(argv=None) -> int:
             continue
         print(f"n={n}: ours ...", flush=True)
         ours = run_worker("ours", n, args)
-        print(f"n={n}: store-all ...", flush=True)
-        storeall = run_worker("storeall", n, args)
+        storeall = None
+        if "storeall" in args.impls:
+            print(f"n={n}: store-all ...", flush=True)
+            storeall = run_worker("storeall", n, args)
         row = make_row(n, ours, storeall, args)
         store.add(row)
         print_row(row)

@@ -54,6 +54,10 @@ def quality_section(results: Path, readme: Path) -> str:
     return f"### Quality{label}\n\nFrom `{_rel(path, readme)}`.\n\n" + text
 
 
+def _num(x: float | None, spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
 def scaling_section(results: Path, readme: Path) -> str:
     path, quick = _pick(results, "calibration_scaling")
     rows = _load(path) if path else None
@@ -66,13 +70,16 @@ def scaling_section(results: Path, readme: Path) -> str:
              "captured layer inputs, *inputs MB*). Ratios are ours / store-all; CPU time is less sensitive "
              "to the other jobs on the shared machine than wall time.\n",
              "| samples | PPL (windows) | ours s | store-all s | time ratio | CPU-time ratio | ours peak MB | "
-             "store-all peak MB | memory ratio | inputs MB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: r["samples"]):
-        mem = "–" if r.get("memory_ratio") is None else f"{r['memory_ratio']:.2f}"
+             "store-all peak MB | memory ratio | inputs MB | ours peak / ours at 128 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    at128 = next((r["ours_peak_mb"] for r in rows if r["samples"] == 128), None)
+    for r in sorted(rows, key=lambda r: (r["samples"], r.get("storeall_seconds") is None)):
         lines.append(f"| {r['samples']} | {r['ppl']:.2f} ({r['ppl_windows']}) | {r['ours_seconds']:.0f} | "
-                     f"{r['storeall_seconds']:.0f} | {r['time_ratio']:.2f} | {r.get('cpu_time_ratio', float('nan')):.2f} | "
-                     f"{r['ours_peak_mb']:.0f} | {r['storeall_peak_mb']:.0f} | {mem} | {r.get('captured_inputs_mb', 0):.0f} |")
+                     f"{_num(r.get('storeall_seconds'), '.0f')} | {_num(r.get('time_ratio'), '.2f')} | "
+                     f"{_num(r.get('cpu_time_ratio'), '.2f')} | {r['ours_peak_mb']:.0f} | "
+                     f"{_num(r.get('storeall_peak_mb'), '.0f')} | {_num(r.get('memory_ratio'), '.2f')} | "
+                     f"{r.get('captured_inputs_mb', 0):.0f} | {_num(at128 and r['ours_peak_mb'] / at128, '.2f')} |")
+    lines.append("\n– : not measured (a row run with `--impls ours` has no store-all figures).")
     return "\n".join(lines) + "\n"
 
 

@@ -247,3 +247,22 @@ def test_every_quality_variant_runs_on_a_tiny_model(tmp_path):
     q.run_job(q.Job(v, 0.34, False, []), dense, None, calib, windows, lambda: 1 / 0, store, s, args)
     text = q.report_markdown(store.rows, s)
     assert "LS (λ_best)" in text and "λ=" in text
+
+
+def test_ours_only_scaling_row_renders_without_store_all(tmp_path):
+    import argparse
+
+    args = argparse.Namespace(impls=["ours"], ppl_windows=16, seqlen=128, seed=0, check_windows=4)
+    ours = {"ppl": 60.0, "ppl_windows": 16, "seconds": 100.0, "cpu_seconds": 190.0, "peak_mb": 520.0,
+            "captured_inputs_mb": 288.0, "check_mean_nll": 4.1}
+    row = cs.make_row(1024, ours, None, args)
+    assert row["key"].endswith("|ours-only") and row["time_ratio"] is None and row["memory_ratio"] is None
+    both = cs.make_row(128, {**ours, "peak_mb": 260.0}, {**ours, "seconds": 50.0, "peak_mb": 400.0},
+                       argparse.Namespace(**{**vars(args), "impls": ["ours", "storeall"]}))
+    assert "ours-only" not in both["key"] and both["time_ratio"] == 2.0
+    d = tmp_path / "results"
+    d.mkdir()
+    (d / "calibration_scaling.json").write_text(json.dumps([row, both]))
+    text = rr.scaling_section(d, tmp_path / "README.md")
+    assert "| 1024 | 60.00 (16) | 100 | – | – | – | 520 | – | – | 288 | 2.00 |" in text
+    assert "| 128 | 60.00 (16) | 100 | 50 | 2.00 |" in text
