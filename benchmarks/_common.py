@@ -140,3 +140,8 @@ def median(values: list[float]) -> float:
     if n == 0:
         raise ValueError("median of no values")
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def fmt(x: float | None, spec: str) -> str:
+    """``format(x, spec)``, or an en dash for a figure that was not measured."""
+    return "–" if x is None else format(x, spec)

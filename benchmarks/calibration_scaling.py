@@ -251,16 +251,12 @@ def make_row(n: int, ours: dict, store: dict | None, args) -> dict[str, Any]:
     }
 
 
-def _f(x: float | None, spec: str) -> str:
-    return "–" if x is None else format(x, spec)
-
-
 def print_row(r: dict) -> None:
     print(f"n={r['samples']:5d}  ppl={r['ppl']:.3f}  time ours/store-all = {r['ours_seconds']:.0f}/"
-          f"{_f(r['storeall_seconds'], '.0f')} s = {_f(r['time_ratio'], '.2f')} (cpu {_f(r['cpu_time_ratio'], '.2f')})"
-          f"  peak ours/store-all = {r['ours_peak_mb']:.0f}/{_f(r['storeall_peak_mb'], '.0f')} MB = "
-          f"{_f(r['memory_ratio'], '.2f')}  check NLL {r['check_mean_nll_ours']:.5f}/"
-          f"{_f(r['check_mean_nll_storeall'], '.5f')}", flush=True)
+          f"{C.fmt(r['storeall_seconds'], '.0f')} s = {C.fmt(r['time_ratio'], '.2f')} (cpu {C.fmt(r['cpu_time_ratio'], '.2f')})"
+          f"  peak ours/store-all = {r['ours_peak_mb']:.0f}/{C.fmt(r['storeall_peak_mb'], '.0f')} MB = "
+          f"{C.fmt(r['memory_ratio'], '.2f')}  check NLL {r['check_mean_nll_ours']:.5f}/"
+          f"{C.fmt(r['check_mean_nll_storeall'], '.5f')}", flush=True)
 
 
 def main(argv=None) -> int:

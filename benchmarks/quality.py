@@ -260,10 +260,6 @@ def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}"
 
 
-def _secs(x: float | None) -> str:
-    return "–" if x is None else f"{x:.0f}"
-
-
 def matching_rows(rows: list[dict], s: Settings) -> tuple[list[dict], list[dict]]:
     """(perplexity rows, zero-shot rows) measured with the settings ``s`` (other rows are left out)."""
     ppl, zs = [], []
@@ -307,10 +303,10 @@ def cost_table(ppl_rows: list[dict], ratios: list[float]) -> str:
         if r["variant"] == "dense":
             params, removed, prune = r.get("params_before"), "–", "–"
         else:
-            params, removed, prune = r.get("params_after"), f"{100 * r['effective_ratio']:.1f}%", _secs(r.get("prune_seconds"))
+            params, removed, prune = r.get("params_after"), f"{100 * r['effective_ratio']:.1f}%", C.fmt(r.get("prune_seconds"), '.0f')
         size = "–" if params is None else f"{params / 1e6:.2f} M"
         lines.append(f"| {VARIANT_BY_ID[r['variant']].label} | {100 * r['ratio']:.0f}% | {size} | {removed} | {prune} "
-                     f"| {_secs(r.get('ppl_seconds'))} |")
+                     f"| {C.fmt(r.get('ppl_seconds'), '.0f')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -54,10 +54,6 @@ def quality_section(results: Path, readme: Path) -> str:
     return f"### Quality{label}\n\nFrom `{_rel(path, readme)}`.\n\n" + text
 
 
-def _num(x: float | None, spec: str) -> str:
-    return "–" if x is None else format(x, spec)
-
-
 def scaling_section(results: Path, readme: Path) -> str:
     path, quick = _pick(results, "calibration_scaling")
     rows = _load(path) if path else None
@@ -75,10 +71,10 @@ def scaling_section(results: Path, readme: Path) -> str:
     at128 = next((r["ours_peak_mb"] for r in rows if r["samples"] == 128), None)
     for r in sorted(rows, key=lambda r: (r["samples"], r.get("storeall_seconds") is None)):
         lines.append(f"| {r['samples']} | {r['ppl']:.2f} ({r['ppl_windows']}) | {r['ours_seconds']:.0f} | "
-                     f"{_num(r.get('storeall_seconds'), '.0f')} | {_num(r.get('time_ratio'), '.2f')} | "
-                     f"{_num(r.get('cpu_time_ratio'), '.2f')} | {r['ours_peak_mb']:.0f} | "
-                     f"{_num(r.get('storeall_peak_mb'), '.0f')} | {_num(r.get('memory_ratio'), '.2f')} | "
-                     f"{r.get('captured_inputs_mb', 0):.0f} | {_num(at128 and r['ours_peak_mb'] / at128, '.2f')} |")
+                     f"{C.fmt(r.get('storeall_seconds'), '.0f')} | {C.fmt(r.get('time_ratio'), '.2f')} | "
+                     f"{C.fmt(r.get('cpu_time_ratio'), '.2f')} | {r['ours_peak_mb']:.0f} | "
+                     f"{C.fmt(r.get('storeall_peak_mb'), '.0f')} | {C.fmt(r.get('memory_ratio'), '.2f')} | "
+                     f"{r.get('captured_inputs_mb', 0):.0f} | {C.fmt(at128 and r['ours_peak_mb'] / at128, '.2f')} |")
     lines.append("\n– : not measured (a row run with `--impls ours` has no store-all figures).")
     return "\n".join(lines) + "\n"
 
