@@ -26,6 +26,13 @@ the first ``--ppl-windows`` test windows; both workers also score the same ``--c
 windows so the two implementations can be checked against each other.
 Rows are appended to ``results/calibration_scaling.json`` (``_quick.json`` with ``--quick``);
 existing sample counts are skipped.
+
+Allocator: glibc keeps freed blocks below its (self-raising) mmap threshold in the heap, so the
+high-water mark also counts freed ~2.4 MB activation blocks that were not returned to the system.
+``--malloc-mmap-threshold BYTES`` runs the workers with ``MALLOC_MMAP_THRESHOLD_=BYTES`` (blocks
+at least that large are mmapped and returned on free; it also stops the threshold from rising),
+which separates what the implementations keep from what the allocator retains. Those rows get
+their own key (``|malloc_mmap=BYTES``).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ except ImportError:  # run as a script
 RATIO = 0.2
 FULL_SAMPLES = [32, 128, 512, 1024]
 QUICK_SAMPLES = [16, 64]
+MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"  # glibc tunable read at process start
 
 
 # -- the store-all baseline -----------------------------------------------------------------------
@@ -200,7 +208,7 @@ def worker(args) -> dict[str, Any]:
            "baseline_rss_mb": baseline, "peak_rss_mb": peak, "peak_mb": peak - baseline,
            "peak_reset": reset_ok, "peak_before_reset_mb": peak_before_reset, "rss_at_start_mb": rss_start,
            "captured_inputs_mb": args.nsamples * args.seqlen * model.config.hidden_size * 4 / 2**20,
-           "loadavg_1m": round(os.getloadavg()[0], 2), **extra}
+           "loadavg_1m": round(os.getloadavg()[0], 2), "malloc_mmap_threshold": os.environ.get(MMAP_ENV), **extra}
     check = evaluate_perplexity(model, windows[: args.check_windows], progress=False)
     out["check_mean_nll"] = check["mean_nll"]
     if args.worker == "ours":
@@ -210,13 +218,22 @@ def worker(args) -> dict[str, Any]:
     return out
 
 
+def worker_env(mmap_threshold: int | None) -> dict[str, str]:
+    """This process' environment with glibc's mmap threshold fixed at ``mmap_threshold`` (None: unset)."""
+    env = dict(os.environ)
+    env.pop(MMAP_ENV, None)
+    if mmap_threshold is not None:
+        env[MMAP_ENV] = str(mmap_threshold)
+    return env
+
+
 def run_worker(impl: str, n: int, args) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", impl, "--nsamples", str(n),
            "--seqlen", str(args.seqlen), "--seed", str(args.seed), "--ppl-windows", str(args.ppl_windows),
            "--check-windows", str(args.check_windows), "--threads", str(args.threads)]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(args.malloc_mmap_threshold))
     if proc.returncode != 0:
         raise RuntimeError(f"worker {impl} n={n} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -225,8 +242,9 @@ def run_worker(impl: str, n: int, args) -> dict[str, Any]:
 def row_key(n: int, args) -> str:
     ppl = "all" if args.ppl_windows <= 0 else f"first{args.ppl_windows}"
     only = "" if "storeall" in args.impls else "|ours-only"
+    mmap = "" if args.malloc_mmap_threshold is None else f"|malloc_mmap={args.malloc_mmap_threshold}"
     return (f"{C.MODEL_NAME}|rcpu_rot|ratio={RATIO:g}|calib={n}x{args.seqlen}@seed{args.seed}"
-            f"|ppl=wikitext2-test/L{args.seqlen}/{ppl}|check={args.check_windows}{only}")
+            f"|ppl=wikitext2-test/L{args.seqlen}/{ppl}|check={args.check_windows}{only}{mmap}")
 
 
 def _ratio(a: float, b: float | None) -> float | None:
@@ -247,7 +265,8 @@ def make_row(n: int, ours: dict, store: dict | None, args) -> dict[str, Any]:
         "memory_ratio": _ratio(ours["peak_mb"], store.get("peak_mb")),
         "captured_inputs_mb": ours["captured_inputs_mb"], "storeall_activations_mb": store.get("stored_mb_max"),
         "check_mean_nll_ours": ours["check_mean_nll"], "check_mean_nll_storeall": store.get("check_mean_nll"),
-        "check_windows": args.check_windows, "workers": {"ours": ours, "storeall": store or None}, "run": C.run_info(),
+        "check_windows": args.check_windows, "malloc_mmap_threshold": args.malloc_mmap_threshold,
+        "workers": {"ours": ours, "storeall": store or None}, "run": C.run_info(),
     }
 
 
@@ -272,12 +291,18 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--impls", default="ours,storeall",
                    help="implementations to run: ours,storeall (default) or ours (a row marked ours-only)")
+    p.add_argument("--malloc-mmap-threshold", type=int, default=None, metavar="BYTES",
+                   help=f"run the workers with {MMAP_ENV}=BYTES (glibc; default: the allocator's own dynamic threshold)")
     p.add_argument("--worker", choices=["ours", "storeall"], help=argparse.SUPPRESS)
     p.add_argument("--nsamples", type=int, default=128, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.impls = [x.strip() for x in args.impls.split(",") if x.strip()]
     if "ours" not in args.impls or not set(args.impls) <= {"ours", "storeall"}:
         p.error(f"--impls must be 'ours' or 'ours,storeall', got {','.join(args.impls)!r}")
+    if args.malloc_mmap_threshold is None and os.environ.get(MMAP_ENV):  # set on our own command line
+        args.malloc_mmap_threshold = int(os.environ[MMAP_ENV])
+    if args.malloc_mmap_threshold is not None and args.malloc_mmap_threshold <= 0:
+        p.error("--malloc-mmap-threshold must be a positive number of bytes")
     if args.ppl_windows is None:
         args.ppl_windows = 16 if args.quick else 256
     if args.worker:

@@ -65,18 +65,30 @@ def scaling_section(results: Path, readme: Path) -> str:
              "RSS high-water mark during input capture + pruning minus the RSS before it (both include the "
              "captured layer inputs, *inputs MB*). Ratios are ours / store-all; CPU time is less sensitive "
              "to the other jobs on the shared machine than wall time.\n",
-             "| samples | PPL (windows) | ours s | store-all s | time ratio | CPU-time ratio | ours peak MB | "
+             "| samples | malloc | PPL (windows) | ours s | store-all s | time ratio | CPU-time ratio | ours peak MB | "
              "store-all peak MB | memory ratio | inputs MB | ours peak / ours at 128 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    at128 = next((r["ours_peak_mb"] for r in rows if r["samples"] == 128), None)
-    for r in sorted(rows, key=lambda r: (r["samples"], r.get("storeall_seconds") is None)):
-        lines.append(f"| {r['samples']} | {r['ppl']:.2f} ({r['ppl_windows']}) | {r['ours_seconds']:.0f} | "
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    at128 = {}  # allocator setting -> our peak at 128 samples (ratios compare rows of the same setting)
+    for r in rows:
+        if r["samples"] == 128:
+            at128.setdefault(r.get("malloc_mmap_threshold"), r["ours_peak_mb"])
+    for r in sorted(rows, key=lambda r: (r.get("malloc_mmap_threshold") or 0, r["samples"],
+                                         r.get("storeall_seconds") is None)):
+        base = at128.get(r.get("malloc_mmap_threshold"))
+        lines.append(f"| {r['samples']} | {_malloc(r)} | {r['ppl']:.2f} ({r['ppl_windows']}) | {r['ours_seconds']:.0f} | "
                      f"{C.fmt(r.get('storeall_seconds'), '.0f')} | {C.fmt(r.get('time_ratio'), '.2f')} | "
                      f"{C.fmt(r.get('cpu_time_ratio'), '.2f')} | {r['ours_peak_mb']:.0f} | "
                      f"{C.fmt(r.get('storeall_peak_mb'), '.0f')} | {C.fmt(r.get('memory_ratio'), '.2f')} | "
-                     f"{r.get('captured_inputs_mb', 0):.0f} | {C.fmt(at128 and r['ours_peak_mb'] / at128, '.2f')} |")
-    lines.append("\n– : not measured (a row run with `--impls ours` has no store-all figures).")
+                     f"{r.get('captured_inputs_mb', 0):.0f} | {C.fmt(base and r['ours_peak_mb'] / base, '.2f')} |")
+    lines.append("\n– : not measured (a row run with `--impls ours` has no store-all figures). *malloc*: glibc's "
+                 "default dynamic mmap threshold, or `MALLOC_MMAP_THRESHOLD_` fixed with `--malloc-mmap-threshold` "
+                 "(freed large blocks go back to the system, so the peak counts less allocator retention).")
     return "\n".join(lines) + "\n"
+
+
+def _malloc(row: dict) -> str:
+    t = row.get("malloc_mmap_threshold")
+    return "default" if t is None else f"mmap ≥ {t / 1024:g} KiB"
 
 
 def overhead_section(results: Path, readme: Path) -> str:

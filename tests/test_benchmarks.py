@@ -175,11 +175,11 @@ def _results(tmp_path: Path) -> Path:
 def test_render_readme_between_markers(tmp_path, capsys):
     d = _results(tmp_path)
     readme = tmp_path / "README.md"
-    readme.write_text("# T\n\nbefore\n<!-- results:start -->\nold\n<!-- results:end -->\nafter\n")
+    readme.write_text("# T\n\nbefore\n<!-- results:start -->\nSTALE-SECTION\n<!-- results:end -->\nafter\n")
     assert rr.main(["--readme", str(readme), "--results", str(d)]) == 0
     text = readme.read_text()
     assert text.startswith("# T\n\nbefore\n<!-- results:start -->\n") and text.endswith("<!-- results:end -->\nafter\n")
-    assert "old" not in text and "0.91" in text and "0.50" in text
+    assert "STALE-SECTION" not in text and "0.91" in text and "0.50" in text
     # idempotent
     rr.main(["--readme", str(readme), "--results", str(d)])
     assert readme.read_text() == text
@@ -252,7 +252,8 @@ def test_every_quality_variant_runs_on_a_tiny_model(tmp_path):
 def test_ours_only_scaling_row_renders_without_store_all(tmp_path):
     import argparse
 
-    args = argparse.Namespace(impls=["ours"], ppl_windows=16, seqlen=128, seed=0, check_windows=4)
+    args = argparse.Namespace(impls=["ours"], ppl_windows=16, seqlen=128, seed=0, check_windows=4,
+                              malloc_mmap_threshold=None)
     ours = {"ppl": 60.0, "ppl_windows": 16, "seconds": 100.0, "cpu_seconds": 190.0, "peak_mb": 520.0,
             "captured_inputs_mb": 288.0, "check_mean_nll": 4.1}
     row = cs.make_row(1024, ours, None, args)
@@ -264,5 +265,26 @@ def test_ours_only_scaling_row_renders_without_store_all(tmp_path):
     d.mkdir()
     (d / "calibration_scaling.json").write_text(json.dumps([row, both]))
     text = rr.scaling_section(d, tmp_path / "README.md")
-    assert "| 1024 | 60.00 (16) | 100 | – | – | – | 520 | – | – | 288 | 2.00 |" in text
-    assert "| 128 | 60.00 (16) | 100 | 50 | 2.00 |" in text
+    assert "| 1024 | default | 60.00 (16) | 100 | – | – | – | 520 | – | – | 288 | 2.00 |" in text
+    assert "| 128 | default | 60.00 (16) | 100 | 50 | 2.00 |" in text
+
+
+def test_fixed_mmap_threshold_rows_have_their_own_key_and_baseline(tmp_path, monkeypatch):
+    import argparse
+
+    monkeypatch.setenv(cs.MMAP_ENV, "999")
+    assert cs.worker_env(131072)[cs.MMAP_ENV] == "131072"
+    assert cs.MMAP_ENV not in cs.worker_env(None)
+    base = dict(impls=["ours"], ppl_windows=16, seqlen=128, seed=0, check_windows=4)
+    default, fixed = (argparse.Namespace(**base, malloc_mmap_threshold=t) for t in (None, 131072))
+    ours = {"ppl": 60.0, "ppl_windows": 16, "seconds": 100.0, "cpu_seconds": 190.0, "peak_mb": 500.0,
+            "captured_inputs_mb": 36.0, "check_mean_nll": 4.1}
+    rows = [cs.make_row(128, ours, None, default), cs.make_row(128, {**ours, "peak_mb": 100.0}, None, fixed),
+            cs.make_row(1024, {**ours, "peak_mb": 400.0}, None, fixed)]
+    assert len({r["key"] for r in rows}) == 3 and rows[1]["key"].endswith("|malloc_mmap=131072")
+    d = tmp_path / "results"
+    d.mkdir()
+    (d / "calibration_scaling.json").write_text(json.dumps(rows))
+    text = rr.scaling_section(d, tmp_path / "README.md")
+    assert "| 128 | default | 60.00 (16) | 100 | – | – | – | 500 | – | – | 36 | 1.00 |" in text
+    assert "| 1024 | mmap ≥ 128 KiB | 60.00 (16) | 100 | – | – | – | 400 | – | – | 36 | 4.00 |" in text
