@@ -341,6 +341,11 @@ def table_notes(ppl_rows: list[dict], s: Settings) -> str:
         notes.append("- FLAP (AL-AM) uses FLAP's global adaptive structure (per-layer counts differ); FLAP rows use "
                      "FLAP's bias compensation.")
     notes.append("- WANDA-sp has no compensation; RCPU rows use RCPU's variance-aware score (γ) for selection.")
+    if any(r["variant"] in ("rcpu_o_proj_only", "rcpu_down_proj_only") for r in ppl_rows):
+        notes.append("- o_proj only / down_proj only: the same heads and channels are removed as in RCPU (rot); rotation "
+                     "compensation is applied to that projection only, the other is pruned without compensation. "
+                     "Where no head is removed (10 %), o_proj only is the same model as RCPU, no compensation, and "
+                     "down_proj only the same as RCPU (rot).")
     return "\n".join(notes) + "\n"
 
 

@@ -215,6 +215,23 @@ def test_targets_limit_where_compensation_applies():
     assert not torch.allclose(p_none.o_proj.weight, p_o.o_proj.weight)
 
 
+def test_without_head_removal_o_proj_only_is_no_compensation_and_down_proj_only_is_rotation():
+    # SmolLM2's layout (9 heads in 3 kv groups): at 10 % `nearest` rounding removes no head, which the
+    # benchmark's note relies on ("o_proj only" = "no compensation", "down_proj only" = "rot" there).
+    dense = make_tiny_llama(num_heads=9, num_kv_heads=3, hidden_size=72)
+    states = {}
+    for name, cfg in {"none": dict(compensation="none"), "o_only": dict(targets="o_proj"),
+                      "rot": dict(), "d_only": dict(targets="down_proj")}.items():
+        model = copy.deepcopy(dense)
+        report = _prune(model, ratio=0.1, head_rounding="nearest", **cfg)
+        assert all(len(lp.kept_heads) == 9 for lp in report.plan.layers)
+        states[name] = _state(model)
+    _assert_same_state(states["none"], states["o_only"])
+    _assert_same_state(states["rot"], states["d_only"])
+    assert not torch.equal(states["none"]["model.layers.0.mlp.down_proj.weight"],
+                           states["rot"]["model.layers.0.mlp.down_proj.weight"])
+
+
 def test_offload_and_rebatching_give_the_same_weights():
     a, b = make_tiny_llama(**GQA), make_tiny_llama(**GQA)
     prune_model(a, _inputs(a), PruningConfig(ratio=0.34, batch_size=8), progress=False)
