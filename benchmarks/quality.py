@@ -349,6 +349,65 @@ def table_notes(ppl_rows: list[dict], s: Settings) -> str:
     return "\n".join(notes) + "\n"
 
 
+# -- the paper's claims, checked on these rows --------------------------------------------------------
+@dataclass(frozen=True)
+class Claim:
+    text: str
+    a: str  # variant id expected to win
+    b: str  # variant id expected to lose (or to be matched, for "close")
+    kind: str = "ppl"  # "ppl": lower wins; "zs": higher mean zero-shot accuracy wins
+    close: float | None = None  # "a ≈ b": relative difference at most this
+
+
+CLAIMS: list[Claim] = [
+    Claim("RCPU (rot) has lower PPL than WANDA-sp", "rcpu_rot", "wanda_sp"),
+    Claim("RCPU (rot) has lower PPL than FLAP (AL-AM)", "rcpu_rot", "flap_al_am"),
+    Claim("RCPU (rot) has lower PPL than FLAP (UL-UM)", "rcpu_rot", "flap_ul_um"),
+    Claim("rotation ≈ rotation + scale (PPL within 5 %)", "rcpu_rot", "rcpu_rot_scale", close=0.05),
+    Claim("RCPU (rot) has lower PPL than least squares (λ_best)", "rcpu_rot", "ls_best"),
+    Claim("RCPU (rot) has lower PPL than no compensation", "rcpu_rot", "rcpu_nocomp"),
+    Claim("ablation: o_proj only beats down_proj only", "rcpu_o_proj_only", "rcpu_down_proj_only"),
+    Claim("ablation: both (RCPU rot) beat o_proj only", "rcpu_rot", "rcpu_o_proj_only"),
+    Claim("ablation: down_proj only beats no compensation", "rcpu_down_proj_only", "rcpu_nocomp"),
+    Claim("RCPU (rot) has higher mean zero-shot accuracy than WANDA-sp", "rcpu_rot", "wanda_sp", kind="zs"),
+    Claim("RCPU (rot) has higher mean zero-shot accuracy than FLAP (AL-AM)", "rcpu_rot", "flap_al_am", kind="zs"),
+]
+
+
+def zeroshot_means(zs_rows: list[dict]) -> dict[tuple[str, float], float]:
+    """(variant, ratio) -> mean of the reported per-task accuracy, only where every task of TASKS is present."""
+    from rcpu_lightning.eval.tasks import TASKS
+
+    by: dict[tuple[str, float], dict[str, float]] = {}
+    for r in zs_rows:
+        by.setdefault((r["variant"], r["ratio"]), {})[r["task"]] = r["tasks"][r["task"]]["reported"]
+    return {k: sum(v[t] for t in TASKS) / len(TASKS) for k, v in by.items() if all(t in v for t in TASKS)}
+
+
+def claim_cell(claim: Claim, values: dict[tuple[str, float], float], ratio: float) -> str:
+    a, b = values.get((claim.a, ratio)), values.get((claim.b, ratio))
+    if a is None or b is None:
+        return "–"
+    scale = 100.0 if claim.kind == "zs" else 1.0
+    if claim.close is not None:
+        holds = abs(a - b) <= claim.close * min(abs(a), abs(b))
+    else:
+        holds = a < b if claim.kind == "ppl" else a > b
+    return f"{'yes' if holds else 'no'} ({scale * a:.2f} vs {scale * b:.2f})"
+
+
+def claims_table(ppl_rows: list[dict], zs_rows: list[dict], ratios: list[float]) -> str:
+    """Each headline claim of the paper (rcpu-method.md) per ratio: holds here or not, with both figures."""
+    values = {"ppl": {(r["variant"], r["ratio"]): r["ppl"] for r in ppl_rows}, "zs": zeroshot_means(zs_rows)}
+    lines = ["| Claim (paper, LLaMA-7B) | " + " | ".join(f"{100 * x:.0f}%" for x in ratios) + " |",
+             "|---|" + "---|" * len(ratios)]
+    for c in CLAIMS:
+        cells = [claim_cell(c, values[c.kind], x) for x in ratios]
+        if any(cell != "–" for cell in cells):
+            lines.append(f"| {c.text} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def cost_notes() -> str:
     return ("- prune s: wall seconds of input capture + `prune_model` on the shared 2-core CPU (one run each; other "
             "jobs may have shared the cores). For LS (λ_best) it is the prune with the chosen λ; choosing λ took one "
@@ -388,6 +447,10 @@ def report_markdown(rows: list[dict], s: Settings, ratios: list[float] | None = 
                   for r in ppl_rows if r["variant"] in table2] + zs_rows
         parts += [f"\n{heading} Zero-shot accuracy (lm-evaluation-harness protocol, first "
                   f"{s.zs_limit} documents per task)\n", results_table(merged)]
+    parts += [f"\n{heading} The paper's claims on this model\n", claims_table(ppl_rows, zs_rows, ratios), "",
+              "- The paper's headline and ablation claims (rcpu-method.md; on LLaMA-7B all of them hold), checked on "
+              "the rows above. In parentheses: the figure of the method named first in the claim, then the other's "
+              "(PPL, or mean zero-shot accuracy in % over the seven tasks). –: a row is missing.\n"]
     if image:
         parts += [f"\n![WikiText-2 perplexity vs pruning ratio]({image})\n"]
     return "\n".join(parts)

@@ -288,3 +288,25 @@ def test_fixed_mmap_threshold_rows_have_their_own_key_and_baseline(tmp_path, mon
     text = rr.scaling_section(d, tmp_path / "README.md")
     assert "| 128 | default | 60.00 (16) | 100 | – | – | – | 500 | – | – | 36 | 1.00 |" in text
     assert "| 1024 | mmap ≥ 128 KiB | 60.00 (16) | 100 | – | – | – | 400 | – | – | 36 | 4.00 |" in text
+
+
+def test_claims_table_checks_each_claim_per_ratio():
+    from rcpu_lightning.eval.tasks import TASKS
+
+    ppl = {("rcpu_rot", 0.2): 100.0, ("wanda_sp", 0.2): 300.0, ("flap_al_am", 0.2): 90.0,
+           ("rcpu_rot_scale", 0.2): 104.0, ("rcpu_rot", 0.3): 200.0, ("rcpu_rot_scale", 0.3): 150.0}
+    ppl_rows = [{"variant": v, "ratio": x, "ppl": p} for (v, x), p in ppl.items()]
+
+    def zs(variant, acc, tasks=TASKS):
+        return [{"variant": variant, "ratio": 0.2, "task": t, "tasks": {t: {"reported": acc}}} for t in tasks]
+
+    zs_rows = zs("rcpu_rot", 0.5) + zs("wanda_sp", 0.4) + zs("flap_al_am", 0.6, TASKS[:-1])  # FLAP incomplete
+    assert q.zeroshot_means(zs_rows) == pytest.approx({("rcpu_rot", 0.2): 0.5, ("wanda_sp", 0.2): 0.4})
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in q.claims_table(ppl_rows, zs_rows, [0.2, 0.3]).splitlines()}
+    assert lines["RCPU (rot) has lower PPL than WANDA-sp"].endswith("| yes (100.00 vs 300.00) | – |")
+    assert lines["RCPU (rot) has lower PPL than FLAP (AL-AM)"].endswith("| no (100.00 vs 90.00) | – |")
+    assert lines["rotation ≈ rotation + scale (PPL within 5 %)"].endswith(
+        "| yes (100.00 vs 104.00) | no (200.00 vs 150.00) |")
+    assert lines["RCPU (rot) has higher mean zero-shot accuracy than WANDA-sp"].endswith("| yes (50.00 vs 40.00) | – |")
+    assert "RCPU (rot) has higher mean zero-shot accuracy than FLAP (AL-AM)" not in lines  # no complete FLAP mean
+    assert "ablation: o_proj only beats down_proj only" not in lines  # no rows at all: claim left out
