@@ -374,6 +374,24 @@ CLAIMS: list[Claim] = [
 ]
 
 
+def reference_note(zs_rows: list[dict]) -> str:
+    """A note with the model-free accuracies of the scored documents (from any row that recorded them)."""
+    from rcpu_lightning.eval.report import TASK_TITLES
+    from rcpu_lightning.eval.tasks import TASKS
+
+    rates = {}
+    for r in zs_rows:
+        res = r["tasks"][r["task"]]
+        if "majority_position" in res:
+            rates[r["task"]] = (res["chance"], res["majority_position"])
+    if not rates:
+        return ""
+    cells = ", ".join(f"{TASK_TITLES[t]} {100 * rates[t][0]:.1f} / {100 * rates[t][1]:.1f}" for t in TASKS if t in rates)
+    return ("- Without a model (chance / always the most frequent gold position), on the same documents: "
+            f"{cells} (%). A model that leans towards one answer can score above the dense model without "
+            "being better.\n")
+
+
 def zeroshot_means(zs_rows: list[dict]) -> dict[tuple[str, float], float]:
     """(variant, ratio) -> mean of the reported per-task accuracy, only where every task of TASKS is present."""
     from rcpu_lightning.eval.tasks import TASKS
@@ -446,7 +464,7 @@ def report_markdown(rows: list[dict], s: Settings, ratios: list[float] | None = 
         merged = [{"model": s.model, "method": r["method"], "ratio": r["ratio"], "ppl": r["ppl"]}
                   for r in ppl_rows if r["variant"] in table2] + zs_rows
         parts += [f"\n{heading} Zero-shot accuracy (lm-evaluation-harness protocol, first "
-                  f"{s.zs_limit} documents per task)\n", results_table(merged)]
+                  f"{s.zs_limit} documents per task)\n", results_table(merged), reference_note(zs_rows)]
     parts += [f"\n{heading} The paper's claims on this model\n", claims_table(ppl_rows, zs_rows, ratios), "",
               "- The paper's headline and ablation claims (rcpu-method.md; on LLaMA-7B all of them hold), checked on "
               "the rows above. In parentheses: the figure of the method named first in the claim, then the other's "

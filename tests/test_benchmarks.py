@@ -310,3 +310,12 @@ def test_claims_table_checks_each_claim_per_ratio():
     assert lines["RCPU (rot) has higher mean zero-shot accuracy than WANDA-sp"].endswith("| yes (50.00 vs 40.00) | – |")
     assert "RCPU (rot) has higher mean zero-shot accuracy than FLAP (AL-AM)" not in lines  # no complete FLAP mean
     assert "ablation: o_proj only beats down_proj only" not in lines  # no rows at all: claim left out
+
+
+def test_reference_note_lists_model_free_rates():
+    rows = [{"variant": "dense", "ratio": 0.0, "task": "boolq",
+             "tasks": {"boolq": {"reported": 0.42, "chance": 0.5, "majority_position": 0.622}}},
+            {"variant": "dense", "ratio": 0.0, "task": "piqa", "tasks": {"piqa": {"reported": 0.65}}}]  # older row
+    note = q.reference_note(rows)
+    assert "BoolQ 50.0 / 62.2" in note and "PIQA" not in note
+    assert q.reference_note(rows[1:]) == ""

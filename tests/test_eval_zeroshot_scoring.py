@@ -19,6 +19,7 @@ from rcpu_lightning.eval.zeroshot import (
     encode_request,
     evaluate_items,
     item_loglikelihoods,
+    reference_rates,
     request_loglikelihoods,
     resolve_max_length,
     score_item,
@@ -166,6 +167,8 @@ def test_forced_correct_answers_give_acc_one():
     res = evaluate_items(model, tok, items, task="fake", batch_size=2, max_length=64, progress=False)
     assert res["acc"] == 1.0 and res["acc_norm"] == 1.0 and res["n"] == 3
     assert res["reported_metric"] == "acc" and res["bos_in_context"] is True
+    # chance = mean(1/3, 1/2, 1/4); golds 1, 0, 3 -> each position once -> majority 1/3
+    assert res["chance"] == pytest.approx((1 / 3 + 1 / 2 + 1 / 4) / 3) and res["majority_position"] == pytest.approx(1 / 3)
     # The same items with the gold moved to a wrong choice score 0.
     wrong = [_item(list(it.requests), (it.gold + 1) % it.num_choices, doc_id=it.doc_id) for it in items]
     assert evaluate_items(model, tok, wrong, task="fake", max_length=64, progress=False)["acc"] == 0.0
@@ -241,3 +244,10 @@ def test_request_without_context_token_is_rejected():
     model = make_tiny_llama(vocab_size=VOCAB)
     with pytest.raises(ValueError, match="no context token"):
         request_loglikelihoods(model, [([], [5, 6])], max_length=16)
+
+
+def test_reference_rates_majority_position():
+    yes_no = [_item([("q", " yes"), ("q", " no")], g, doc_id=i) for i, g in enumerate([0, 0, 0, 1])]
+    assert reference_rates(yes_no) == {"chance": 0.5, "majority_position": 0.75}
+    with pytest.raises(ValueError):
+        reference_rates([])

@@ -54,6 +54,7 @@ __all__ = [
     "request_loglikelihoods",
     "item_loglikelihoods",
     "score_item",
+    "reference_rates",
     "MultipleChoiceAccuracy",
     "MultipleChoiceDataset",
     "collate_items",
@@ -337,6 +338,16 @@ class MultipleChoiceDataset(Dataset):
 # ----------------------------------------------------------------------------------------------------
 
 
+def reference_rates(items: Sequence[MultipleChoiceItem]) -> dict[str, float]:
+    """Accuracies that need no model: ``chance`` (mean of 1/choices) and ``majority_position`` (always
+    answering the most frequent gold index; e.g. "yes" on BoolQ, where it is far above chance)."""
+    if not items:
+        raise ValueError("no items")
+    counts = np.bincount([it.gold for it in items])
+    return {"chance": float(np.mean([1.0 / it.num_choices for it in items])),
+            "majority_position": float(counts.max() / len(items))}
+
+
 def _stderr(p: float, n: int) -> float:
     # Harness: sample std (ddof=1) / sqrt(n) of the 0/1 outcomes = sqrt(p (1 - p) / (n - 1)).
     return math.sqrt(p * (1.0 - p) / (n - 1)) if n > 1 else float("nan")
@@ -389,6 +400,7 @@ def evaluate_items(
         "max_length": int(max_length),
         "batch_size": int(batch_size),
         "requests": sum(it.num_choices for it in items),
+        **reference_rates(items),
     }
 
 
