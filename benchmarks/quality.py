@@ -392,31 +392,41 @@ def reference_note(zs_rows: list[dict]) -> str:
             "being better.\n")
 
 
-def zeroshot_means(zs_rows: list[dict]) -> dict[tuple[str, float], float]:
-    """(variant, ratio) -> mean of the reported per-task accuracy, only where every task of TASKS is present."""
+def zeroshot_means(zs_rows: list[dict]) -> dict[tuple[str, float], tuple[float, float]]:
+    """(variant, ratio) -> (mean of the reported per-task accuracies, its standard error), only where every
+    task of TASKS is present. s.e. = sqrt(Σ s.e.²) / tasks (tasks treated as independent)."""
     from rcpu_lightning.eval.tasks import TASKS
 
-    by: dict[tuple[str, float], dict[str, float]] = {}
+    by: dict[tuple[str, float], dict[str, tuple[float, float]]] = {}
     for r in zs_rows:
-        by.setdefault((r["variant"], r["ratio"]), {})[r["task"]] = r["tasks"][r["task"]]["reported"]
-    return {k: sum(v[t] for t in TASKS) / len(TASKS) for k, v in by.items() if all(t in v for t in TASKS)}
+        res = r["tasks"][r["task"]]
+        se = res.get(f"{res.get('reported_metric', 'acc')}_stderr", float("nan"))
+        by.setdefault((r["variant"], r["ratio"]), {})[r["task"]] = (res["reported"], se)
+    out = {}
+    for k, v in by.items():
+        if all(t in v for t in TASKS):
+            out[k] = (sum(v[t][0] for t in TASKS) / len(TASKS), math.sqrt(sum(v[t][1] ** 2 for t in TASKS)) / len(TASKS))
+    return out
 
 
-def claim_cell(claim: Claim, values: dict[tuple[str, float], float], ratio: float) -> str:
+def claim_cell(claim: Claim, values: dict[tuple[str, float], tuple[float, float | None]], ratio: float) -> str:
+    """``yes (a vs b)`` / ``no (a vs b)``; zero-shot differences under two standard errors are marked."""
     a, b = values.get((claim.a, ratio)), values.get((claim.b, ratio))
     if a is None or b is None:
         return "–"
+    (va, sa), (vb, sb) = a, b
     scale = 100.0 if claim.kind == "zs" else 1.0
     if claim.close is not None:
-        holds = abs(a - b) <= claim.close * min(abs(a), abs(b))
+        holds = abs(va - vb) <= claim.close * min(abs(va), abs(vb))
     else:
-        holds = a < b if claim.kind == "ppl" else a > b
-    return f"{'yes' if holds else 'no'} ({scale * a:.2f} vs {scale * b:.2f})"
+        holds = va < vb if claim.kind == "ppl" else va > vb
+    noise = sa is not None and sb is not None and abs(va - vb) < 2 * math.sqrt(sa**2 + sb**2)
+    return f"{'yes' if holds else 'no'} ({scale * va:.2f} vs {scale * vb:.2f}{', < 2 s.e.' if noise else ''})"
 
 
 def claims_table(ppl_rows: list[dict], zs_rows: list[dict], ratios: list[float]) -> str:
     """Each headline claim of the paper (rcpu-method.md) per ratio: holds here or not, with both figures."""
-    values = {"ppl": {(r["variant"], r["ratio"]): r["ppl"] for r in ppl_rows}, "zs": zeroshot_means(zs_rows)}
+    values = {"ppl": {(r["variant"], r["ratio"]): (r["ppl"], None) for r in ppl_rows}, "zs": zeroshot_means(zs_rows)}
     lines = ["| Claim (paper, LLaMA-7B) | " + " | ".join(f"{100 * x:.0f}%" for x in ratios) + " |",
              "|---|" + "---|" * len(ratios)]
     for c in CLAIMS:
@@ -468,7 +478,9 @@ def report_markdown(rows: list[dict], s: Settings, ratios: list[float] | None = 
     parts += [f"\n{heading} The paper's claims on this model\n", claims_table(ppl_rows, zs_rows, ratios), "",
               "- The paper's headline and ablation claims (rcpu-method.md; on LLaMA-7B all of them hold), checked on "
               "the rows above. In parentheses: the figure of the method named first in the claim, then the other's "
-              "(PPL, or mean zero-shot accuracy in % over the seven tasks). –: a row is missing.\n"]
+              "(PPL, or mean zero-shot accuracy in % over the seven tasks). *< 2 s.e.*: the zero-shot difference is "
+              "smaller than twice its standard error (500 documents per task), so it does not tell the two apart. "
+              "–: a row is missing.\n"]
     if image:
         parts += [f"\n![WikiText-2 perplexity vs pruning ratio]({image})\n"]
     return "\n".join(parts)

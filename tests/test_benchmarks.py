@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -297,17 +298,23 @@ def test_claims_table_checks_each_claim_per_ratio():
            ("rcpu_rot_scale", 0.2): 104.0, ("rcpu_rot", 0.3): 200.0, ("rcpu_rot_scale", 0.3): 150.0}
     ppl_rows = [{"variant": v, "ratio": x, "ppl": p} for (v, x), p in ppl.items()]
 
-    def zs(variant, acc, tasks=TASKS):
-        return [{"variant": variant, "ratio": 0.2, "task": t, "tasks": {t: {"reported": acc}}} for t in tasks]
+    def zs(variant, acc, tasks=TASKS, ratio=0.2, se=0.02):
+        return [{"variant": variant, "ratio": ratio, "task": t,
+                 "tasks": {t: {"reported": acc, "reported_metric": "acc_norm", "acc_norm_stderr": se}}} for t in tasks]
 
     zs_rows = zs("rcpu_rot", 0.5) + zs("wanda_sp", 0.4) + zs("flap_al_am", 0.6, TASKS[:-1])  # FLAP incomplete
-    assert q.zeroshot_means(zs_rows) == pytest.approx({("rcpu_rot", 0.2): 0.5, ("wanda_sp", 0.2): 0.4})
+    zs_rows += zs("rcpu_rot", 0.41, ratio=0.3) + zs("wanda_sp", 0.40, ratio=0.3)  # 1 point apart: within noise
+    means = q.zeroshot_means(zs_rows)
+    se = 0.02 * math.sqrt(len(TASKS)) / len(TASKS)
+    assert set(means) == {("rcpu_rot", 0.2), ("wanda_sp", 0.2), ("rcpu_rot", 0.3), ("wanda_sp", 0.3)}
+    assert means[("rcpu_rot", 0.2)] == pytest.approx((0.5, se))
     lines = {line.split(" | ")[0].lstrip("| "): line for line in q.claims_table(ppl_rows, zs_rows, [0.2, 0.3]).splitlines()}
     assert lines["RCPU (rot) has lower PPL than WANDA-sp"].endswith("| yes (100.00 vs 300.00) | – |")
     assert lines["RCPU (rot) has lower PPL than FLAP (AL-AM)"].endswith("| no (100.00 vs 90.00) | – |")
     assert lines["rotation ≈ rotation + scale (PPL within 5 %)"].endswith(
         "| yes (100.00 vs 104.00) | no (200.00 vs 150.00) |")
-    assert lines["RCPU (rot) has higher mean zero-shot accuracy than WANDA-sp"].endswith("| yes (50.00 vs 40.00) | – |")
+    assert lines["RCPU (rot) has higher mean zero-shot accuracy than WANDA-sp"].endswith(
+        "| yes (50.00 vs 40.00) | yes (41.00 vs 40.00, < 2 s.e.) |")
     assert "RCPU (rot) has higher mean zero-shot accuracy than FLAP (AL-AM)" not in lines  # no complete FLAP mean
     assert "ablation: o_proj only beats down_proj only" not in lines  # no rows at all: claim left out
 
