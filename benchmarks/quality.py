@@ -469,10 +469,10 @@ def report_markdown(rows: list[dict], s: Settings, ratios: list[float] | None = 
     ratios = ratios or sorted({r["ratio"] for r in ppl_rows if r["ratio"] > 0})
     parts = [f"{heading} WikiText-2 perplexity ({s.model})\n", ppl_table(ppl_rows, ratios), "", table_notes(ppl_rows, s),
              f"\n{heading} Size and cost per row\n", cost_table(ppl_rows, ratios), "", cost_notes()]
-    table2 = {VARIANT_BY_ID[r["variant"]].id for r in zs_rows}
+    measured = {(r["variant"], r["ratio"]) for r in zs_rows}  # only models with zero-shot rows get a line
     if zs_rows:
         merged = [{"model": s.model, "method": r["method"], "ratio": r["ratio"], "ppl": r["ppl"]}
-                  for r in ppl_rows if r["variant"] in table2] + zs_rows
+                  for r in ppl_rows if (r["variant"], r["ratio"]) in measured] + zs_rows
         parts += [f"\n{heading} Zero-shot accuracy (lm-evaluation-harness protocol, first "
                   f"{s.zs_limit} documents per task)\n", results_table(merged), reference_note(zs_rows)]
     parts += [f"\n{heading} The paper's claims on this model\n", claims_table(ppl_rows, zs_rows, ratios), "",

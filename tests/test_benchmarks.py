@@ -326,3 +326,15 @@ def test_reference_note_lists_model_free_rates():
     note = q.reference_note(rows)
     assert "BoolQ 50.0 / 62.2" in note and "PIQA" not in note
     assert q.reference_note(rows[1:]) == ""
+
+
+def test_zero_shot_table_leaves_out_models_without_zero_shot_rows():
+    s = q.Settings()
+    rot = q.VARIANT_BY_ID["rcpu_rot"]
+    ppl = [{"key": q.ppl_key(s, rot, x), "kind": "ppl", "model": s.model, "variant": "rcpu_rot", "method": rot.label, "ratio": x,
+            "ppl": p, "effective_ratio": x, "ppl_windows": 10, "ppl_windows_total": 10} for x, p in ((0.1, 65.0), (0.2, 190.0))]
+    zs = [{"key": q.zs_key(s, rot, 0.2, "piqa"), "kind": "zeroshot", "model": s.model, "variant": "rcpu_rot", "method": rot.label,
+           "ratio": 0.2, "task": "piqa", "tasks": {"piqa": {"acc": 0.55, "acc_norm": 0.56, "reported_metric": "acc", "reported": 0.55}}}]
+    text = q.report_markdown(ppl + zs, s)
+    table = text.split("Zero-shot accuracy")[1].split("claims on this model")[0]
+    assert "| 20% | RCPU (rot) | 190.00 | – | 55.00 |" in table and "| 10% |" not in table
