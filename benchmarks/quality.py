@@ -256,10 +256,6 @@ def run_job(job: Job, dense, tokenizer, calib, windows, heldout_fn, store: C.Row
 
 
 # -- report -----------------------------------------------------------------------------------------
-def _fmt(x: float | None) -> str:
-    return "–" if x is None else f"{x:.2f}"
-
-
 def matching_rows(rows: list[dict], s: Settings) -> tuple[list[dict], list[dict]]:
     """(perplexity rows, zero-shot rows) measured with the settings ``s`` (other rows are left out)."""
     ppl, zs = [], []
@@ -281,14 +277,14 @@ def ppl_table(ppl_rows: list[dict], ratios: list[float]) -> str:
     lines = ["| Method | " + " | ".join(f"{100 * x:.0f}%" for x in ratios) + " |",
              "|---|" + "---|" * len(ratios)]
     if dense:
-        lines.append("| Dense | " + " | ".join(_fmt(dense["ppl"]) for _ in ratios) + " |")
+        lines.append("| Dense | " + " | ".join(C.fmt(dense["ppl"], ".2f") for _ in ratios) + " |")
     for v in VARIANTS:
         if v.config is None or not any((v.id, x) in by for x in ratios):
             continue
         cells = []
         for x in ratios:
             r = by.get((v.id, x))
-            cells.append("–" if r is None else f"{_fmt(r['ppl'])} ({100 * r['effective_ratio']:.1f}%)")
+            cells.append("–" if r is None else f"{C.fmt(r['ppl'], '.2f')} ({100 * r['effective_ratio']:.1f}%)")
         lines.append(f"| {v.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
