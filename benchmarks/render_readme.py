@@ -66,24 +66,37 @@ def scaling_section(results: Path, readme: Path) -> str:
              "captured layer inputs, *inputs MB*). Ratios are ours / store-all; CPU time is less sensitive "
              "to the other jobs on the shared machine than wall time.\n",
              "| samples | malloc | PPL (windows) | ours s | store-all s | time ratio | CPU-time ratio | ours peak MB | "
-             "store-all peak MB | memory ratio | inputs MB | ours peak / ours at 128 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    at128 = {}  # allocator setting -> our peak at 128 samples (ratios compare rows of the same setting)
+             "store-all peak MB | memory ratio | inputs MB | ours peak / ours at 128 | same without inputs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    at128 = {}  # allocator setting -> our 128-sample row (ratios compare rows of the same setting)
     for r in rows:
         if r["samples"] == 128:
-            at128.setdefault(r.get("malloc_mmap_threshold"), r["ours_peak_mb"])
+            at128.setdefault(r.get("malloc_mmap_threshold"), r)
     for r in sorted(rows, key=lambda r: (r.get("malloc_mmap_threshold") or 0, r["samples"],
                                          r.get("storeall_seconds") is None)):
         base = at128.get(r.get("malloc_mmap_threshold"))
+        growth, growth_net = (_growth(r, base, False), _growth(r, base, True)) if base else (None, None)
         lines.append(f"| {r['samples']} | {_malloc(r)} | {r['ppl']:.2f} ({r['ppl_windows']}) | {r['ours_seconds']:.0f} | "
                      f"{C.fmt(r.get('storeall_seconds'), '.0f')} | {C.fmt(r.get('time_ratio'), '.2f')} | "
                      f"{C.fmt(r.get('cpu_time_ratio'), '.2f')} | {r['ours_peak_mb']:.0f} | "
                      f"{C.fmt(r.get('storeall_peak_mb'), '.0f')} | {C.fmt(r.get('memory_ratio'), '.2f')} | "
-                     f"{r.get('captured_inputs_mb', 0):.0f} | {C.fmt(base and r['ours_peak_mb'] / base, '.2f')} |")
+                     f"{_inputs_mb(r):.0f} | {C.fmt(growth, '.2f')} | {C.fmt(growth_net, '.2f')} |")
     lines.append("\n– : not measured (a row run with `--impls ours` has no store-all figures). *malloc*: glibc's "
                  "default dynamic mmap threshold, or `MALLOC_MMAP_THRESHOLD_` fixed with `--malloc-mmap-threshold` "
-                 "(freed large blocks go back to the system, so the peak counts less allocator retention).")
+                 "(freed large blocks go back to the system, so the peak counts less allocator retention). "
+                 "*Same without inputs*: (ours peak − inputs MB) / the same at 128 samples — the part of our "
+                 "peak that is not the captured layer inputs, which every layer-by-layer method holds.")
     return "\n".join(lines) + "\n"
+
+
+def _inputs_mb(row: dict) -> float:
+    return row.get("captured_inputs_mb") or 0.0
+
+
+def _growth(row: dict, at128: dict, without_inputs: bool) -> float:
+    """Our peak relative to our peak at 128 samples (optionally both less the captured inputs)."""
+    less = _inputs_mb if without_inputs else (lambda r: 0.0)
+    return (row["ours_peak_mb"] - less(row)) / (at128["ours_peak_mb"] - less(at128))
 
 
 def _malloc(row: dict) -> str:

@@ -259,14 +259,15 @@ def test_ours_only_scaling_row_renders_without_store_all(tmp_path):
             "captured_inputs_mb": 288.0, "check_mean_nll": 4.1}
     row = cs.make_row(1024, ours, None, args)
     assert row["key"].endswith("|ours-only") and row["time_ratio"] is None and row["memory_ratio"] is None
-    both = cs.make_row(128, {**ours, "peak_mb": 260.0}, {**ours, "seconds": 50.0, "peak_mb": 400.0},
+    both = cs.make_row(128, {**ours, "peak_mb": 260.0, "captured_inputs_mb": 36.0},
+                       {**ours, "seconds": 50.0, "peak_mb": 400.0},
                        argparse.Namespace(**{**vars(args), "impls": ["ours", "storeall"]}))
     assert "ours-only" not in both["key"] and both["time_ratio"] == 2.0
     d = tmp_path / "results"
     d.mkdir()
     (d / "calibration_scaling.json").write_text(json.dumps([row, both]))
     text = rr.scaling_section(d, tmp_path / "README.md")
-    assert "| 1024 | default | 60.00 (16) | 100 | – | – | – | 520 | – | – | 288 | 2.00 |" in text
+    assert "| 1024 | default | 60.00 (16) | 100 | – | – | – | 520 | – | – | 288 | 2.00 | 1.04 |" in text
     assert "| 128 | default | 60.00 (16) | 100 | 50 | 2.00 |" in text
 
 
@@ -281,14 +282,14 @@ def test_fixed_mmap_threshold_rows_have_their_own_key_and_baseline(tmp_path, mon
     ours = {"ppl": 60.0, "ppl_windows": 16, "seconds": 100.0, "cpu_seconds": 190.0, "peak_mb": 500.0,
             "captured_inputs_mb": 36.0, "check_mean_nll": 4.1}
     rows = [cs.make_row(128, ours, None, default), cs.make_row(128, {**ours, "peak_mb": 100.0}, None, fixed),
-            cs.make_row(1024, {**ours, "peak_mb": 400.0}, None, fixed)]
+            cs.make_row(1024, {**ours, "peak_mb": 400.0, "captured_inputs_mb": 288.0}, None, fixed)]
     assert len({r["key"] for r in rows}) == 3 and rows[1]["key"].endswith("|malloc_mmap=131072")
     d = tmp_path / "results"
     d.mkdir()
     (d / "calibration_scaling.json").write_text(json.dumps(rows))
     text = rr.scaling_section(d, tmp_path / "README.md")
-    assert "| 128 | default | 60.00 (16) | 100 | – | – | – | 500 | – | – | 36 | 1.00 |" in text
-    assert "| 1024 | mmap ≥ 128 KiB | 60.00 (16) | 100 | – | – | – | 400 | – | – | 36 | 4.00 |" in text
+    assert "| 128 | default | 60.00 (16) | 100 | – | – | – | 500 | – | – | 36 | 1.00 | 1.00 |" in text
+    assert "| 1024 | mmap ≥ 128 KiB | 60.00 (16) | 100 | – | – | – | 400 | – | – | 288 | 4.00 | 1.75 |" in text
 
 
 def test_claims_table_checks_each_claim_per_ratio():
