@@ -7,10 +7,11 @@ import os
 import platform
 import resource
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
+
+from rcpu_lightning.eval._io import write_text_atomic  # noqa: F401 (also used by the scripts)
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -22,17 +23,7 @@ MODEL_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF -> float32)"
 
 # -- resumable row files --------------------------------------------------------------------------
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
 class RowStore:

@@ -496,7 +496,7 @@ def write_report(rows: list[dict], s: Settings, ratios: list[float], md_path: Pa
         plot_ppl_vs_ratio(plot_rows, png_path, title=f"SmolLM2-135M: WikiText-2 PPL vs pruning ratio")
         image = png_path.name
     text = report_markdown(rows, s, ratios, image)
-    md_path.write_text(text, encoding="utf-8")
+    C.write_text_atomic(md_path, text)
     return text
 
 

@@ -148,7 +148,7 @@ def main(argv=None) -> int:
         print(section)
         return 0
     if new != text:
-        readme.write_text(new, encoding="utf-8")
+        C.write_text_atomic(readme, new)
         print(f"updated {readme}")
     else:
         print(f"{readme} already up to date")
