@@ -269,6 +269,10 @@ def test_ours_only_scaling_row_renders_without_store_all(tmp_path):
     text = rr.scaling_section(d, tmp_path / "README.md")
     assert "| 1024 | default | 60.00 (16) | 100 | – | – | – | 520 | – | – | 288 | 2.00 | 1.04 |" in text
     assert "| 128 | default | 60.00 (16) | 100 | 50 | 2.00 |" in text
+    # the acceptance lines are computed from the same rows
+    assert "- time ratio 2.00–2.00 over 128–128 samples" in text
+    assert ("- peak at 1024 (default malloc): 2.00× ours at 128; of the 260 MB it grew, 252 MB are the captured "
+            "layer inputs") in text and "without them 1.04×." in text
 
 
 def test_fixed_mmap_threshold_rows_have_their_own_key_and_baseline(tmp_path, monkeypatch):
