@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from rcpu_lightning.eval._io import write_text_atomic  # noqa: F401 (also used by the scripts)
+from rcpu_lightning.eval._io import write_text_atomic  # also used by the scripts for markdown
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
