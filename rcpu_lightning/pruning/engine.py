@@ -82,19 +82,25 @@ def _device(parts: LayerParts) -> torch.device:
     return parts.q_proj.weight.device
 
 
-def run_layer(layer: nn.Module, batches: Batches, offload: bool, replace: bool) -> None:
+def run_layer(layer: nn.Module, batches: Batches, offload: bool, replace: bool, in_place: bool = False) -> None:
     """Forward every batch through ``layer``.
 
     ``replace=True`` overwrites each entry of ``batches`` with the layer's output (the next
     layer's input) as soon as it is computed, so one copy of the activations is held, never two;
-    ``replace=False`` drops the outputs (a statistics pass).
+    ``replace=False`` drops the outputs (a statistics pass). ``in_place=True`` (the caller owns the
+    batch tensors) copies each output into its input tensor instead of swapping in a new one, so
+    the activations keep their memory from layer to layer and the allocator is not left with
+    freed blocks scattered between live ones.
     """
     device = _device(layer_parts(layer))
     for k, (hidden, kwargs) in enumerate(batches):
         h = layer(hidden.to(device), **to_device(kwargs, device))
         if replace:
             h = h[0] if isinstance(h, tuple) else h
-            batches[k] = (h.to("cpu") if offload else h, kwargs)
+            if in_place and h.shape == hidden.shape and h.dtype == hidden.dtype:
+                hidden.copy_(h)  # [B, T, hidden]; this batch's input is no longer needed
+            else:
+                batches[k] = (h.to("cpu") if offload else h, kwargs)
         del h
 
 
@@ -149,10 +155,10 @@ def al_am_structure(
     layers, local = decoder_layers(model), []
     dtype = getattr(torch, config.stats_dtype)
     batches = list(batches)  # this dense pass must not overwrite the caller's layer-0 inputs
-    for layer in layers:
+    for i, layer in enumerate(layers):
         parts = layer_parts(layer)
         with collect_input_stats({"o": parts.o_proj, "d": parts.down_proj}, dtype, diag_only=True) as st:
-            run_layer(layer, batches, config.offload_inputs, replace=True)
+            run_layer(layer, batches, config.offload_inputs, replace=True, in_place=i > 0)  # ours after layer 0
         local += [st["o"], st["d"]]
     del batches
     reduced = reduce_stats(local, reduce)
@@ -204,9 +210,10 @@ def _decide_channels(parts: LayerParts, stats: ChannelStats, n_remove: int, conf
 
 def prune_layer(
     idx: int, layer: nn.Module, batches: Batches, counts: tuple[int, int], config: PruningConfig,
-    reduce: Reduce | None,
+    reduce: Reduce | None, own_batches: bool = False,
 ) -> LayerPlan:
-    """Prune one decoder layer in place; returns its plan. ``batches`` become the next layer's inputs."""
+    """Prune one decoder layer in place; returns its plan. ``batches`` become the next layer's inputs
+    (written into the batch tensors themselves when ``own_batches``, see :func:`run_layer`)."""
     parts = layer_parts(layer)
     targets = {"o_proj": parts.o_proj} if config.refresh_mlp_stats else {
         "o_proj": parts.o_proj, "down_proj": parts.down_proj}
@@ -224,7 +231,7 @@ def prune_layer(
     added += ["down_proj"] if d_comp.bias_delta is not None and parts.down_proj.bias is None else []
     prune_mlp(parts, kept_ch, d_comp.weight, d_comp.bias_delta)
     plan = LayerPlan(kept_heads, kept_kv, kept_ch, biased_projections(layer_parts(layer)), added)
-    run_layer(layer, batches, config.offload_inputs, replace=True)  # batches now feed layer idx + 1
+    run_layer(layer, batches, config.offload_inputs, replace=True, in_place=own_batches)  # feed layer idx + 1
     return plan
 
 
@@ -246,7 +253,7 @@ def prune_model(
     Memory: the engine holds one copy of the calibration activations, overwritten layer by layer,
     plus the per-module sums. ``inputs`` is left untouched by default, so layer 0's activations
     stay alive for a second prune; ``release_inputs=True`` empties ``inputs`` instead, and
-    layer 0's activations are freed as they are replaced (the peak then holds one copy, not two).
+    layer 0's captured tensors are overwritten with each layer's outputs (one copy, not two).
     """
     from tqdm.auto import tqdm
 
@@ -263,7 +270,8 @@ def prune_model(
                   else uniform_counts(model, config))
         validate_counts(model, counts)
         for i, layer in enumerate(tqdm(layers, desc="pruning layers", disable=None if progress else True)):
-            layer_plan = prune_layer(i, layer, batches, counts[i], config, reduce)
+            # the caller's tensors are ours to overwrite once released, and after layer 0 in any case
+            layer_plan = prune_layer(i, layer, batches, counts[i], config, reduce, own_batches=release_inputs or i > 0)
             plan.layers.append(layer_plan)
             _log_layer(i, layer_plan, plan.dense, layer_before[i], _count(layer))
     del batches
