@@ -134,7 +134,7 @@ def storeall_prune(model: torch.nn.Module, inputs, config, dtype=torch.float64, 
     layers = decoder_layers(model)
     plan = PruningPlan(str(model.config.model_type), dense_values(model), [], config.to_dict())
     batches = inputs.rebatch(config.batch_size).batches
-    inputs.batches.clear()  # as prune_model(release_inputs=True): one copy of the activations
+    inputs.batches.clear()  # as prune_model(release_inputs=True): one copy, overwritten layer by layer
     n_tokens = sum(h.shape[0] * h.shape[1] for h, _ in batches)
     stored_max = 0.0
     with torch.no_grad():
@@ -163,7 +163,7 @@ def storeall_prune(model: torch.nn.Module, inputs, config, dtype=torch.float64, 
             prune_attention(parts, kept_heads, kept_kv, o_w, None)
             prune_mlp(layer_parts(layer), kept_ch, d_w, None)
             plan.layers.append(LayerPlan(kept_heads, kept_kv, kept_ch, biased_projections(layer_parts(layer)), []))
-            run_layer(layer, batches, config.offload_inputs, replace=True)  # now layer i + 1's inputs
+            run_layer(layer, batches, config.offload_inputs, replace=True, in_place=True)  # layer i + 1's inputs
     del batches
     update_config(model, plan)
     return {"seconds": time.perf_counter() - t0, "stored_mb_max": stored_max}

@@ -66,24 +66,26 @@ def scaling_section(results: Path, readme: Path) -> str:
              "captured layer inputs, *inputs MB*). Ratios are ours / store-all; CPU time is less sensitive "
              "to the other jobs on the shared machine than wall time.\n",
              "| samples | malloc | PPL (windows) | ours s | store-all s | time ratio | CPU-time ratio | ours peak MB | "
-             "store-all peak MB | memory ratio | inputs MB | ours peak / ours at 128 | same without inputs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    at128 = {}  # allocator setting -> our 128-sample row (ratios compare rows of the same setting)
+             "store-all peak MB | memory ratio | inputs MB | ours peak / ours at 128 | same without inputs | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    at128 = {}  # _group -> our 128-sample row (ratios compare rows of the same allocator setting and kind)
     for r in rows:
         if r["samples"] == 128:
-            at128.setdefault(r.get("malloc_mmap_threshold"), r)
-    for r in sorted(rows, key=lambda r: (r.get("malloc_mmap_threshold") or 0, r["samples"],
-                                         r.get("storeall_seconds") is None)):
-        base = at128.get(r.get("malloc_mmap_threshold"))
+            at128.setdefault(_group(r), r)
+    for r in sorted(rows, key=lambda r: (r.get("malloc_mmap_threshold") or 0, _group(r)[1], r["samples"])):
+        base = at128.get(_group(r))
         growth, growth_net = (_growth(r, base, False), _growth(r, base, True)) if base else (None, None)
         lines.append(f"| {r['samples']} | {_malloc(r)} | {r['ppl']:.2f} ({r['ppl_windows']}) | {r['ours_seconds']:.0f} | "
                      f"{C.fmt(r.get('storeall_seconds'), '.0f')} | {C.fmt(r.get('time_ratio'), '.2f')} | "
                      f"{C.fmt(r.get('cpu_time_ratio'), '.2f')} | {r['ours_peak_mb']:.0f} | "
                      f"{C.fmt(r.get('storeall_peak_mb'), '.0f')} | {C.fmt(r.get('memory_ratio'), '.2f')} | "
-                     f"{_inputs_mb(r):.0f} | {C.fmt(growth, '.2f')} | {C.fmt(growth_net, '.2f')} |")
+                     f"{_inputs_mb(r):.0f} | {C.fmt(growth, '.2f')} | {C.fmt(growth_net, '.2f')} | "
+                     f"{_commit(r)} |")
     lines.append("\n– : not measured (a row run with `--impls ours` has no store-all figures). *malloc*: glibc's "
                  "default dynamic mmap threshold, or `MALLOC_MMAP_THRESHOLD_` fixed with `--malloc-mmap-threshold` "
                  "(freed large blocks go back to the system, so the peak counts less allocator retention). "
+                 "*Ours at 128*: the 128-sample row of the same setting and kind (rows run with `--impls ours` "
+                 "against each other; see *commit* for the engine version each row measured). "
                  "*Same without inputs*: (ours peak − inputs MB) / the same at 128 samples — the part of our "
                  "peak that is not the captured layer inputs, which every layer-by-layer method holds.")
     return "\n".join(lines + scaling_targets(rows, at128)) + "\n"
@@ -98,16 +100,26 @@ def scaling_targets(rows: list[dict], at128: dict) -> list[str]:
         out.append(f"- time ratio {min(t):.2f}–{max(t):.2f} over {min(n)}–{max(n)} samples: both implementations run "
                    "each layer twice and do float64 products of about the same cost per token (ours `X Xᵀ`; store-all "
                    "`W X`, `W_K X_K`, `Y Zᵀ`), so streaming saves memory, not arithmetic.")
-    for setting, base in at128.items():
-        same = [r for r in rows if r.get("malloc_mmap_threshold") == setting]
-        top = max(same, key=lambda r: (r["samples"], r.get("storeall_seconds") is not None))
+    for group, base in at128.items():
+        top = max((r for r in rows if _group(r) == group), key=lambda r: r["samples"])
         if top["samples"] <= 128:
             continue
         grew, inputs = top["ours_peak_mb"] - base["ours_peak_mb"], _inputs_mb(top) - _inputs_mb(base)
-        out.append(f"- peak at {top['samples']} ({_malloc(top)} malloc): {_growth(top, base, False):.2f}× ours at 128; "
+        kind = ", ours only" if group[1] else ""
+        out.append(f"- peak at {top['samples']} ({_malloc(top)} malloc{kind}, {_commit(top)}): "
+                   f"{_growth(top, base, False):.2f}× ours at 128; "
                    f"of the {grew:.0f} MB it grew, {inputs:.0f} MB are the captured layer inputs (they grow with the "
                    f"samples in every layer-by-layer method); without them {_growth(top, base, True):.2f}×.")
     return out if len(out) > 1 else []
+
+
+def _group(row: dict) -> tuple:
+    """Rows whose peaks are compared: same allocator setting, and ours-only rows among themselves."""
+    return row.get("malloc_mmap_threshold"), row.get("storeall_seconds") is None
+
+
+def _commit(row: dict) -> str:
+    return row.get("run", {}).get("commit") or "–"
 
 
 def _inputs_mb(row: dict) -> float:

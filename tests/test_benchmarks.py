@@ -265,14 +265,16 @@ def test_ours_only_scaling_row_renders_without_store_all(tmp_path):
     assert "ours-only" not in both["key"] and both["time_ratio"] == 2.0
     d = tmp_path / "results"
     d.mkdir()
-    (d / "calibration_scaling.json").write_text(json.dumps([row, both]))
+    ours128 = cs.make_row(128, {**ours, "peak_mb": 250.0, "captured_inputs_mb": 36.0}, None, args)
+    (d / "calibration_scaling.json").write_text(json.dumps([row, both, ours128]))
     text = rr.scaling_section(d, tmp_path / "README.md")
-    assert "| 1024 | default | 60.00 (16) | 100 | – | – | – | 520 | – | – | 288 | 2.00 | 1.04 |" in text
+    # an ours-only row is compared with the ours-only row at 128, not with the row that has store-all
+    assert "| 1024 | default | 60.00 (16) | 100 | – | – | – | 520 | – | – | 288 | 2.08 | 1.08 | " in text
     assert "| 128 | default | 60.00 (16) | 100 | 50 | 2.00 |" in text
     # the acceptance lines are computed from the same rows
     assert "- time ratio 2.00–2.00 over 128–128 samples" in text
-    assert ("- peak at 1024 (default malloc): 2.00× ours at 128; of the 260 MB it grew, 252 MB are the captured "
-            "layer inputs") in text and "without them 1.04×." in text
+    assert ("- peak at 1024 (default malloc, ours only, " in text and "): 2.08× ours at 128; of the 270 MB it "
+            "grew, 252 MB are the captured layer inputs" in text and "without them 1.08×." in text)
 
 
 def test_fixed_mmap_threshold_rows_have_their_own_key_and_baseline(tmp_path, monkeypatch):
@@ -292,8 +294,8 @@ def test_fixed_mmap_threshold_rows_have_their_own_key_and_baseline(tmp_path, mon
     d.mkdir()
     (d / "calibration_scaling.json").write_text(json.dumps(rows))
     text = rr.scaling_section(d, tmp_path / "README.md")
-    assert "| 128 | default | 60.00 (16) | 100 | – | – | – | 500 | – | – | 36 | 1.00 | 1.00 |" in text
-    assert "| 1024 | mmap ≥ 128 KiB | 60.00 (16) | 100 | – | – | – | 400 | – | – | 288 | 4.00 | 1.75 |" in text
+    assert "| 128 | default | 60.00 (16) | 100 | – | – | – | 500 | – | – | 36 | 1.00 | 1.00 | " in text
+    assert "| 1024 | mmap ≥ 128 KiB | 60.00 (16) | 100 | – | – | – | 400 | – | – | 288 | 4.00 | 1.75 | " in text
 
 
 def test_claims_table_checks_each_claim_per_ratio():
