@@ -254,6 +254,17 @@ def test_catcher_records_layer0_inputs_during_a_full_forward():
     torch.testing.assert_close(early.batches[0][0], hidden)
 
 
+def test_pruning_does_not_overwrite_what_a_full_forward_returned():
+    """The engine writes layer outputs into the recorded tensors: a catcher on a full forward must
+    record copies, or the caller's returned hidden_states[0] would become a later layer's output."""
+    model, ids = make_tiny_llama(**GQA), _ids()
+    with LayerInputCatcher(model) as catcher:
+        returned = model(ids, use_cache=False, output_hidden_states=True).hidden_states[0]
+    kept = returned.clone()
+    prune_model(model, catcher.inputs, PruningConfig(ratio=0.34), progress=False, release_inputs=True)
+    assert torch.equal(returned, kept)
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [

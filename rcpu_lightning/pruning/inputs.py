@@ -92,7 +92,10 @@ class LayerInputCatcher:
         kept = {k: v for k, v in kwargs.items() if k not in _DROPPED_KWARGS}
         kept["use_cache"] = False
         device = "cpu" if self.offload else hidden.device
-        self._inputs.batches.append((hidden.detach().to(device), to_device(kept, device)))
+        # During a full forward the same tensor flows on (and may be returned, e.g. as
+        # hidden_states[0]); pruning overwrites what it records, so record a copy.
+        hidden = hidden.detach().to(device, copy=not self.stop)
+        self._inputs.batches.append((hidden, to_device(kept, device)))
         if self.stop:
             raise _StopForward
 
