@@ -89,8 +89,7 @@ def run_layer(layer: nn.Module, batches: Batches, offload: bool, replace: bool, 
     layer's input) as soon as it is computed, so one copy of the activations is held, never two;
     ``replace=False`` drops the outputs (a statistics pass). ``in_place=True`` (the caller owns the
     batch tensors) copies each output into its input tensor instead of swapping in a new one, so
-    the activations keep their memory from layer to layer and the allocator is not left with
-    freed blocks scattered between live ones.
+    the activations keep their memory from layer to layer (no new blocks allocated per layer).
     """
     device = _device(layer_parts(layer))
     for k, (hidden, kwargs) in enumerate(batches):
