@@ -128,8 +128,10 @@ def _inputs_mb(row: dict) -> float:
 
 def _growth(row: dict, at128: dict, without_inputs: bool) -> float:
     """Our peak relative to our peak at 128 samples (optionally both less the captured inputs)."""
-    less = _inputs_mb if without_inputs else (lambda r: 0.0)
-    return (row["ours_peak_mb"] - less(row)) / (at128["ours_peak_mb"] - less(at128))
+    def net(r: dict) -> float:
+        return r["ours_peak_mb"] - (_inputs_mb(r) if without_inputs else 0.0)
+
+    return net(row) / net(at128)
 
 
 def _malloc(row: dict) -> str:

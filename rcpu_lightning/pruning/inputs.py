@@ -93,8 +93,10 @@ class LayerInputCatcher:
         kept["use_cache"] = False
         device = "cpu" if self.offload else hidden.device
         # During a full forward the same tensor flows on (and may be returned, e.g. as
-        # hidden_states[0]); pruning overwrites what it records, so record a copy.
-        hidden = hidden.detach().to(device, copy=not self.stop)
+        # hidden_states[0]); pruning overwrites what it records, so record a copy, made as an
+        # ordinary tensor even in an inference-mode predict loop (no second copy needed later).
+        with torch.inference_mode(False):
+            hidden = hidden.detach().to(device, copy=not self.stop)
         self._inputs.batches.append((hidden, to_device(kept, device)))
         if self.stop:
             raise _StopForward
