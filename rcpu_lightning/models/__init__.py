@@ -1,6 +1,6 @@
 """Model loading and the Llama-family architecture adapter."""
 
-from .adapter import SUPPORTED_MODEL_TYPES, LayerParts, check_supported, decoder_layers, layer_parts
+from .adapter import SUPPORTED_MODEL_TYPES, LayerParts, check_supported, decoder_layers, layer_parts, model_device
 from .loading import (
     EMBEDDED_MODELS,
     default_cache_dir,
@@ -21,5 +21,6 @@ __all__ = [
     "gguf_to_checkpoint",
     "layer_parts",
     "load_causal_lm",
+    "model_device",
     "resolve_checkpoint",
 ]
