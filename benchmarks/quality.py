@@ -218,7 +218,7 @@ def report_summary(report) -> dict[str, Any]:
 
 def run_job(job: Job, dense, tokenizer, calib, windows, heldout_fn, store: C.RowStore, s: Settings, args) -> None:
     from rcpu_lightning.eval.perplexity import evaluate_perplexity
-    from rcpu_lightning.eval.zeroshot import evaluate_task
+    from rcpu_lightning.eval import evaluate_task
 
     v, ratio = job.variant, job.ratio
     base: dict[str, Any] = {"model": s.model, "method": v.label, "variant": v.id, "ratio": ratio,

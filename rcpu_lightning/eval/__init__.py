@@ -26,6 +26,7 @@ _EXPORTS = {
     "evaluate_items": "zeroshot",
     "evaluate_task": "zeroshot",
     "item_loglikelihoods": "zeroshot",
+    "resolve_max_length": "zeroshot",
     "score_item": "zeroshot",
     "plot_ppl_vs_ratio": "report",
     "results_table": "report",

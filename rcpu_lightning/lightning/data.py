@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..data.wikitext import calibration_windows, perplexity_windows, resolve_data_dir
 from ..eval.tasks import ALL_TASKS, load_items
-from ..eval.zeroshot import MultipleChoiceDataset
+from ..eval import MultipleChoiceDataset
 from .module import ZeroShotBatch
 
 log = logging.getLogger(__name__)

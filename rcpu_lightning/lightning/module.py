@@ -33,7 +33,7 @@ from torch import nn
 
 from ..eval.perplexity import Perplexity
 from ..eval.tasks import PAPER_METRIC
-from ..eval.zeroshot import MultipleChoiceAccuracy, item_loglikelihoods, resolve_max_length
+from ..eval import MultipleChoiceAccuracy, item_loglikelihoods, resolve_max_length
 from ..models.adapter import decoder_layers, layer_parts
 from ..models.loading import DTYPES, load_causal_lm
 from ..pruning.io import PLAN_FILE, load_plan, load_pruned
