@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
+from ..models import model_device
+
 __all__ = ["Perplexity", "evaluate_perplexity", "window_nll"]
 
 # Positions scored per cross-entropy call; bounds the float32 [chunk, V] temporary (128k vocab -> 256 MB).
@@ -87,12 +89,6 @@ class Perplexity(Metric):
         return torch.exp(self.nll_sum / count)
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 @torch.no_grad()
 def evaluate_perplexity(
     model: torch.nn.Module,
@@ -107,8 +103,8 @@ def evaluate_perplexity(
     if windows.dim() != 2 or windows.shape[0] == 0:
         raise ValueError(f"windows must be a non-empty LongTensor [n, L]; got shape {tuple(windows.shape)}")
     if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    device = _model_device(model)
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = model_device(model)
     was_training = model.training
     model.eval()
     metric = Perplexity(sync_on_compute=False).to(device)
