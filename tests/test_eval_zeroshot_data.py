@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,8 @@ from rcpu_lightning.eval.tasks import (
     load_items,
     recapitalize_hellaswag_ctx,
 )
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "tools"))  # tools/compare_harness.py
 
 
 def _first(task, shared_data):
@@ -297,7 +301,7 @@ def test_paper_metric_map():
 
 
 def test_prepare_lm_eval_tasks_writes_yaml_and_hf_layout_copies(tmp_path, shared_data):
-    from rcpu_lightning.eval.compare_harness import _HARNESS_HELPERS, _HARNESS_YAML, prepare_lm_eval_tasks
+    from compare_harness import _HARNESS_HELPERS, _HARNESS_YAML, prepare_lm_eval_tasks
 
     harness = tmp_path / "lm_eval_tasks"
     for rel, _, _ in _HARNESS_YAML.values():

@@ -12,16 +12,14 @@ from torch.utils.data import DataLoader
 
 from conftest import make_tiny_llama
 from rcpu_lightning.eval.tasks import MultipleChoiceItem
-from rcpu_lightning.eval.zeroshot import (
+from rcpu_lightning.eval.encoding import encode_request, resolve_max_length
+from rcpu_lightning.eval.evaluate import evaluate_items
+from rcpu_lightning.eval.loglikelihood import item_loglikelihoods, request_loglikelihoods
+from rcpu_lightning.eval.multiple_choice import (
     MultipleChoiceAccuracy,
     MultipleChoiceDataset,
     collate_items,
-    encode_request,
-    evaluate_items,
-    item_loglikelihoods,
     reference_rates,
-    request_loglikelihoods,
-    resolve_max_length,
     score_item,
 )
 

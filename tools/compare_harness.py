@@ -1,25 +1,26 @@
-"""Compare our scorer with an lm-evaluation-harness run on the same documents (development check).
+"""Compare rcpu_lightning's zero-shot scorer with an lm-evaluation-harness run on the same documents.
 
+A development check, run by hand; lm_eval is not a dependency of this project (run it in its own venv).
 Input: the ``--output_path`` folder of ``lm_eval ... --log_samples`` run on task YAMLs named
 ``local_<task>`` (copies of the harness YAMLs pointed at HF-layout JSONL copies of the shared files).
 For every ``samples_local_<task>_*.jsonl`` the script
 
 1. rebuilds our items for the same first ``N`` documents and checks that every ``(context, continuation)``
    string equals the harness' request arguments;
-2. scores them with :func:`rcpu_lightning.eval.zeroshot.item_loglikelihoods` and compares the
-   per-request log-likelihoods and the per-document acc / acc_norm with the harness' values.
+2. scores them with :func:`rcpu_lightning.eval.item_loglikelihoods` and compares the per-request
+   log-likelihoods and the per-document acc / acc_norm with the harness' values.
 
-Usage (lm_eval lives in its own venv; the model must be a plain HF folder for it)::
+Usage (from the repository root; the model must be a plain HF folder for lm_eval)::
 
     # 1. task YAMLs + HF-layout data copies for lm_eval
-    python -m rcpu_lightning.eval.compare_harness --prepare /tmp/lmeval-tasks --data-dir /work/shared/data \\
+    python tools/compare_harness.py --prepare /tmp/lmeval-tasks --data-dir /work/shared/data \\
         --lm-eval-tasks /path/to/site-packages/lm_eval/tasks
     # 2. lm_eval --model hf --model_args pretrained=DIR,dtype=float32 --include_path /tmp/lmeval-tasks \\
     #        --tasks local_boolq,...,local_openbookqa --limit N --batch_size 16 --device cpu \\
     #        --log_samples --output_path LM_EVAL_OUT_DIR
-    # 3. compare
-    python -m rcpu_lightning.eval.compare_harness LM_EVAL_OUT_DIR --data-dir /work/shared/data \\
-        [--model-gguf FILE | --model DIR] [--bos default|true|false] --output compare.json
+    # 3. compare (--model: anything rcpu_lightning.models.load_causal_lm accepts; default smollm2-135m)
+    python tools/compare_harness.py LM_EVAL_OUT_DIR --data-dir /work/shared/data \\
+        [--model DIR|FILE.gguf|smollm2-135m] [--bos default|true|false] --output compare.json
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .tasks import PAPER_METRIC, TASKS, load_items
-from .zeroshot import _parse_bos, embedded_smollm2_gguf, item_loglikelihoods, load_gguf_model, score_item
-
+from rcpu_lightning.eval import PAPER_METRIC, TASKS, item_loglikelihoods, load_items, score_item
+from rcpu_lightning.eval._io import write_json_atomic
+from rcpu_lightning.models import load_causal_lm
 
 _HARNESS_YAML = {
     "boolq": ("super_glue/boolq/default.yaml", "validation", ["acc"]),
@@ -61,7 +62,7 @@ def prepare_lm_eval_tasks(out_dir: str | Path, data_dir: str | Path, lm_eval_tas
     import re
     import shutil
 
-    from .tasks import TASK_SPECS, _read_jsonl, recapitalize_hellaswag_ctx
+    from rcpu_lightning.eval.tasks import TASK_SPECS, _read_jsonl, recapitalize_hellaswag_ctx
 
     out, harness = Path(out_dir), Path(lm_eval_tasks)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,21 +139,62 @@ def compare_task(task: str, samples: list[dict], model, tokenizer, data_dir, bos
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rcpu_lightning.eval.compare_harness", description=__doc__.split("\n\n")[0])
+def _parse_bos(value: str) -> bool | None:
+    """``--bos``: default (tokenizer default) | true | false."""
+    v = value.lower()
+    if v in ("default", "none", "tokenizer"):
+        return None
+    if v in ("true", "1", "yes", "on"):
+        return True
+    if v in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"--bos must be default|true|false, got {value!r}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python tools/compare_harness.py", description=__doc__.split("\n\n")[0])
     p.add_argument("lm_eval_dir", nargs="?", help="lm_eval --output_path folder (searched recursively for samples_local_*.jsonl)")
     p.add_argument("--prepare", metavar="OUT_DIR", help="only write the local_<task> YAMLs and data copies here")
     p.add_argument("--lm-eval-tasks", help="the installed lm_eval/tasks folder (with --prepare)")
     p.add_argument("--data-dir", required=True)
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--model")
-    src.add_argument("--model-gguf")
-    p.add_argument("--bos", type=_parse_bos, default=None)
+    p.add_argument("--model", default="smollm2-135m", help="hub id, HF folder, .gguf file or embedded name (load_causal_lm)")
+    p.add_argument("--bos", type=_parse_bos, default=None, help="default (tokenizer) | true | false")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma list")
     p.add_argument("--max-docs", type=int, default=None, help="compare only the first K harness documents")
-    p.add_argument("--output")
+    p.add_argument("--output", help="result JSON (written atomically)")
+    return p
+
+
+def _summary(res: dict[str, Any]) -> str:
+    harness_norm = res["harness"]["acc_norm"]
+    return (
+        f"{res['task']:14s} n={res['n']:4d} strings_differ={res['string_mismatches']} max|dll|={res['max_abs_ll_diff']:.2e} "
+        f"acc ours/harness={res['ours']['acc']:.4f}/{res['harness']['acc']:.4f} "
+        f"acc_norm ours/harness={res['ours']['acc_norm']:.4f}/{harness_norm if harness_norm is not None else float('nan'):.4f} "
+        f"docs differing acc={res['docs_acc_differs']} acc_norm={res['docs_acc_norm_differs']}"
+    )
+
+
+def compare_all(args: argparse.Namespace, model, tokenizer) -> dict[str, dict[str, Any]]:
+    """:func:`compare_task` for every task of ``args.tasks`` that has harness samples in ``args.lm_eval_dir``."""
+    results = {}
+    for task in [t for t in args.tasks.split(",") if t]:
+        files = sorted(glob.glob(str(Path(args.lm_eval_dir) / "**" / f"samples_local_{task}_*.jsonl"), recursive=True))
+        if not files:
+            print(f"{task}: no harness samples found in {args.lm_eval_dir}, skipped", flush=True)
+            continue
+        samples = _read_samples(files[-1])
+        if args.max_docs:
+            samples = [s for s in samples if s["doc_id"] < args.max_docs]
+        results[task] = compare_task(task, samples, model, tokenizer, args.data_dir, args.bos, args.batch_size)
+        print(_summary(results[task]), flush=True)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
     if args.prepare:
         if not args.lm_eval_tasks:
@@ -163,37 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("lm_eval_dir is required unless --prepare is given")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.model:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    else:
-        model, tokenizer = load_gguf_model(Path(args.model_gguf) if args.model_gguf else embedded_smollm2_gguf())
-    results = {}
-    for task in [t for t in args.tasks.split(",") if t]:
-        files = sorted(glob.glob(str(Path(args.lm_eval_dir) / "**" / f"samples_local_{task}_*.jsonl"), recursive=True))
-        if not files:
-            print(f"{task}: no harness samples found, skipped", flush=True)
-            continue
-        samples = _read_samples(files[-1])
-        if args.max_docs:
-            samples = [s for s in samples if s["doc_id"] < args.max_docs]
-        res = compare_task(task, samples, model, tokenizer, args.data_dir, args.bos, args.batch_size)
-        results[task] = res
-        print(
-            f"{task:14s} n={res['n']:4d} strings_differ={res['string_mismatches']} max|dll|={res['max_abs_ll_diff']:.2e} "
-            f"acc ours/harness={res['ours']['acc']:.4f}/{res['harness']['acc']:.4f} "
-            f"acc_norm ours/harness={res['ours']['acc_norm']:.4f}/{res['harness']['acc_norm'] if res['harness']['acc_norm'] is not None else float('nan'):.4f} "
-            f"docs differing acc={res['docs_acc_differs']} acc_norm={res['docs_acc_norm_differs']}",
-            flush=True,
-        )
+    model, tokenizer = load_causal_lm(args.model, dtype="float32")
+    results = compare_all(args, model, tokenizer)
     if args.output:
-        from ._io import write_json_atomic
-
-        write_json_atomic(
-            args.output, {"lm_eval_dir": str(args.lm_eval_dir), "bos": args.bos, "max_docs": args.max_docs, "tasks": results}
-        )
+        record = {"lm_eval_dir": str(args.lm_eval_dir), "model": args.model, "bos": args.bos,
+                  "max_docs": args.max_docs, "tasks": results}
+        write_json_atomic(args.output, record)
     return 0
 
 
