@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from rcpu_lightning.eval.report import load_rows, main, plot_ppl_vs_ratio, results_table
+from rcpu_lightning.eval.report import load_rows, plot_ppl_vs_ratio, report, report_cli, results_table
 
 
 def _tasks(acc, acc_norm):
@@ -69,7 +71,7 @@ def test_cli_reads_dicts_and_lists(tmp_path):
     a.write_text(json.dumps(ROWS[0]))
     b.write_text(json.dumps(ROWS[1:]))
     md, png = tmp_path / "out" / "table.md", tmp_path / "out" / "plot.png"
-    assert main([str(a), str(b), "--markdown", str(md), "--plot", str(png)]) == 0
+    assert report_cli([str(a), str(b), "--markdown", str(md), "--plot", str(png)]) is None
     text = md.read_text()
     assert sum(line.startswith("| ") for line in text.splitlines()) == 5  # header + 4 rows
     assert "| 20% | rcpu | 20.50 |" in text
@@ -78,8 +80,32 @@ def test_cli_reads_dicts_and_lists(tmp_path):
     assert len(load_rows([a, b])) == 4
 
 
-def test_zeroshot_cli_output_is_a_report_row(tmp_path):
-    # Shape written by `python -m rcpu_lightning.eval.zeroshot --output` (keys used by the report).
+def test_report_prints_without_markdown_and_checks_its_options(tmp_path, capsys):
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps(ROWS))
+    table = report([str(a)], metric="acc")
+    assert capsys.readouterr().out == table + "\n" and table == results_table(load_rows([a]), metric="acc")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]  # no markdown, no plot written
+    report_cli([str(a), "--metric", "acc_norm"])
+    assert "| 0% | dense | 12.35 | 80.00 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # jsonargparse rejects a metric outside paper|acc|acc_norm
+        report_cli([str(a), "--metric", "f1"])
+    with pytest.raises(SystemExit):  # at least one path
+        report_cli(["--metric", "acc"])
+
+
+def test_report_runs_as_a_module(tmp_path):
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps(ROWS[0]))
+    md = tmp_path / "t.md"
+    proc = subprocess.run([sys.executable, "-m", "rcpu_lightning.eval.report", str(a), "--markdown", str(md)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "| 20% | rcpu | 20.50 |" in md.read_text()
+
+
+def test_zeroshot_results_are_a_report_row(tmp_path):
+    # Shape of a zero-shot results file (`cli.py test --data.tasks ...`; the keys the report uses).
     row = {"model": "SmolLM2", "method": "dense", "ratio": 0.0, "kind": "zeroshot", "tasks": _tasks(0.25, 0.5)}
     for t in row["tasks"].values():
         t["reported_metric"] = "acc_norm"

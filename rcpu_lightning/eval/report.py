@@ -10,25 +10,25 @@ Rows with the same ``(model, method, ratio)`` (e.g. one perplexity file and one 
 run) are merged. The table follows the pruning papers (LLM-Pruner / FLAP): one row per ratio x method,
 columns = WikiText-2 PPL, the seven tasks (in percent, the per-task reported metric) and their mean.
 
-Command line::
+Command line (:func:`report_cli`, a ``jsonargparse.CLI`` of :func:`report`; see ``--help``)::
 
-    python -m rcpu_lightning.eval.report RESULT_JSON... --markdown out.md --plot out.png
+    python -m rcpu_lightning.eval.report RESULT_JSON... [--markdown out.md] [--plot out.png] [--metric paper|acc|acc_norm]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Optional, Sequence
+
+from jsonargparse import CLI, ArgumentParser
 
 from ._io import write_atomic, write_text_atomic
 from .tasks import PAPER_METRIC, TASKS
 
-__all__ = ["TASK_TITLES", "load_rows", "merge_rows", "results_table", "plot_ppl_vs_ratio", "main"]
+__all__ = ["TASK_TITLES", "load_rows", "merge_rows", "results_table", "plot_ppl_vs_ratio", "report", "report_cli"]
 
 TASK_TITLES: dict[str, str] = {
     "boolq": "BoolQ",
@@ -173,23 +173,48 @@ def plot_ppl_vs_ratio(rows: Sequence[dict], png_path: str | os.PathLike, title: 
         plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rcpu_lightning.eval.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", nargs="+", help="result JSON files (dict or list of dicts)")
-    parser.add_argument("--markdown", help="write the markdown table here")
-    parser.add_argument("--plot", help="write the PPL-vs-ratio PNG here (needs rows with 'ppl')")
-    parser.add_argument("--metric", default="paper", choices=["paper", "acc", "acc_norm"])
-    args = parser.parse_args(argv)
-    rows = load_rows(args.results)
-    table = results_table(rows, metric=args.metric)
-    if args.markdown:
-        write_text_atomic(args.markdown, table)
+def report(
+    paths: list[str],
+    markdown: Optional[str] = None,
+    plot: Optional[str] = None,
+    metric: Literal["paper", "acc", "acc_norm"] = "paper",
+) -> str:
+    """Table (and optionally a plot) from result JSON files; returns the markdown table.
+
+    Args:
+        paths: result JSON files (each a dict or a list of dicts); rows with equal model/method/ratio are merged.
+        markdown: write the markdown table here (atomically); without it the table is printed.
+        plot: write the PPL-vs-ratio PNG here (needs rows with 'ppl').
+        metric: zero-shot metric per task: paper (each row's reported metric), acc or acc_norm.
+    """
+    if not paths:
+        raise ValueError("report needs at least one result JSON path, got none")
+    rows = load_rows(paths)
+    table = results_table(rows, metric=metric)
+    if markdown:
+        write_text_atomic(markdown, table)
     else:
         print(table)
-    if args.plot:
-        plot_ppl_vs_ratio(rows, args.plot)
-    return 0
+    if plot:
+        plot_ppl_vs_ratio(rows, plot)
+    return table
+
+
+class _ReportParser(ArgumentParser):
+    """``paths`` takes one or more words (``results/*.json``) like argparse's ``nargs="+"``; jsonargparse
+    would otherwise read a positional ``list[str]`` from a single word (``"[a.json, b.json]"``)."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
+        if args == ("paths",):
+            return super().add_argument("paths", type=str, nargs="+", help=kwargs.get("help"))
+        return super().add_argument(*args, **kwargs)
+
+
+def report_cli(args: Optional[list[str]] = None, *, prog: Optional[str] = None) -> None:
+    """Run :func:`report` from command-line words (``args=None``: ``sys.argv[1:]``); ``prog`` names the
+    command in the usage line. Returns None, so ``sys.exit(report_cli())`` exits 0 after a success."""
+    CLI(report, args=args, parser_class=_ReportParser, prog=prog, description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    report_cli(prog="python -m rcpu_lightning.eval.report")
