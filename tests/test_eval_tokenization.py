@@ -105,7 +105,7 @@ def test_every_task_runs_end_to_end(task, shared_data, smollm2_tokenizer, tiny_m
 
 
 def test_evaluate_tasks_of_a_saved_model_make_a_report_row(tmp_path, shared_data, smollm2_tokenizer, tiny_model_for_smollm2):
-    # What the removed `python -m rcpu_lightning.eval.zeroshot --model DIR --output` did, in Python:
+    # What the former zero-shot command line (`--model DIR --output`) did, in Python:
     # load a model folder with the package's loader, evaluate two tasks, write a report row.
     import json
 
