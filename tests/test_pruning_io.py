@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -91,9 +92,21 @@ def test_head_count_not_dividing_hidden_size_reloads_with_load_pruned(tmp_path):
     reloaded = load_pruned(tmp_path / "odd")
     assert reloaded.config.num_attention_heads == 5
     torch.testing.assert_close(_logits(reloaded), _logits(model), atol=1e-6, rtol=0)
-    # atomic overwrite of an existing checkpoint leaves no temporary folders behind
-    save_pruned(model, report.plan, tmp_path / "odd")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd"]
+    # an existing checkpoint is never replaced unasked; with overwrite=True it is replaced atomically,
+    # and no temporary folder is left behind either way
+    (tmp_path / "odd" / "mine.txt").write_text("the user's")
+    with pytest.raises(FileExistsError, match="already exists.*overwrite=True"):
+        save_pruned(model, report.plan, tmp_path / "odd")
+    assert (tmp_path / "odd" / "mine.txt").read_text() == "the user's"
+    save_pruned(model, report.plan, tmp_path / "odd", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd"] and not (tmp_path / "odd" / "mine.txt").exists()
+    assert (tmp_path / "odd" / "config.json").stat().st_mode & 0o777 == 0o666 & ~_umask()  # not 0600
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_apply_plan_shapes_then_state_dict_rebuilds_the_pruned_model():
@@ -108,7 +121,7 @@ def test_report_is_json_serialisable_and_counts_parameters():
     model, report = _pruned({}, ratio=0.5)
     data = json.loads(json.dumps(report.to_dict()))
     assert data["params_after"] == sum(p.numel() for p in model.parameters()) < data["params_before"]
-    assert 0 < data["overall_ratio"] < 1 and len(data["layer_ratios"]) == 2
+    assert 0 < data["decoder_params_removed"] < 1 and len(data["layer_params_removed"]) == 2
     assert data["plan"]["layers"][0]["kept_heads"] == report.plan.layers[0].kept_heads
 
 

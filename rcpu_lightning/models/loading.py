@@ -12,14 +12,13 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..files import OutputExistsError, atomic_dir
 from .adapter import check_supported
 
 log = logging.getLogger(__name__)
@@ -93,28 +92,42 @@ def gguf_to_checkpoint(gguf_path: str | os.PathLike, cache_dir: str | os.PathLik
         del plain_config.quantization_config
     plain = type(quantized)(plain_config)
     plain.load_state_dict(quantized.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0o700; the cache may be shared
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic: a reader sees no half-written checkpoint
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(target, overwrite=False, what="GGUF conversion cache") as staged:  # no half checkpoint
+            plain.save_pretrained(staged)
+            tokenizer.save_pretrained(staged)
+    except (OutputExistsError, OSError):
         if (target / "config.json").is_file():  # another process won the race
             return target
         raise
     return target
 
 
+def looks_like_path(spec: str) -> bool:
+    """Whether ``spec`` can only be a local path (a hub id is ``name`` or ``org/name``)."""
+    return (os.path.isabs(spec) or spec.startswith((".", "~")) or spec.count("/") >= 2
+            or (os.sep != "/" and os.sep in spec))
+
+
 def resolve_checkpoint(spec: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
-    """Turn a model spec into something ``from_pretrained`` accepts (hub id or folder)."""
+    """Turn a model spec into something ``from_pretrained`` accepts (hub id or folder).
+
+    A spec that can only be a local path (absolute, ``./``, ``~``, several ``/``) must exist:
+    ``FileNotFoundError("no such folder: ...")`` otherwise, before anything is loaded.
+    """
     spec = str(spec)
     if spec in EMBEDDED_MODELS:
         return str(gguf_to_checkpoint(embedded_gguf_path(spec), cache_dir))
     if spec.endswith(".gguf"):
         return str(gguf_to_checkpoint(spec, cache_dir))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model folder {spec!r} has no config.json (not a Hugging Face checkpoint)")
+        return str(path)
+    if looks_like_path(spec):
+        raise FileNotFoundError(f"no such folder: {spec!r} (a model is a local folder, a .gguf file, "
+                                f"a Hugging Face hub id or one of {sorted(EMBEDDED_MODELS)})")
     return spec
 
 
@@ -133,7 +146,12 @@ def load_causal_lm(
     if dtype not in DTYPES and dtype != "auto":
         raise ValueError(f"dtype={dtype!r} is not supported; use one of {[*DTYPES, 'auto']}")
     source = resolve_checkpoint(spec, cache_dir)
-    check_supported(AutoConfig.from_pretrained(source))
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as exc:
+        raise OSError(f"could not load model {spec!r}: it is not a local folder, and as a Hugging Face hub id: "
+                      f"{str(exc).splitlines()[0]}") from exc
+    check_supported(config)
     torch_dtype = "auto" if dtype == "auto" else DTYPES[dtype]
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **from_pretrained_kwargs)
     tokenizer = AutoTokenizer.from_pretrained(source)

@@ -1,7 +1,8 @@
 """Saving and loading pruned checkpoints.
 
-``save_pruned`` writes a Hugging Face checkpoint plus ``pruning_plan.json``, atomically (into a
-temporary sibling folder, then renamed into place).
+``save_pruned`` writes a Hugging Face checkpoint plus ``pruning_plan.json``, atomically (staged in a
+hidden sibling folder, then renamed into place; an existing non-empty folder is only replaced with
+``overwrite=True``, see :mod:`rcpu_lightning.files`).
 
 * Plain-loadable plans (every layer the same shapes, a config that validates, biases the config
   flags can express): ``config.json`` holds the pruned values and
@@ -21,14 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from ..files import atomic_dir, write_json_atomic
 from .plan import SHAPE_KEYS, BIAS_KEYS, PruningPlan
 from .surgery import ATTN_PROJ, BIAS_FLAG_MODEL_TYPES, MLP_PROJ, apply_plan_shapes
 
@@ -68,37 +68,21 @@ def _dense_config(config, plan: PruningPlan):
             setattr(config, key, value)
 
 
-def save_pruned(model: nn.Module, plan: PruningPlan, path: str | os.PathLike, **save_kwargs: Any) -> Path:
+def save_pruned(model: nn.Module, plan: PruningPlan, path: str | os.PathLike, overwrite: bool = False,
+                **save_kwargs: Any) -> Path:
     """Write ``model`` (pruned by ``plan``) as an HF checkpoint plus ``pruning_plan.json`` at ``path``.
 
-    Atomic: written to a temporary sibling folder, then renamed; an existing ``path`` is replaced.
-    ``save_kwargs`` go to ``save_pretrained``. Returns the path.
+    Atomic; an existing non-empty ``path`` is refused unless ``overwrite=True`` (then it is replaced
+    as a whole). ``save_kwargs`` go to ``save_pretrained``. Returns the path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_dir(path, overwrite, "save_pruned path") as staged:
         if plain_loadable(plan, model.config):
-            model.save_pretrained(tmp, **save_kwargs)
+            model.save_pretrained(staged, **save_kwargs)
         else:
             with _dense_config(model.config, plan):
-                model.save_pretrained(tmp, **save_kwargs)
-        (tmp / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=1))
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    if not dst.exists():
-        os.replace(src, dst)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-    os.replace(dst, old / "x")
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
+                model.save_pretrained(staged, **save_kwargs)
+        write_json_atomic(staged / PLAN_FILE, plan.to_dict(), indent=1)
+    return Path(path)
 
 
 def load_plan(path: str | os.PathLike) -> PruningPlan:
@@ -115,7 +99,7 @@ def load_pruned(path: str | os.PathLike, **from_pretrained_kwargs: Any) -> nn.Mo
     ``from_pretrained_kwargs`` go to ``AutoModelForCausalLM.from_pretrained`` (e.g. ``dtype``,
     ``device_map``). The returned model has the plain architecture class.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
 
     plan = load_plan(path)
     config_dict = json.loads((Path(path) / "config.json").read_text())
@@ -124,7 +108,7 @@ def load_pruned(path: str | os.PathLike, **from_pretrained_kwargs: Any) -> nn.Mo
             config_dict[key] = plan.dense[key]
     model_type = config_dict.pop("model_type", plan.model_type)
     config = AutoConfig.for_model(model_type, **config_dict)
-    base = AutoModelForCausalLM._model_mapping[type(config)]
+    base = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
 
     def __init__(self, config, *args, **kwargs):
         base.__init__(self, config, *args, **kwargs)
