@@ -8,8 +8,12 @@ import pytest
 import torch
 
 from rcpu_lightning.data import (
+    CalibrationConfig,
     calibration_split,
+    calibration_stream,
     calibration_windows,
+    heldout_windows,
+    window_starts,
     find_split_file,
     load_rows,
     perplexity_windows,
@@ -68,6 +72,26 @@ def test_calibration_windows_are_seeded_and_inside_the_stream(tmp_path):
     stream = "".join(chr(int(t)) for t in tok(" ".join(load_rows("train", tmp_path))).input_ids[0])
     for window in a:
         assert "".join(chr(int(t)) for t in window) in stream
+
+
+def test_heldout_windows_overlap_no_calibration_window(tmp_path):
+    _write(tmp_path, "train.txt", [f" line {i} with some words\n" for i in range(200)])
+    tok, calibration = CharTokenizer(), CalibrationConfig(nsamples=8, seqlen=16, seed=1)
+    ids, _ = calibration_stream(tok, tmp_path)
+    calib = window_starts(ids.numel(), 8, 16, 1)
+    assert torch.equal(calibration_windows(tok, 8, 16, 1, tmp_path), torch.stack([ids[s : s + 16] for s in calib]))
+    held, starts = heldout_windows(tok, 5, calibration, tmp_path)
+    assert held.shape == (5, 16) and len(set(starts)) == 5
+    assert all(abs(s - c) >= 16 for s in starts for c in calib)  # no token shared with a calibration window
+    more, _ = heldout_windows(tok, 3, calibration, tmp_path, seed_offset=7, avoid=starts)
+    assert torch.equal(heldout_windows(tok, 5, calibration, tmp_path)[0], held)  # seeded
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(nsamples=0), "nsamples=0"), (dict(seqlen=1.5), "seqlen=1.5"),
+                                           (dict(seed="0"), "seed='0'"), (dict(batch_size=True), "batch_size=True")])
+def test_calibration_config_refuses_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CalibrationConfig(**kwargs)
 
 
 def test_env_variable_is_the_default_data_dir(tmp_path, monkeypatch):

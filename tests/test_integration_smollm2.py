@@ -30,9 +30,9 @@ def smollm2_setup(shared_data):
 def _prune_and_score(setup, **overrides):
     model, calib, windows, _ = setup
     model = copy.deepcopy(model)
-    config = PruningConfig(ratio=0.2, head_rounding="nearest", nsamples=NSAMPLES, seqlen=SEQLEN, **overrides)
+    config = PruningConfig(ratio=0.2, head_rounding="nearest", **overrides)
     with torch.no_grad():
-        inputs = capture_layer_inputs(model, calib.split(config.batch_size))
+        inputs = capture_layer_inputs(model, calib.split(8))
         report = prune_model(model, inputs, config, progress=False)
         return report, evaluate_perplexity(model, windows, progress=False)
 

@@ -14,7 +14,6 @@ from rcpu_lightning.pruning import (
     PruningConfig,
     capture_layer_inputs,
     prune_model,
-    sample_calibration,
 )
 
 GQA = dict(num_heads=6, num_kv_heads=2)
@@ -67,7 +66,7 @@ def test_ratio_zero_leaves_outputs_unchanged(shape, method):
     model, ids = make_tiny_llama(**shape), _ids(3)
     before = _logits(model, ids)
     report = _prune(model, method=method, ratio=0.0)
-    assert report.overall_ratio == 0.0 and report.params_after == report.params_before
+    assert report.decoder_params_removed == 0.0 and report.params_after == report.params_before
     torch.testing.assert_close(_logits(model, ids), before, atol=1e-6, rtol=0)
 
 
@@ -78,7 +77,7 @@ def test_ratio_zero_leaves_outputs_unchanged(shape, method):
         (GQA, dict(ratio=0.34)),  # per_group: one head from each of the 2 groups
         (GQA, dict(ratio=0.5, gqa_mode="whole_group")),
         (GQA, dict(method="flap", structure="al_am", ratio=0.3)),
-        ({}, dict(method="wanda_sp", ratio=0.3, refresh_mlp_stats=True, batch_size=1)),
+        ({}, dict(method="wanda_sp", ratio=0.3, refresh_mlp_stats=True)),
     ],
     ids=["mha", "gqa-per-group", "gqa-whole-group", "gqa-al-am", "mha-refresh"],
 )
@@ -116,7 +115,7 @@ def test_head_rounding_nearest_vs_floor_on_gqa():
     r_nearest = _prune(nearest_model, ratio=0.2, head_rounding="nearest", compensation="none")
     assert [lp.num_heads for lp in r_floor.plan.layers] == [6, 6]
     assert [lp.num_heads for lp in r_nearest.plan.layers] == [4, 4]
-    assert r_nearest.overall_ratio > r_floor.overall_ratio > 0
+    assert r_nearest.decoder_params_removed > r_floor.decoder_params_removed > 0
 
 
 def test_doubling_reduce_gives_same_decisions_and_weights_and_few_calls():
@@ -128,7 +127,8 @@ def test_doubling_reduce_gives_same_decisions_and_weights_and_few_calls():
         calls.append(t.numel())
         return t * 2  # two ranks holding identical data
 
-    cfg = PruningConfig(ratio=0.34, batch_size=1)  # 4 local batches
+    inputs = capture_layer_inputs(ref, _ids().split(1))  # 4 local batches
+    cfg = PruningConfig(ratio=0.34)
     r1 = prune_model(ref, inputs, cfg, progress=False)
     r2 = prune_model(doubled, inputs, cfg, reduce=reduce, progress=False)
     assert len(calls) == 2  # one per layer, not per batch
@@ -141,24 +141,20 @@ def test_reduce_calls_do_not_depend_on_local_batch_count():
     counts = []
     for batch_size in (4, 1):
         model, calls = make_tiny_llama(), []
-        cfg = PruningConfig(method="flap", structure="al_am", ratio=0.2, refresh_mlp_stats=True,
-                            batch_size=batch_size)
-        prune_model(model, _inputs(model), cfg, reduce=lambda t: calls.append(1) or t, progress=False)
+        cfg = PruningConfig(method="flap", structure="al_am", ratio=0.2, refresh_mlp_stats=True)
+        prune_model(model, _inputs(model, split=batch_size), cfg, reduce=lambda t: calls.append(1) or t, progress=False)
         counts.append(len(calls))
     assert counts == [1 + 2 * 2, 1 + 2 * 2]  # AL-AM pass + (attn, refreshed mlp) per layer
 
 
-def test_same_seed_gives_bitwise_identical_weights():
-    tokens = torch.randint(0, 64, (2000,), generator=torch.Generator().manual_seed(0))
+def test_same_inputs_give_bitwise_identical_weights():
     states = []
     for _ in range(2):
         model = make_tiny_llama(**GQA)
-        batches = sample_calibration(tokens, nsamples=6, seqlen=16, seed=7, batch_size=4)
-        prune_model(model, capture_layer_inputs(model, batches), PruningConfig(ratio=0.34), progress=False)
+        prune_model(model, capture_layer_inputs(model, _ids(7, batch=6).split(4)), PruningConfig(ratio=0.34),
+                    progress=False)
         states.append(_state(model))
     _assert_same_state(*states)
-    other = sample_calibration(tokens, nsamples=6, seqlen=16, seed=8, batch_size=4)
-    assert not torch.equal(torch.cat(other), torch.cat(sample_calibration(tokens, 6, 16, 7, 4)))
 
 
 @torch.no_grad()
@@ -232,11 +228,11 @@ def test_without_head_removal_o_proj_only_is_no_compensation_and_down_proj_only_
                            states["rot"]["model.layers.0.mlp.down_proj.weight"])
 
 
-def test_offload_and_rebatching_give_the_same_weights():
+def test_offload_and_batching_give_the_same_weights():
     a, b = make_tiny_llama(**GQA), make_tiny_llama(**GQA)
-    prune_model(a, _inputs(a), PruningConfig(ratio=0.34, batch_size=8), progress=False)
-    inputs = capture_layer_inputs(b, _ids().split(2), offload=True)
-    prune_model(b, inputs, PruningConfig(ratio=0.34, batch_size=1, offload_inputs=True), progress=False)
+    prune_model(a, _inputs(a, split=4), PruningConfig(ratio=0.34), progress=False)
+    inputs = capture_layer_inputs(b, _ids().split(1), offload=True)
+    prune_model(b, inputs, PruningConfig(ratio=0.34, offload_inputs=True), progress=False)
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=0, msg=k)
 
@@ -279,7 +275,6 @@ def test_pruning_does_not_overwrite_what_a_full_forward_returned():
         (dict(head_rounding="ceil"), r"head_rounding='ceil'.*'nearest'"),
         (dict(gqa_mode="kv"), r"gqa_mode='kv'.*'whole_group'"),
         (dict(stats_dtype="float16"), r"stats_dtype='float16'.*'float64'"),
-        (dict(batch_size=0), r"batch_size=0"),
         (dict(ls_lambda=-1.0), r"ls_lambda"),
         (dict(structure="al_am", mlp_ratio=0.2), r"mlp_ratio=0\.2.*al_am"),
     ],
@@ -361,7 +356,7 @@ def test_release_inputs_prunes_in_the_captured_memory(structure):
     """One copy of the activations: with ``release_inputs`` each layer's outputs are written into
     the captured layer-0 tensors, so layer 1 reads that memory; without it the caller's ``inputs``
     stay untouched (and reusable) and layer 1 reads new tensors. Same pruned model either way."""
-    cfg = PruningConfig(ratio=0.34, structure=structure, batch_size=2)
+    cfg = PruningConfig(ratio=0.34, structure=structure)
     results = {}
     for release in (False, True):
         model = make_tiny_llama(**GQA)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 from pathlib import Path
 
 import torch
@@ -89,31 +88,9 @@ def calibration_split(data_dir: str | os.PathLike | None = None) -> str:
     raise FileNotFoundError(f"no WikiText-2 train or valid split under {folder} for calibration")
 
 
-def _token_stream(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
+def token_stream(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
     ids = tokenizer(text, return_tensors="pt").input_ids[0]  # [N]; tokenizer's own special tokens
     return ids
-
-
-def calibration_windows(
-    tokenizer: PreTrainedTokenizerBase,
-    nsamples: int = 128,
-    seqlen: int = 128,
-    seed: int = 0,
-    data_dir: str | os.PathLike | None = None,
-    split: str | None = None,
-) -> torch.Tensor:
-    """The paper's calibration sampler: the calibration split's rows joined with a space, tokenized
-    once, then ``nsamples`` random windows of ``seqlen`` tokens drawn with ``random.Random(seed)``
-    (start ``randint(0, N - seqlen - 1)``, as the reference code). Returns ``[nsamples, seqlen]``."""
-    if nsamples < 1 or seqlen < 1:
-        raise ValueError(f"nsamples={nsamples} and seqlen={seqlen} must both be >= 1")
-    split = split or calibration_split(data_dir)
-    ids = _token_stream(tokenizer, " ".join(load_rows(split, data_dir)))
-    if ids.numel() < seqlen + 1:
-        raise ValueError(f"the {split} split has {ids.numel()} tokens, fewer than one window of seqlen={seqlen} (+1)")
-    rng = random.Random(seed)
-    starts = [rng.randint(0, ids.numel() - seqlen - 1) for _ in range(nsamples)]
-    return torch.stack([ids[s : s + seqlen] for s in starts])  # [nsamples, seqlen]
 
 
 def perplexity_windows(
@@ -126,7 +103,7 @@ def perplexity_windows(
     ``floor(N / seqlen)`` non-overlapping windows (the tail is dropped). Returns ``[n, seqlen]``."""
     if seqlen < 2:
         raise ValueError(f"seqlen={seqlen} must be >= 2 (a window scores seqlen - 1 predictions)")
-    ids = _token_stream(tokenizer, "\n\n".join(load_rows(split, data_dir)))
+    ids = token_stream(tokenizer, "\n\n".join(load_rows(split, data_dir)))
     n = ids.numel() // seqlen
     if n == 0:
         raise ValueError(f"the {split} split has {ids.numel()} tokens, fewer than one window of seqlen={seqlen}")

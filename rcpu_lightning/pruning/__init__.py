@@ -13,6 +13,7 @@ Typical use::
 """
 
 from .compensation import (
+    COMPENSATIONS,
     bias_compensation,
     compensate,
     cross_gram,
@@ -23,10 +24,12 @@ from .compensation import (
 )
 from .config import DEFAULT_COMPENSATION, PruningConfig
 from .engine import PruningReport, prune_model
-from .inputs import LayerInputCatcher, LayerInputs, capture_layer_inputs, sample_calibration
+from .progress import LayerProgress, default_progress
+from .inputs import LayerInputCatcher, LayerInputs, StopForward, capture_layer_inputs, model_inputs
 from .io import load_plan, load_pruned, save_pruned
 from .plan import LayerPlan, PruningPlan
 from .scores import (
+    SCORES,
     column_scores,
     flap_wifv_score,
     head_scores,
@@ -40,6 +43,12 @@ from .stats import ChannelStats, collect_input_stats, reduce_stats
 from .surgery import apply_plan_shapes
 
 __all__ = [
+    "COMPENSATIONS",
+    "SCORES",
+    "StopForward",
+    "LayerProgress",
+    "default_progress",
+    "model_inputs",
     "ChannelStats",
     "DEFAULT_COMPENSATION",
     "LayerInputCatcher",
@@ -68,7 +77,6 @@ __all__ = [
     "reduce_stats",
     "rotation_compensation",
     "rotation_scale_compensation",
-    "sample_calibration",
     "save_pruned",
     "select_channels",
     "select_heads",

@@ -7,12 +7,17 @@ algebra runs in float64; :func:`compensate` casts the result back to the weight'
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .stats import ChannelStats
+
+if TYPE_CHECKING:
+    from .config import PruningConfig
 
 
 def cross_gram(weight: Tensor, G: Tensor, keep: Tensor) -> Tensor:
@@ -69,33 +74,66 @@ class Compensated:
     bias_delta: Tensor | None = None
 
 
-def compensate(kind: str, weight: Tensor, stats: ChannelStats, keep: list[int], lam: float = 0.0) -> Compensated:
-    """Apply compensation ``kind`` to a module with dense weight ``weight`` keeping columns ``keep``.
+# -- the registry: one entry per ``PruningConfig.compensation`` value ------------------------------
+# Each entry maps (W [d_out, d_in] float64, stats, K, D, config) -> Compensated, in float64.
+CompensationFn = Callable[[Tensor, ChannelStats, Tensor, Tensor, "PruningConfig"], Compensated]
 
-    Nothing is compensated when nothing is dropped. Returns tensors in ``weight``'s dtype/device.
+
+@dataclass(frozen=True)
+class Compensator:
+    fn: CompensationFn
+    needs_gram: bool  # needs the full Gram matrix G (not only its diagonal)
+
+
+def _none(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
+    return Compensated(w[:, keep])
+
+
+def _rotation(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
+    return Compensated(rotation_compensation(w, stats.G.double(), keep))
+
+
+def _rotation_scale(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
+    return Compensated(rotation_scale_compensation(w, stats.G.double(), keep))
+
+
+def _least_squares(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
+    mean_gram = stats.G.double() / stats.n.double()  # λ independent of the token count
+    return Compensated(least_squares_compensation(w, mean_gram, keep, config.ls_lambda))
+
+
+def _bias(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
+    return Compensated(w[:, keep], bias_compensation(w, stats.mean().double(), drop))
+
+
+COMPENSATIONS: dict[str, Compensator] = {
+    "rotation": Compensator(_rotation, needs_gram=True),
+    "rotation_scale": Compensator(_rotation_scale, needs_gram=True),
+    "least_squares": Compensator(_least_squares, needs_gram=True),
+    "bias": Compensator(_bias, needs_gram=False),
+    "none": Compensator(_none, needs_gram=False),
+}
+
+
+def compensate(kind: str, weight: Tensor, stats: ChannelStats, keep: list[int], config: "PruningConfig") -> Compensated:
+    """Apply compensation ``kind`` (a key of :data:`COMPENSATIONS`) to a module with dense weight
+    ``weight`` [d_out, d_in] keeping input columns ``keep``.
+
+    Nothing is compensated when nothing is dropped. The algebra runs in float64; the result is
+    cast back to ``weight``'s dtype and device once.
     """
-    if stats.diag_only and kind in ("rotation", "rotation_scale", "least_squares"):
+    if kind not in COMPENSATIONS:
+        raise ValueError(f"compensation={kind!r} is not supported; allowed values: {list(COMPENSATIONS)}")
+    entry = COMPENSATIONS[kind]
+    if stats.diag_only and entry.needs_gram:
         raise ValueError(f"compensation={kind!r} needs the full Gram matrix, got diagonal statistics")
     dev, dtype = weight.device, weight.dtype
     w = weight.detach().to(device=stats.G.device, dtype=torch.float64)  # [d_out, d_in]
     k = torch.as_tensor(keep, dtype=torch.long, device=w.device)
     drop_mask = torch.ones(w.shape[1], dtype=torch.bool, device=w.device)
     drop_mask[k] = False
-    bias = None
-    if kind == "none" or not drop_mask.any():
-        new_w = w[:, k]
-    elif kind == "rotation":
-        new_w = rotation_compensation(w, stats.G.double(), k)
-    elif kind == "rotation_scale":
-        new_w = rotation_scale_compensation(w, stats.G.double(), k)
-    elif kind == "least_squares":
-        new_w = least_squares_compensation(w, stats.G.double() / stats.n.double(), k, lam)
-    elif kind == "bias":
-        new_w = w[:, k]
-        bias = bias_compensation(w, stats.mean().double(), drop_mask.nonzero().flatten()).to(dev, dtype)
-    else:
-        raise ValueError(
-            f"compensation={kind!r} is not supported; allowed values: "
-            "['rotation', 'rotation_scale', 'least_squares', 'bias', 'none']"
-        )
-    return Compensated(new_w.to(device=dev, dtype=dtype), bias)
+    if not drop_mask.any():
+        entry = COMPENSATIONS["none"]
+    out = entry.fn(w, stats, k, drop_mask.nonzero().flatten(), config)
+    bias = None if out.bias_delta is None else out.bias_delta.to(dev, dtype)
+    return Compensated(out.weight.to(device=dev, dtype=dtype), bias)

@@ -30,31 +30,35 @@ DEFAULT_COMPENSATION: dict[str, str] = {
 
 @dataclass
 class PruningConfig:
-    """What to prune, how to score, select and compensate (see shared/docs/rcpu-method.md).
+    """What to prune, and how to score, select and compensate (see shared/docs/rcpu-method.md).
 
-    Attributes:
-        method: importance score: ``rcpu`` (variance-aware gamma), ``wanda_sp``, ``flap`` (WIFV),
-            ``magnitude`` (column norm of the weight).
-        compensation: ``rotation`` (Procrustes), ``rotation_scale``, ``least_squares`` (ridge
-            ``ls_lambda``), ``bias`` (FLAP), ``none``; ``None`` picks the method's default
-            (rcpu: rotation, flap: bias, others: none).
-        structure: ``uniform`` (same ratio in every layer, the paper) or ``al_am`` (FLAP's global
-            adaptive structure over all layers and both module kinds).
-        ratio: fraction of attention heads and MLP channels to remove, in [0, 1).
-        attn_ratio / mlp_ratio: override ``ratio`` for heads / channels (uniform structure only).
-        targets: where compensation applies: ``both``, ``o_proj`` or ``down_proj``.
-        head_rounding: ``floor`` (largest feasible head count <= ratio * heads; paper parity) or
-            ``nearest`` (feasible head count nearest to ratio * heads).
-        gqa_mode: ``per_group`` (remove query heads in equal numbers from every kv group; k/v kept)
-            or ``whole_group`` (remove whole kv groups, k/v rows included).
-        ls_lambda: ridge for least-squares compensation, relative to the *mean* Gram ``G / n``.
-        nsamples / seqlen / seed: calibration set drawn by :func:`sample_calibration` (the caller's
-            data pipeline may use them too); the engine itself is deterministic.
-        stats_dtype: accumulation dtype of the calibration statistics.
+    The one declaration of the engine's knobs: the callback, the CLI (``pruning.config.*``) and the
+    plain Python API all take this object. Calibration data (how many windows, their length, the
+    seed) is not here: it belongs to the data (:class:`rcpu_lightning.data.CalibrationConfig`); the
+    engine is deterministic given its inputs, and the pruning plan records what it was fed.
+
+    Args:
+        method: importance score of a column: ``rcpu`` (variance-aware gamma), ``wanda_sp``,
+            ``flap`` (FLAP's WIFV) or ``magnitude`` (column norm of the weight).
+        compensation: how o_proj/down_proj absorb the removed columns: ``rotation`` (Procrustes),
+            ``rotation_scale``, ``least_squares`` (ridge, ``ls_lambda``), ``bias`` (FLAP), ``none``;
+            null picks the method's default (rcpu: rotation, flap: bias, others: none).
+        structure: ``uniform`` (the same ratio in every layer, as the paper) or ``al_am`` (FLAP's
+            adaptive structure: one global threshold over all layers and both module kinds).
+        ratio: fraction of attention heads and of MLP channels to remove, in [0, 1).
+        attn_ratio: fraction of attention heads to remove instead of ``ratio`` (uniform structure only).
+        mlp_ratio: fraction of MLP channels to remove instead of ``ratio`` (uniform structure only).
+        targets: which projections are compensated: ``both``, ``o_proj`` or ``down_proj``.
+        head_rounding: how a head ratio becomes a feasible head count: ``floor`` (the largest count
+            <= ratio x heads; the paper) or ``nearest``.
+        gqa_mode: grouped-query attention: ``per_group`` removes query heads in equal numbers from
+            every kv group (k/v kept), ``whole_group`` removes whole kv groups with their k/v rows.
+        ls_lambda: ridge of ``least_squares``, relative to the mean Gram matrix ``G / n``.
+        stats_dtype: accumulation dtype of the calibration statistics (``float64`` or ``float32``).
         refresh_mlp_stats: re-collect down_proj statistics after the layer's attention is pruned
             (not in the paper).
-        offload_inputs: keep the captured layer inputs on CPU, moving them per layer to the device.
-        batch_size: rows per forward when re-running a layer on the captured inputs.
+        offload_inputs: keep the captured layer inputs on CPU and move them to the layer's device
+            one batch at a time.
     """
 
     method: Method = "rcpu"
@@ -67,13 +71,9 @@ class PruningConfig:
     head_rounding: HeadRounding = "floor"
     gqa_mode: GqaMode = "per_group"
     ls_lambda: float = 1e-3
-    nsamples: int = 128
-    seqlen: int = 128
-    seed: int = 0
     stats_dtype: StatsDtype = "float64"
     refresh_mlp_stats: bool = False
     offload_inputs: bool = False
-    batch_size: int = 8
 
     def __post_init__(self) -> None:
         for name, kind in _ENUMS.items():
@@ -91,10 +91,6 @@ class PruningConfig:
                         "(one global threshold over both module kinds); use structure='uniform' "
                         f"or leave {name} unset"
                     )
-        for name in ("nsamples", "seqlen", "batch_size"):
-            _check_positive_int(name, getattr(self, name))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
         if not _is_number(self.ls_lambda) or not math.isfinite(self.ls_lambda) or self.ls_lambda < 0:
             raise ValueError(f"ls_lambda must be a finite number >= 0, got {self.ls_lambda!r}")
         for name in ("refresh_mlp_stats", "offload_inputs"):
@@ -143,6 +139,14 @@ def _check_ratio(name: str, value: Any) -> None:
         raise ValueError(f"{name}={value!r} is out of range; allowed: a number in [0, 1)")
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}={value!r} is invalid; allowed: an int > 0")
+def _check_registries() -> None:
+    """The ``Literal`` types (for YAML/CLI validation) name exactly the registered functions."""
+    from .compensation import COMPENSATIONS
+    from .scores import SCORES
+
+    for kind, registry in ((Method, SCORES), (Compensation, COMPENSATIONS)):
+        if set(get_args(kind)) != set(registry):
+            raise AssertionError(f"{kind} lists {get_args(kind)}, the registry holds {sorted(registry)}")
+
+
+_check_registries()

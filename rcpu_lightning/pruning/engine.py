@@ -35,6 +35,7 @@ from .compensation import compensate
 from .config import PruningConfig
 from .inputs import LayerInputs, to_device
 from .plan import LayerPlan, PruningPlan
+from .progress import LayerProgress, ProgressFn, device_peak_mb, resolve_progress, rss_mb
 from .scores import column_scores, head_scores, standardize
 from .selection import (
     LayerUnits,
@@ -56,21 +57,32 @@ Batches = list[tuple[Tensor, dict[str, Any]]]
 
 @dataclass
 class PruningReport:
-    """What ``prune_model`` did. ``overall_ratio`` and ``layer_ratios`` count decoder-layer
-    parameters removed / before (added compensation biases count as parameters);
-    ``params_before``/``params_after`` are whole-model counts."""
+    """What ``prune_model`` did.
+
+    Two fractions of removed parameters, named so they cannot be confused:
+    ``decoder_params_removed`` counts the decoder layers only (what the pruning ratio acts on;
+    added compensation biases count as parameters), :attr:`model_params_removed` the whole model
+    (embeddings and LM head included). ``params_before``/``params_after`` are whole-model counts.
+    """
 
     plan: PruningPlan
-    layer_ratios: list[float]
-    overall_ratio: float
+    layer_params_removed: list[float]  # per decoder layer: removed / before
+    decoder_params_removed: float  # all decoder layers: removed / before
     params_before: int
     params_after: int
     seconds: float
     layers: list[dict[str, Any]] = field(default_factory=list)  # per-layer summary
+    notes: list[str] = field(default_factory=list)  # decisions worth telling the user (rounding, ...)
+
+    @property
+    def model_params_removed(self) -> float:
+        """Whole model: ``1 - params_after / params_before``."""
+        return 1.0 - self.params_after / self.params_before
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["plan"] = self.plan.to_dict()
+        data["model_params_removed"] = self.model_params_removed
         return data
 
 
@@ -127,8 +139,8 @@ def check_stats(stats: ChannelStats, where: str) -> None:
 
 
 # -- counts -------------------------------------------------------------------------------------
-def uniform_counts(model: nn.Module, config: PruningConfig) -> list[tuple[int, int]]:
-    """(heads, channels) to remove per layer at the configured ratios."""
+def uniform_counts(model: nn.Module, config: PruningConfig, notes: list[str]) -> list[tuple[int, int]]:
+    """(heads, channels) to remove per layer at the configured ratios; the rounding is told in ``notes``."""
     counts, logged = [], set()
     for parts in map(layer_parts, decoder_layers(model)):
         layout = head_layout(parts.num_heads, parts.num_kv_heads, config.gqa_mode)
@@ -137,13 +149,13 @@ def uniform_counts(model: nn.Module, config: PruningConfig) -> list[tuple[int, i
         counts.append((heads, channels))
         if layout not in logged:
             logged.add(layout)
-            log.info(
-                "heads: ratio %.4g of %d = %.2f requested; removing %d (%s rounding, units of %d heads, %s); "
-                "channels: removing %d of %d", config.head_ratio, parts.num_heads,
-                config.head_ratio * parts.num_heads, heads, config.head_rounding, layout.unit_size,
-                "whole kv groups" if layout.whole_group else "equal numbers per kv group",
-                channels, parts.intermediate_size,
+            notes.append(
+                f"heads: ratio {config.head_ratio:.4g} of {parts.num_heads} = {config.head_ratio * parts.num_heads:.2f} "
+                f"requested; removing {heads} ({config.head_rounding} rounding, units of {layout.unit_size} heads, "
+                f"{'whole kv groups' if layout.whole_group else 'equal numbers per kv group'}); "
+                f"channels: removing {channels} of {parts.intermediate_size}"
             )
+            log.info("%s", notes[-1])
     return counts
 
 
@@ -185,6 +197,14 @@ def _layer_units(parts: LayerParts, o_stats: ChannelStats, d_stats: ChannelStats
     )
 
 
+def check_feasible(model: nn.Module, config: PruningConfig) -> None:
+    """Refuse settings that would empty a layer, before any calibration (uniform structure; AL-AM's
+    per-layer counts are only known after its dense pass, which checks them before any weight changes)."""
+    check_supported(model)
+    if config.structure == "uniform":
+        validate_counts(model, uniform_counts(model, config, []))
+
+
 def validate_counts(model: nn.Module, counts: list[tuple[int, int]]) -> None:
     for i, (parts, (heads, channels)) in enumerate(zip(map(layer_parts, decoder_layers(model)), counts)):
         check_not_emptied("attention heads", heads, parts.num_heads, i)
@@ -198,21 +218,22 @@ def _decide_heads(parts: LayerParts, stats: ChannelStats, n_remove: int, config:
     kept_heads, kept_kv = select_heads(scores, layout, n_remove)
     keep_cols = [h * parts.head_dim + j for h in kept_heads for j in range(parts.head_dim)]
     kind = config.compensation if config.compensates("o_proj") else "none"
-    return kept_heads, kept_kv, compensate(kind, parts.o_proj.weight, stats, keep_cols, config.ls_lambda)
+    return kept_heads, kept_kv, compensate(kind, parts.o_proj.weight, stats, keep_cols, config)
 
 
 def _decide_channels(parts: LayerParts, stats: ChannelStats, n_remove: int, config: PruningConfig):
     kept = select_channels(column_scores(config.method, parts.down_proj.weight, stats, "down_proj"), n_remove)
     kind = config.compensation if config.compensates("down_proj") else "none"
-    return kept, compensate(kind, parts.down_proj.weight, stats, kept, config.ls_lambda)
+    return kept, compensate(kind, parts.down_proj.weight, stats, kept, config)
 
 
 def prune_layer(
     idx: int, layer: nn.Module, batches: Batches, counts: tuple[int, int], config: PruningConfig,
     reduce: Reduce | None, own_batches: bool = False,
-) -> LayerPlan:
-    """Prune one decoder layer in place; returns its plan. ``batches`` become the next layer's inputs
-    (written into the batch tensors themselves when ``own_batches``, see :func:`run_layer`)."""
+) -> tuple[LayerPlan, int]:
+    """Prune one decoder layer in place; returns its plan and the calibration tokens (all processes)
+    it was decided on. ``batches`` become the next layer's inputs (written into the batch tensors
+    themselves when ``own_batches``, see :func:`run_layer`)."""
     parts = layer_parts(layer)
     targets = {"o_proj": parts.o_proj} if config.refresh_mlp_stats else {
         "o_proj": parts.o_proj, "down_proj": parts.down_proj}
@@ -231,7 +252,7 @@ def prune_layer(
     prune_mlp(parts, kept_ch, d_comp.weight, d_comp.bias_delta)
     plan = LayerPlan(kept_heads, kept_kv, kept_ch, biased_projections(layer_parts(layer)), added)
     run_layer(layer, batches, config.offload_inputs, replace=True, in_place=own_batches)  # feed layer idx + 1
-    return plan
+    return plan, int(stats["o_proj"].n)
 
 
 # -- the model ----------------------------------------------------------------------------------
@@ -240,44 +261,64 @@ def prune_model(
     inputs: LayerInputs,
     config: PruningConfig,
     reduce: Reduce | None = None,
-    progress: bool = True,
+    progress: bool | ProgressFn | None = True,
     release_inputs: bool = False,
+    calibration: dict[str, Any] | None = None,
 ) -> PruningReport:
     """Prune ``model`` in place, layer by layer, calibrated on ``inputs`` (from ``capture_layer_inputs``).
 
     ``reduce(t) -> t`` sums a tensor over processes (supplied by the caller; None on one process).
     It is called once per layer (twice with ``refresh_mlp_stats``; once more for ``al_am``),
-    however many batches this process holds.
+    however many batches this process holds; the layers are re-run on the batches as captured.
+    ``progress``: ``True`` = a bar on a terminal, log lines otherwise; ``False`` = silent; or a
+    function called with a :class:`~rcpu_lightning.pruning.progress.LayerProgress` per layer.
+    ``calibration``: what the caller knows about the calibration data (e.g. ``nsamples``,
+    ``seqlen``, ``seed``, ``source``), recorded in the plan next to the token count the engine saw
+    (summed over processes); without it the local sample count and length are recorded.
 
     Memory: the engine holds one copy of the calibration activations, overwritten layer by layer,
     plus the per-module sums. ``inputs`` is left untouched by default, so layer 0's activations
     stay alive for a second prune; ``release_inputs=True`` empties ``inputs`` instead, and
     layer 0's captured tensors are overwritten with each layer's outputs (one copy, not two).
     """
-    from tqdm.auto import tqdm
-
     _check_args(model, inputs, config, reduce)
+    report_layer = resolve_progress(progress)
     start = time.perf_counter()
     layers = decoder_layers(model)
     params_before, layer_before = _count(model), [_count(layer) for layer in layers]
-    plan = PruningPlan(str(model.config.model_type), dense_values(model), [], config.to_dict())
-    batches = inputs.rebatch(config.batch_size).batches  # views of the captured tensors, overwritten per layer
+    plan = PruningPlan(str(model.config.model_type), dense_values(model), [], config.to_dict(),
+                       calibration=_calibration_record(inputs, calibration))
+    batches = list(inputs.batches)  # the captured tensors themselves, overwritten per layer once owned
     if release_inputs:
         inputs.batches.clear()
+    notes: list[str] = []
     with torch.no_grad():
         counts = (al_am_structure(model, batches, config, reduce) if config.structure == "al_am"
-                  else uniform_counts(model, config))
+                  else uniform_counts(model, config, notes))
         validate_counts(model, counts)
-        for i, layer in enumerate(tqdm(layers, desc="pruning layers", disable=None if progress else True)):
+        for i, layer in enumerate(layers):
+            t0 = time.perf_counter()
             # the caller's tensors are ours to overwrite once released, and after layer 0 in any case
-            layer_plan = prune_layer(i, layer, batches, counts[i], config, reduce, own_batches=release_inputs or i > 0)
+            layer_plan, tokens = prune_layer(i, layer, batches, counts[i], config, reduce,
+                                             own_batches=release_inputs or i > 0)
             plan.layers.append(layer_plan)
-            _log_layer(i, layer_plan, plan.dense, layer_before[i], _count(layer))
+            plan.calibration.setdefault("tokens", tokens)
+            if report_layer is not None:
+                now = time.perf_counter()
+                report_layer(LayerProgress(i, len(layers), now - t0, now - start, layer_plan,
+                                           1 - _count(layer) / layer_before[i], rss_mb(), device_peak_mb(_device(layer_parts(layer)))))
     del batches
     update_config(model, plan)
     for lp, layer in zip(plan.layers, layers):  # biases may have been harmonised
         lp.biases = biased_projections(layer_parts(layer))
-    return _report(model, plan, params_before, layer_before, time.perf_counter() - start)
+    return _report(model, plan, params_before, layer_before, time.perf_counter() - start, notes)
+
+
+def _calibration_record(inputs: LayerInputs, given: dict[str, Any] | None) -> dict[str, Any]:
+    if given is not None:
+        return dict(given)
+    rows = sum(h.shape[0] for h, _ in inputs.batches)
+    return {"nsamples": rows, "seqlen": max(h.shape[1] for h, _ in inputs.batches)}
 
 
 def _check_args(model, inputs, config, reduce) -> None:
@@ -290,22 +331,14 @@ def _check_args(model, inputs, config, reduce) -> None:
         raise TypeError(f"reduce must be callable or None, got {type(reduce).__name__}")
 
 
-def _log_layer(i: int, lp: LayerPlan, dense: dict, before: int, after: int) -> None:
-    log.info(
-        "layer %d: heads %d/%d, kv heads %d/%d, channels %d/%d, params -%.1f%%",
-        i, lp.num_heads, dense["num_attention_heads"], lp.num_kv_heads, dense["num_key_value_heads"],
-        lp.intermediate_size, dense["intermediate_size"], 100.0 * (before - after) / before,
-    )
-
-
-def _report(model, plan: PruningPlan, params_before: int, layer_before: list[int], seconds: float) -> PruningReport:
+def _report(model, plan: PruningPlan, params_before: int, layer_before: list[int], seconds: float,
+            notes: list[str]) -> PruningReport:
     layer_after = [_count(layer) for layer in decoder_layers(model)]
     ratios = [(b - a) / b for b, a in zip(layer_before, layer_after)]
     overall = (sum(layer_before) - sum(layer_after)) / sum(layer_before)
     summary = [
-        {"heads": lp.num_heads, "kv_heads": lp.num_kv_heads, "channels": lp.intermediate_size, "ratio": r}
+        {"heads": lp.num_heads, "kv_heads": lp.num_kv_heads, "channels": lp.intermediate_size, "params_removed": r}
         for lp, r in zip(plan.layers, ratios)
     ]
-    log.info("pruned %d layers: %.2f%% of decoder-layer parameters removed in %.1fs",
-             len(ratios), 100 * overall, seconds)
-    return PruningReport(plan, ratios, overall, params_before, _count(model), seconds, summary)
+    log.info("pruned %d layers in %.1f s: decoder-layer parameters removed %.2f%%", len(ratios), seconds, 100 * overall)
+    return PruningReport(plan, ratios, overall, params_before, _count(model), seconds, summary, notes)

@@ -14,13 +14,34 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..models.adapter import decoder_layers
+from ..models.adapter import decoder_layers, model_device
 
 _DROPPED_KWARGS = ("cache", "past_key_values", "past_key_value", "hidden_states")
 
 
-class _StopForward(Exception):
-    """Raised by the layer-0 hook to end a forward early (swallowed by capture_layer_inputs)."""
+class StopForward(Exception):
+    """Raised once decoder layer 0's inputs are recorded, to end a calibration forward early (the
+    other layers and the LM head are not needed). :func:`capture_layer_inputs` swallows it; a
+    LightningModule whose ``predict_step`` swallows it sets ``stops_calibration_forward = True``."""
+
+
+#: Batch keys that are model inputs of a calibration forward (others are dropped).
+_MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "position_ids")
+
+
+def model_inputs(batch: Any) -> dict[str, Tensor]:
+    """A calibration/training batch as model keyword arguments: a tensor ``[B, T]`` of input ids, a
+    mapping with ``input_ids`` (plus optional ``attention_mask``/``position_ids``), or a tuple/list
+    whose first element is the input ids."""
+    if isinstance(batch, Tensor):
+        return {"input_ids": batch}
+    if isinstance(batch, Mapping):
+        if "input_ids" not in batch:
+            raise ValueError(f"a batch mapping needs 'input_ids', got keys {sorted(batch)}")
+        return {k: v for k, v in batch.items() if k in _MODEL_INPUT_KEYS}
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor):
+        return {"input_ids": batch[0]}
+    raise TypeError(f"expected input_ids [B, T] (a tensor, a mapping with 'input_ids' or a tuple), got {type(batch).__name__}")
 
 
 def to_device(obj: Any, device, **kw) -> Any:
@@ -31,17 +52,6 @@ def to_device(obj: Any, device, **kw) -> Any:
         return type(obj)(to_device(o, device, **kw) for o in obj)
     if isinstance(obj, dict):
         return {k: to_device(v, device, **kw) for k, v in obj.items()}
-    return obj
-
-
-def _slice_batch(obj: Any, rows: slice, batch: int) -> Any:
-    """Slice tensors whose leading dim is the batch (others, e.g. [1, T] position ids, are shared)."""
-    if isinstance(obj, Tensor):
-        return obj[rows] if obj.dim() > 0 and obj.shape[0] == batch and batch > 1 else obj
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_slice_batch(o, rows, batch) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _slice_batch(v, rows, batch) for k, v in obj.items()}
     return obj
 
 
@@ -60,18 +70,6 @@ class LayerInputs:
     @property
     def num_tokens(self) -> int:
         return sum(h.shape[0] * h.shape[1] for h, _ in self.batches)
-
-    def rebatch(self, batch_size: int) -> "LayerInputs":
-        """Same inputs split into batches of at most ``batch_size`` rows (tensors shared, not copied)."""
-        if batch_size <= 0:
-            raise ValueError(f"batch_size={batch_size!r} is invalid; allowed: an int > 0")
-        out = []
-        for hidden, kwargs in self.batches:
-            b = hidden.shape[0]
-            for start in range(0, b, batch_size):
-                rows = slice(start, min(start + batch_size, b))
-                out.append((hidden[rows], _slice_batch(kwargs, rows, b)))
-        return LayerInputs(out)
 
 
 class LayerInputCatcher:
@@ -99,7 +97,7 @@ class LayerInputCatcher:
             hidden = hidden.detach().to(device, copy=not self.stop)
         self._inputs.batches.append((hidden, to_device(kept, device)))
         if self.stop:
-            raise _StopForward
+            raise StopForward
 
     def __enter__(self) -> "LayerInputCatcher":
         self._handle = self.layer.register_forward_pre_hook(self._hook, with_kwargs=True)
@@ -117,35 +115,22 @@ class LayerInputCatcher:
 
 def _input_device(model: nn.Module) -> torch.device:
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    return emb.weight.device if emb is not None else next(model.parameters()).device
+    return emb.weight.device if emb is not None else model_device(model)
 
 
 def capture_layer_inputs(
     model: nn.Module, batches: Iterable[Tensor | Mapping[str, Tensor]], offload: bool = False
 ) -> LayerInputs:
-    """Run each batch (``input_ids`` [B, T], or a dict of model kwargs) up to layer 0 and keep its inputs."""
+    """Run each batch (see :func:`model_inputs`) up to decoder layer 0 and keep what enters it."""
     device = _input_device(model)
     catcher = LayerInputCatcher(model, offload=offload, stop=True)
     with torch.no_grad(), catcher:
         for batch in batches:
-            kwargs = dict(batch) if isinstance(batch, Mapping) else {"input_ids": batch}
-            kwargs = to_device(kwargs, device)
-            kwargs["use_cache"] = False
+            kwargs = to_device(model_inputs(batch), device)
             try:
-                model(**kwargs)
-            except _StopForward:
+                model(**kwargs, use_cache=False)
+            except StopForward:
                 pass
     if not len(catcher.inputs):
         raise ValueError("capture_layer_inputs got no batches")
     return catcher.inputs
-
-
-def sample_calibration(tokens: Tensor, nsamples: int, seqlen: int, seed: int, batch_size: int) -> list[Tensor]:
-    """``nsamples`` random windows of ``seqlen`` tokens from a 1-D token stream, seeded -> batches [B, T]."""
-    tokens = tokens.reshape(-1)
-    if tokens.numel() <= seqlen:
-        raise ValueError(f"token stream of {tokens.numel()} tokens is too short for seqlen={seqlen}")
-    gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, tokens.numel() - seqlen, (nsamples,), generator=gen)
-    windows = torch.stack([tokens[s : s + seqlen] for s in starts.tolist()])  # [nsamples, T]
-    return list(windows.split(batch_size))

@@ -48,6 +48,7 @@ class PruningPlan:
     dense: dict[str, Any]  # SHAPE_KEYS + BIAS_KEYS + hidden_size before pruning
     layers: list[LayerPlan]
     config: dict[str, Any] | None = None  # the PruningConfig used, for the record
+    calibration: dict[str, Any] = field(default_factory=dict)  # what the calibration data was (record)
     version: int = PLAN_VERSION
 
     def uniform_values(self) -> dict[str, int] | None:
@@ -78,5 +79,6 @@ class PruningPlan:
             dense=dict(data["dense"]),
             layers=layers,
             config=data.get("config"),
+            calibration=dict(data.get("calibration") or {}),
             version=data.get("version", PLAN_VERSION),
         )
