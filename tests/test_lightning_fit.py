@@ -19,6 +19,7 @@ from rcpu_lightning.lightning import (
     TensorRows,
     UnpaddedDistributedSampler,
 )
+from rcpu_lightning.pruning import PruningConfig
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 
@@ -70,9 +71,9 @@ def _params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _pruning(**kw):
-    kw.setdefault("ratio", 0.34)
-    return RCPUPruningCallback(head_rounding="nearest", calibration_dataloader=_calibration, progress=False, **kw)
+def _pruning(ratio: float = 0.34, **kw):
+    config = PruningConfig(ratio=ratio, head_rounding="nearest")
+    return RCPUPruningCallback(config, calibration_dataloader=_calibration, progress=False, **kw)
 
 
 def test_prune_in_setup_then_train_and_resume(tmp_path):
@@ -122,7 +123,8 @@ def test_model_pruned_in_predict_loop_can_be_finetuned_and_reloaded(tmp_path):
     predict = _trainer(tmp_path, inference_mode=True, callbacks=[_pruning()])
     predict.predict(module, dataloaders=DataLoader(TensorRows(_pattern(16, seed=1)), batch_size=4),
                     return_predictions=False)
-    assert module.num_parameters() < 0.85 * dense and module.hparams["pruning_plan"] is not None
+    assert module.num_parameters() < 0.85 * dense and module.pruning_plan is not None
+    assert "pruning_plan" not in module.hparams  # the plan travels once, in the checkpoint, not as an hparam
     assert not any(p.is_inference() for p in module.parameters())
 
     module.losses = []
@@ -150,38 +152,42 @@ def test_finetuning_after_predict_pruning_lowers_the_loss(tmp_path):
 
 
 def test_missing_calibration_data_fails_before_training(tmp_path):
-    callback = RCPUPruningCallback(ratio=0.2)
+    callback = RCPUPruningCallback(PruningConfig(ratio=0.2))
     trainer = _trainer(tmp_path, callbacks=[callback, ModelCheckpoint(dirpath=tmp_path / "ckpt")])
     with pytest.raises(ValueError, match="no calibration data for fit"):
         trainer.fit(UserLM(), train_dataloaders=_train_loader())
     assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())
 
 
-def test_resume_with_another_world_size_fails_fast(tmp_path):
+def test_checkpoint_carries_the_plan_once_and_resumes_under_another_world_size(tmp_path, caplog):
     module = UserLM()
     trainer = _trainer(tmp_path, max_epochs=1, callbacks=[_pruning(), ModelCheckpoint(dirpath=tmp_path / "ckpt")])
     trainer.fit(module, train_dataloaders=_train_loader())
     [saved] = list((tmp_path / "ckpt").iterdir())
     ckpt = torch.load(saved, weights_only=False)
-    assert ckpt["rcpu_world_size"] == 1 and ckpt["rcpu_pruning_plan"] is not None
-    ckpt["rcpu_world_size"] = 2  # as if saved by a 2-process run
-    other = tmp_path / "two-procs.ckpt"
-    torch.save(ckpt, other)
-    out = tmp_path / "resume"
-    trainer2 = _trainer(tmp_path, max_epochs=2, callbacks=[_pruning(), ModelCheckpoint(dirpath=out)])
-    with pytest.raises(RuntimeError, match=r"saved with world_size=2 but the run resumes with world_size=1"):
-        trainer2.fit(UserLM(), train_dataloaders=_train_loader(), ckpt_path=other)
-    assert not out.exists() or not any(out.iterdir())
+    assert ckpt["rcpu_pruning_plan"] == module.pruning_plan  # once: not among the hyper-parameters too
+    assert "pruning_plan" not in ckpt["hyper_parameters"] and "rcpu_world_size" not in ckpt
+    [state] = [v for k, v in ckpt["callbacks"].items() if k.startswith("RCPUPruningCallback")]
+    assert state["pruned"] and state["config"]["ratio"] == 0.34
+    # The pruning decisions are sums over all calibration samples, whatever their split over processes:
+    # another world size, or other callback settings, do not change the checkpoint's pruned model.
+    other = _pruning(ratio=0.5)
+    resumed = UserLM()
+    with caplog.at_level("INFO", logger="rcpu_lightning"):
+        _trainer(tmp_path, max_epochs=2, callbacks=[other]).fit(resumed, train_dataloaders=_train_loader(), ckpt_path=saved)
+    assert resumed.pruning_plan == module.pruning_plan and _params(resumed) == _params(module)
+    assert "is not pruned again" in caplog.text
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"ratio": 1.5}, r"ratio=1.5 is out of range"),
-    ({"method": "sparsegpt"}, r"method='sparsegpt' is not supported"),
-    ({"prune_at_epoch": -1}, r"prune_at_epoch=-1"),
+@pytest.mark.parametrize("make, message", [
+    (lambda: RCPUPruningCallback(PruningConfig(ratio=1.5)), r"ratio=1.5 is out of range"),
+    (lambda: RCPUPruningCallback(PruningConfig(method="sparsegpt")), r"method='sparsegpt' is not supported"),
+    (lambda: RCPUPruningCallback(prune_at_epoch=-1), r"prune_at_epoch=-1"),
+    (lambda: RCPUPruningCallback(save_dir="out/{methd}"), r"unknown placeholder 'methd'"),
 ])
-def test_bad_callback_arguments_fail_at_construction(kwargs, message):
+def test_bad_callback_arguments_fail_at_construction(make, message):
     with pytest.raises(ValueError, match=message):
-        RCPUPruningCallback(**kwargs)
+        make()
 
 
 def test_unpadded_sampler_covers_every_window_once():

@@ -2,7 +2,7 @@
 
 * :class:`CausalLMModule` wraps a Hugging Face causal LM (calibration forward in ``predict_step``,
   perplexity / zero-shot evaluation in ``validation_step``/``test_step``) and carries the pruning
-  plan through checkpoints (:class:`PruningPlanMixin` gives any LightningModule the same).
+  plan through checkpoints (:mod:`.checkpointing`; :class:`PruningPlanMixin` gives any LightningModule the same).
 * :class:`RCPUDataModule`: calibration windows, WikiText-2 perplexity windows, zero-shot tasks,
   sharded over ranks without duplicates (:class:`UnpaddedDistributedSampler`).
 * :class:`RCPUPruningCallback`: calibrate -> prune -> save, in a predict loop or in ``fit``.
@@ -11,8 +11,10 @@
 """
 
 from .callback import RCPUPruningCallback, save_hf_checkpoint
+from .checkpointing import CHECKPOINT_PLAN_KEY, PruningPlanMixin, find_causal_lm, install_plan_hooks
 from .data import RCPUDataModule, TensorRows, UnpaddedDistributedSampler
-from .module import CHECKPOINT_PLAN_KEY, CausalLMModule, PruningPlanMixin, StopForward, ZeroShotBatch, find_causal_lm
+from .logs import configure_logging
+from .module import CausalLMModule, ZeroShotBatch
 from .results import RCPUResultsWriter
 
 __all__ = [
@@ -22,10 +24,11 @@ __all__ = [
     "RCPUDataModule",
     "RCPUPruningCallback",
     "RCPUResultsWriter",
-    "StopForward",
     "TensorRows",
     "UnpaddedDistributedSampler",
     "ZeroShotBatch",
+    "configure_logging",
     "find_causal_lm",
+    "install_plan_hooks",
     "save_hf_checkpoint",
 ]

@@ -1,28 +1,42 @@
 """LightningCLI with a ``prune`` subcommand (the repository's ``cli.py`` calls :func:`main`).
 
     python cli.py prune -c configs/smollm2-rcpu.yaml              # calibrate, prune, save, test
-    python cli.py test  -c configs/smollm2-rcpu.yaml --model.model outputs/smollm2-rcpu-0.2
+    python cli.py test  -c configs/smollm2-rcpu.yaml --model.model outputs/smollm2/rcpu-rotation-20
     python cli.py prune -c configs/smollm2-rcpu.yaml --print_config
+    python cli.py report outputs/smollm2/*.json --markdown table.md  # tables from results files
 
 Top-level config keys: ``trainer``, ``model`` (:class:`CausalLMModule`), ``data``
 (:class:`RCPUDataModule`), ``pruning`` (:class:`RCPUPruningCallback`, always instantiated; it acts
 only in ``predict``/``prune`` and ``fit``) and ``results`` (:class:`RCPUResultsWriter`).
+
+Errors of the kinds user mistakes raise (``ValueError``, ``TypeError``, ``OSError``: a bad value, a
+missing file, an output that exists) end with one line on stderr and exit status 2; set
+``RCPU_DEBUG=1`` for the traceback.
 """
 
 from __future__ import annotations
 
-import logging
 import os
+import shlex
 import sys
 from typing import Any, Optional
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from ..files import check_output_path, write_text_atomic
 from .callback import RCPUPruningCallback
 from .data import RCPUDataModule
+from .logs import configure_logging
 from .module import CausalLMModule
-from .results import RCPUResultsWriter
+from .results import RCPUResultsWriter, summary_lines
+
+DEBUG_ENV = "RCPU_DEBUG"
+
+
+def _writers(trainer: Trainer) -> list[RCPUResultsWriter]:
+    return [c for c in trainer.callbacks if isinstance(c, RCPUResultsWriter)]
 
 
 class RCPUTrainer(Trainer):
@@ -33,26 +47,56 @@ class RCPUTrainer(Trainer):
         model: LightningModule,
         datamodule: Optional[LightningDataModule] = None,
         evaluate: bool = True,
+        evaluate_dense: bool = False,
     ) -> dict[str, Any]:
-        """Calibrate (predict loop), prune and save (the trainer's :class:`RCPUPruningCallback`), then
-        evaluate the pruned model (test loop) in the same process.
+        """Calibrate on the calibration windows, prune, save the pruned checkpoint, then evaluate it.
+
+        The usual options (see ``--help`` for all): ``--pruning.config.method``/``ratio``/
+        ``compensation``/``structure``/``head_rounding`` (what to prune), ``--pruning.save_dir``
+        (where the pruned checkpoint goes; ``--pruning.overwrite true`` to replace one),
+        ``--data.calibration.nsamples`` (calibration windows; fewer = faster),
+        ``--data.ppl_max_windows`` (evaluate on the first N perplexity windows only),
+        ``--data.tasks`` (zero-shot tasks), ``--results.path`` (the results JSON).
 
         Args:
             model: the LightningModule wrapping the dense LM.
             datamodule: provides ``predict_dataloader`` (calibration) and ``test_dataloader``.
-            evaluate: run the test loop on the pruned model afterwards.
+            evaluate: evaluate the pruned model (test loop) afterwards, in the same process.
+            evaluate_dense: also evaluate the dense model first, for the before/after summary.
 
         Returns:
             The module's ``eval_results`` (empty without evaluation).
         """
         if not any(isinstance(c, RCPUPruningCallback) for c in self.callbacks):
             raise ValueError("Trainer.prune needs an RCPUPruningCallback in trainer.callbacks")
+        if evaluate_dense:
+            self.test(model, datamodule=datamodule, verbose=False)  # the writer keeps it as the "dense" baseline
         self.predict(model, datamodule=datamodule, return_predictions=False)
-        for writer in (c for c in self.callbacks if isinstance(c, RCPUResultsWriter)):
-            writer.write(self, model, "prune")  # pruning facts even if evaluation dies later
         if evaluate:
-            self.test(model, datamodule=datamodule, verbose=True)
+            self.test(model, datamodule=datamodule, verbose=False)
+        self._print_summary()
         return dict(getattr(model, "eval_results", {}) or {})
+
+    @rank_zero_only
+    def _print_summary(self) -> None:
+        for writer in _writers(self):
+            if writer.record:
+                print("\n".join(summary_lines(writer.record)), flush=True)
+
+
+class RunConfig(SaveConfigCallback):
+    """Saves the run's resolved config beside its results JSON (``<results>.config.yaml``) and into
+    the JSON itself (``config``), so every results file says how to reproduce it."""
+
+    def __init__(self, parser, config, **kwargs: Any) -> None:
+        super().__init__(parser, config, save_to_log_dir=False, **kwargs)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:  # rank 0 only
+        text = self.parser.dump(self.config, skip_none=False)
+        for writer in _writers(trainer):
+            writer.extra["config"] = text
+            if writer.config_path() is not None:
+                write_text_atomic(writer.config_path(), text)
 
 
 class RCPUCLI(LightningCLI):
@@ -65,36 +109,38 @@ class RCPUCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # Forced callbacks under their own keys: override files merge into them (a list entry in
         # trainer.callbacks would be replaced wholesale by a second config file).
-        parser.callback_keys.append("pruning")
-        parser.add_class_arguments(RCPUPruningCallback, "pruning", fail_untyped=False, sub_configs=True,
-                                   skip={"config", "calibration_dataloader"})
+        parser.add_lightning_class_args(RCPUPruningCallback, "pruning")
         parser.add_lightning_class_args(RCPUResultsWriter, "results")
 
-    def _run_subcommand(self, subcommand: str) -> None:
-        for writer in (c for c in self.trainer.callbacks if isinstance(c, RCPUResultsWriter)):
-            writer.extra = {"subcommand": subcommand, "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
-                            "config": self._parser(subcommand).dump(self.config[subcommand], skip_none=False)}
-        super()._run_subcommand(subcommand)
+    def before_instantiate_classes(self) -> None:
+        """Checks that need no model: output locations, before any weight is loaded."""
+        config = self.config[self.subcommand]
+        results = config.get("results")
+        if results is not None and results.get("path") and "{" not in results["path"]:
+            check_output_path(results["path"], results.get("overwrite", False), "results.path",
+                              "--results.overwrite true")
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        for writer in _writers(self.trainer):
+            writer.stage = self.subcommand
+            writer.extra["command"] = shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:])
 
 
-def _configure_logging() -> None:
-    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
-    pkg = logging.getLogger("rcpu_lightning")
-    if rank == 0 and not pkg.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%H:%M:%S"))
-        pkg.addHandler(handler)
-        pkg.setLevel(logging.INFO)
-    elif rank != 0:
-        pkg.setLevel(logging.WARNING)
+def main(args: Optional[list[str]] = None) -> Optional[RCPUCLI]:
+    """Run the CLI; user errors end with one line on stderr (exit 2) unless ``RCPU_DEBUG=1``."""
+    argv = sys.argv[1:] if args is None else list(args)
+    configure_logging()
+    try:
+        if argv[:1] == ["report"]:
+            from ..eval.report import report_cli
 
-
-def main(args: Optional[list[str]] = None) -> RCPUCLI:
-    _configure_logging()
-    return RCPUCLI(
-        CausalLMModule,
-        RCPUDataModule,
-        trainer_class=RCPUTrainer,
-        save_config_callback=None,  # the resolved config goes into the results JSON instead
-        args=args,
-    )
+            report_cli(argv[1:], prog="cli.py report")
+            return None
+        return RCPUCLI(CausalLMModule, RCPUDataModule, trainer_class=RCPUTrainer, save_config_callback=RunConfig,
+                       args=argv)
+    except (ValueError, TypeError, OSError) as exc:  # bad values, missing files, outputs that exist
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"error: {type(exc).__name__}: {exc}\n(set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None

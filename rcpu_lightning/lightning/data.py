@@ -10,35 +10,23 @@ may differ by one sample. The metrics keep sums, so the result equals the single
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..data.wikitext import calibration_windows, perplexity_windows, resolve_data_dir
+from ..data.calibration import CalibrationConfig, calibration_windows
+from ..data.wikitext import calibration_split, perplexity_windows, resolve_data_dir
 from ..eval.tasks import ALL_TASKS, load_items
 from ..eval import MultipleChoiceDataset
 from .module import ZeroShotBatch
 
 log = logging.getLogger(__name__)
-
-#: ``../shared/data`` next to the repository (this project's layout), used when nothing else is set.
-SIBLING_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def default_data_dir(data_dir: Optional[str]) -> Optional[str]:
-    """``data_dir``, else ``$RCPU_DATA_DIR``, else ``../shared/data`` beside the repo if it exists,
-    else ``None`` (the Hugging Face hub)."""
-    resolved = resolve_data_dir(data_dir or None)
-    if resolved is not None:
-        return str(resolved)
-    return str(SIBLING_DATA_DIR) if SIBLING_DATA_DIR.is_dir() else None
-
 
 class UnpaddedDistributedSampler(DistributedSampler):
     """Strided, unshuffled, no padding and no duplicates: rank ``r`` of ``W`` gets ``r, r+W, ...``.
@@ -80,10 +68,9 @@ class RCPUDataModule(LightningDataModule):
 
     Args:
         data_dir: local data root (``wikitext-2/`` and ``zeroshot/`` as in ``shared/data``); ``None``:
-            ``$RCPU_DATA_DIR``, else ``../shared/data`` beside the repository, else the HF hub.
+            ``$RCPU_DATA_DIR``, else the Hugging Face hub.
         tokenizer: tokenizer object or spec; default: the LightningModule's ``tokenizer``.
-        nsamples / seqlen / seed: calibration windows (the paper: 128 x 128, random starts).
-        calibration_batch_size: windows per calibration forward.
+        calibration: the calibration windows fed to the pruning engine (the paper: 128 x 128).
         eval_seqlen: perplexity window length ``L`` (FLAP/LLM-Pruner: 128).
         eval_batch_size: perplexity windows per forward.
         ppl_split: WikiText-2 split for perplexity (``test``).
@@ -94,7 +81,7 @@ class RCPUDataModule(LightningDataModule):
         bos: zero-shot BOS switch: ``None`` tokenizer default, ``False`` never, ``True`` always.
         task_batch_size: items per zero-shot batch.
         perplexity: include the perplexity dataloader in validate/test.
-        train_nsamples: random training windows of ``seqlen`` tokens for ``fit`` (seed + 1).
+        train_nsamples: random training windows of ``calibration.seqlen`` tokens for ``fit`` (seed + 1).
         train_batch_size: windows per training step.
         num_workers: DataLoader workers.
     """
@@ -103,10 +90,7 @@ class RCPUDataModule(LightningDataModule):
         self,
         data_dir: Optional[str] = None,
         tokenizer: Any = None,
-        nsamples: int = 128,
-        seqlen: int = 128,
-        seed: int = 0,
-        calibration_batch_size: int = 8,
+        calibration: CalibrationConfig = CalibrationConfig(),
         eval_seqlen: int = 128,
         eval_batch_size: int = 8,
         ppl_split: str = "test",
@@ -121,8 +105,9 @@ class RCPUDataModule(LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in (("nsamples", nsamples), ("seqlen", seqlen), ("calibration_batch_size", calibration_batch_size),
-                            ("eval_seqlen", eval_seqlen), ("eval_batch_size", eval_batch_size),
+        if not isinstance(calibration, CalibrationConfig):
+            raise TypeError(f"calibration must be a CalibrationConfig, got {type(calibration).__name__}")
+        for name, value in (("eval_seqlen", eval_seqlen), ("eval_batch_size", eval_batch_size),
                             ("task_batch_size", task_batch_size), ("train_nsamples", train_nsamples),
                             ("train_batch_size", train_batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -139,7 +124,9 @@ class RCPUDataModule(LightningDataModule):
         if not perplexity and not tasks:
             raise ValueError("perplexity=False and no tasks: nothing to evaluate")
         self.save_hyperparameters(ignore=["tokenizer"] if not isinstance(tokenizer, (str, type(None))) else [])
-        self.data_dir = default_data_dir(data_dir)
+        self.calibration = dataclasses.replace(calibration)  # a copy: the default instance is shared
+        resolved = resolve_data_dir(data_dir)
+        self.data_dir = None if resolved is None else str(resolved)
         self._tokenizer = tokenizer
         self.tasks = tasks
         self._cache: dict[str, Any] = {}
@@ -173,9 +160,15 @@ class RCPUDataModule(LightningDataModule):
     def calibration_rows(self) -> torch.Tensor:
         """``[nsamples, seqlen]`` calibration windows (cached)."""
         if "calib" not in self._cache:
-            h = self.hparams
-            self._cache["calib"] = calibration_windows(self.tokenizer, h.nsamples, h.seqlen, h.seed, self.data_dir)
+            c = self.calibration
+            self._cache["calib"] = calibration_windows(self.tokenizer, c.nsamples, c.seqlen, c.seed, self.data_dir)
         return self._cache["calib"]
+
+    def calibration_info(self) -> dict[str, Any]:
+        """What the calibration windows are, for the pruning plan and the results record."""
+        split = calibration_split(self.data_dir)
+        source = f"WikiText-2 {split} split" + (f" ({self.data_dir})" if self.data_dir else " (Hugging Face hub)")
+        return {**self.calibration.to_dict(), "source": source}
 
     def perplexity_rows(self) -> torch.Tensor:
         """``[n, eval_seqlen]`` perplexity windows (the first ``ppl_max_windows`` when set; cached)."""
@@ -197,7 +190,8 @@ class RCPUDataModule(LightningDataModule):
     def describe(self) -> dict[str, Any]:
         """Settings that belong in a results file."""
         h = self.hparams
-        out = {"calib_samples": h.nsamples, "calib_seqlen": h.seqlen, "calib_seed": h.seed, "seqlen": h.eval_seqlen,
+        c = self.calibration
+        out = {"calib_samples": c.nsamples, "calib_seqlen": c.seqlen, "calib_seed": c.seed, "seqlen": h.eval_seqlen,
                "ppl_split": h.ppl_split, "ppl_max_windows": h.ppl_max_windows, "task_names": list(self.tasks),
                "task_limit": h.task_limit, "bos": h.bos, "data_dir": self.data_dir}
         if "ppl" in self._cache:
@@ -207,7 +201,7 @@ class RCPUDataModule(LightningDataModule):
     # -- loaders -----------------------------------------------------------------------------
     def calibration_dataloader(self) -> DataLoader:
         """Calibration windows, sharded over ranks without duplicates (also used by the callback in fit)."""
-        return self._loader(TensorRows(self.calibration_rows()), self.hparams.calibration_batch_size)
+        return self._loader(TensorRows(self.calibration_rows()), self.calibration.batch_size)
 
     def predict_dataloader(self) -> DataLoader:
         return self.calibration_dataloader()
@@ -230,7 +224,8 @@ class RCPUDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         h = self.hparams
         if "train" not in self._cache:
-            self._cache["train"] = calibration_windows(self.tokenizer, h.train_nsamples, h.seqlen, h.seed + 1, self.data_dir)
+            c = self.calibration
+            self._cache["train"] = calibration_windows(self.tokenizer, h.train_nsamples, c.seqlen, c.seed + 1, self.data_dir)
         # Lightning's own DistributedSampler (padded, shuffled per epoch) is right for training.
         return DataLoader(TensorRows(self._cache["train"]), batch_size=h.train_batch_size, shuffle=True,
                           num_workers=h.num_workers)

@@ -1,11 +1,16 @@
-"""`RCPUResultsWriter`: one results JSON per run, written by rank 0, atomically.
+"""`RCPUResultsWriter`: the one writer of a run's results JSON (rank 0, atomic).
 
-The record merges what the run knows: the model, the pruning settings and report (from the
-:class:`RCPUPruningCallback` of this trainer, or from ``pruning_report.json`` / the plan of a pruned
-checkpoint folder), the evaluation results of the LightningModule (``eval_results``: ppl, tokens,
-per-task acc / acc_norm) and the data settings of the DataModule. The keys follow
-:mod:`rcpu_lightning.eval.report` (``model``, ``method``, ``ratio``, ``ppl``, ``seqlen``, ``tasks``),
-so result files feed its table and plot directly.
+The record merges what the run knows, as plain data: the pruning facts (``results_summary()`` of
+any callback that offers one, i.e. :class:`RCPUPruningCallback` after it pruned in this run; else
+the plan and ``pruning_report.json`` of a pruned model the module was loaded from; else "dense"),
+the evaluation results of the LightningModule (``eval_results``: ppl, tokens, per-task acc /
+acc_norm), the data settings of the DataModule and the run (entry point, command, versions). The
+keys follow :mod:`rcpu_lightning.eval.report` (``model``, ``method``, ``ratio``, ``ppl``,
+``seqlen``, ``tasks``), so result files feed its table and plot directly.
+
+The path may hold placeholders (:func:`rcpu_lightning.files.format_output_path`; ``{stage}`` is
+the entry point: ``prune``, ``fit``, ``test``, ...). It is resolved and checked in ``setup``,
+before any work: an existing file is only replaced with ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -18,27 +23,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from ..eval._io import write_json_atomic
+from ..files import check_output_path, format_output_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-
-PATH_FIELDS = ("method", "compensation", "structure", "targets", "ratio", "ratio_pct", "nsamples", "stage")
-
-
-def format_path(template: str, fields: dict[str, Any]) -> str:
-    """Fill ``{method}``, ``{compensation}``, ``{structure}``, ``{targets}``, ``{ratio}``,
-    ``{ratio_pct}`` (e.g. 20), ``{nsamples}``, ``{stage}`` in an output path (others are an error)."""
-    if "{" not in template:
-        return template
-    values = {k: fields.get(k) for k in PATH_FIELDS}
-    if values.get("ratio") is not None:
-        values["ratio_pct"] = int(round(100 * float(values["ratio"])))
-    try:
-        return template.format_map(values)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"output path {template!r}: unknown placeholder {exc}; allowed: {list(PATH_FIELDS)}") from None
+#: Pruning facts a pruned model folder records in ``pruning_report.json`` -> their key in the record.
+_SAVED_REPORT_KEYS = {"params_before": "params_before", "params_after": "params_after",
+                      "decoder_params_removed": "decoder_params_removed", "model_params_removed": "model_params_removed",
+                      "layer_params_removed": "layer_params_removed", "seconds": "prune_seconds",
+                      "world_size": "prune_world_size"}
 
 
 def _versions() -> dict[str, str]:
@@ -51,101 +46,179 @@ def _versions() -> dict[str, str]:
 
 
 class RCPUResultsWriter(Callback):
-    """Write a results JSON after evaluation (test/validate) and after pruning.
+    """Write a results JSON after pruning and after evaluation (test / validate).
 
     Args:
-        path: the JSON file (``None``: do nothing); may hold placeholders, see :func:`format_path`.
+        path: the JSON file (``null``: write nothing). May hold ``{method}``, ``{compensation}``,
+            ``{structure}``, ``{targets}``, ``{ratio}``, ``{ratio_pct}``, ``{nsamples}``, ``{stage}``.
         name: model label in the record (default: the module's ``model_name``, e.g. the model spec).
+        overwrite: replace an existing results file. Without it the run stops before any work.
     """
 
-    def __init__(self, path: Optional[str] = None, name: Optional[str] = None) -> None:
+    def __init__(self, path: Optional[str] = None, name: Optional[str] = None, overwrite: bool = False) -> None:
         super().__init__()
         self.path = None if path is None else str(path)
         if self.path is not None:
-            format_path(self.path, dict.fromkeys(PATH_FIELDS, 0))  # placeholder typos fail now
+            format_output_path(self.path, {})  # placeholder typos fail now
         self.name = name
-        self.started = time.time()
+        self.overwrite = bool(overwrite)
+        self.stage: Optional[str] = None  # the entry point; the CLI sets its subcommand (e.g. "prune")
+        self.extra: dict[str, Any] = {}  # set by the CLI: command line, resolved config
+        self.resolved: Optional[str] = None
         self.record: dict[str, Any] = {}
-        self.extra: dict[str, Any] = {}  # set by the CLI: subcommand, command line, resolved config
+        self.dense: Optional[dict[str, Any]] = None  # a prune run's evaluation of the dense model
+        self._started = time.time()
 
-    def build(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> dict[str, Any]:
-        from .callback import RCPUPruningCallback
+    # -- where ------------------------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.stage = self.stage or stage
+        if self.path is None or self.resolved is not None:
+            return  # resolved once per run (``prune`` = predict + test: one file)
+        path = format_output_path(self.path, {**self._path_fields(trainer, pl_module, stage), "stage": self.stage})
+        error = None
+        if trainer.is_global_zero:
+            try:
+                for file in (path, _config_path(path)):
+                    check_output_path(file, self.overwrite, "results.path", "overwrite=True (CLI: --results.overwrite true)")
+            except OSError as exc:
+                error = (type(exc), str(exc))
+        error = trainer.strategy.broadcast(error, src=0)
+        if error is not None:
+            raise error[0](error[1])
+        self.resolved = path
 
+    def config_path(self) -> Optional[str]:
+        """Where the run's resolved config is saved (beside the results file), once resolved."""
+        return None if self.resolved is None else _config_path(self.resolved)
+
+    @staticmethod
+    def _path_fields(trainer: Trainer, pl_module: LightningModule, stage: str) -> dict[str, Any]:
+        plan = getattr(pl_module, "pruning_plan", None)
+        if plan is not None:  # a pruned model: its own settings
+            cfg = plan.get("config") or {}
+            return {**cfg, "nsamples": (plan.get("calibration") or {}).get("nsamples")}
+        if stage in ("fit", "predict"):  # a callback is about to prune: its settings
+            fields: dict[str, Any] = {}
+            for cb in trainer.callbacks:
+                if callable(getattr(cb, "output_fields", None)):
+                    fields.update(cb.output_fields())
+            if fields:
+                return fields
+        return {"method": "dense", "ratio": 0.0}
+
+    # -- what --------------------------------------------------------------------------------------
+    def build(self, trainer: Trainer, pl_module: LightningModule, evaluation: Optional[str]) -> dict[str, Any]:
         rec: dict[str, Any] = {
             "model": self.name or str(getattr(pl_module, "model_name", type(pl_module).__name__)),
-            "stage": stage,
+            "stage": self.stage,
+            "evaluation": evaluation,
             "world_size": trainer.world_size,
         }
-        lm = pl_module.pruned_lm() if hasattr(pl_module, "pruned_lm") else None
-        params = sum(p.numel() for p in (lm or pl_module).parameters())
-        prune_cb = next((c for c in trainer.callbacks if isinstance(c, RCPUPruningCallback)), None)
-        report = prune_cb.report if prune_cb is not None else None
-        plan = getattr(pl_module, "pruning_plan", None)
-        if report is not None:
-            cfg = prune_cb.config
-            rec.update(
-                method=cfg.method, ratio=cfg.ratio, attn_ratio=cfg.head_ratio, mlp_ratio=cfg.channel_ratio,
-                compensation=cfg.compensation, structure=cfg.structure, targets=cfg.targets,
-                head_rounding=cfg.head_rounding, gqa_mode=cfg.gqa_mode,
-                effective_ratio=report.overall_ratio, effective_params_ratio=1 - report.params_after / report.params_before,
-                layer_ratios=report.layer_ratios, params_before=report.params_before, params_after=report.params_after,
-                prune_seconds=report.seconds, calib_samples_pruned=prune_cb.calibration_rows,
-                prune_world_size=prune_cb.world_size, save_dir=prune_cb.output_dir(),
-            )
-        elif plan is not None:
-            cfg = plan.get("config") or {}
-            rec.update({k: cfg.get(k) for k in ("method", "ratio", "compensation", "structure", "targets",
-                                                "head_rounding", "gqa_mode")})
-            rec.update(params_after=params)
-            saved = self._saved_report(pl_module)
-            if saved:
-                rec.update(params_before=saved.get("params_before"), params_after=saved.get("params_after", params),
-                           effective_ratio=saved.get("overall_ratio"), layer_ratios=saved.get("layer_ratios"),
-                           prune_seconds=saved.get("seconds"), prune_world_size=saved.get("world_size"))
-        else:
-            rec.update(method="dense", ratio=0.0, params_before=params, params_after=params, effective_ratio=0.0)
+        lm = pl_module.pruned_lm() if callable(getattr(pl_module, "pruned_lm", None)) else pl_module
+        params = sum(p.numel() for p in lm.parameters())
+        rec.update(self._pruning_facts(trainer, pl_module, params))
         rec["params"] = params
         dm = getattr(trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "describe"):
+        if dm is not None and callable(getattr(dm, "describe", None)):
             rec.update(dm.describe())
-        results = dict(getattr(pl_module, "eval_results", {}) or {})
-        rec.update(results)
-        rec["seconds"] = time.time() - self.started
+        rec.update(dict(getattr(pl_module, "eval_results", {}) or {}))
+        if self.dense is not None:
+            rec["dense"] = self.dense
+        rec["seconds"] = time.time() - self._started
         rec["versions"] = _versions()
         rec.update(self.extra)
         return rec
 
     @staticmethod
-    def _saved_report(pl_module: LightningModule) -> Optional[dict]:
-        name = getattr(pl_module, "model_name", None)
-        if not name:
-            return None
-        file = Path(str(name)).expanduser() / "pruning_report.json"
-        try:
-            return json.loads(file.read_text()) if file.is_file() else None
-        except (OSError, ValueError):
-            return None
+    def _pruning_facts(trainer: Trainer, pl_module: LightningModule, params: int) -> dict[str, Any]:
+        for cb in trainer.callbacks:
+            summary = cb.results_summary() if callable(getattr(cb, "results_summary", None)) else None
+            if summary is not None:
+                return summary
+        plan = getattr(pl_module, "pruning_plan", None)
+        if plan is None:
+            return {"method": "dense", "ratio": 0.0, "params_before": params, "params_after": params,
+                    "decoder_params_removed": 0.0, "model_params_removed": 0.0}
+        cfg = plan.get("config") or {}
+        facts = {k: cfg.get(k) for k in ("method", "ratio", "compensation", "structure", "targets", "head_rounding",
+                                         "gqa_mode")}
+        facts.update(params_after=params, calibration=plan.get("calibration"))
+        saved = _saved_report(pl_module)
+        facts.update({key: saved[k] for k, key in _SAVED_REPORT_KEYS.items() if k in saved})
+        return facts
 
-    def write(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self.path is None:
+    # -- when --------------------------------------------------------------------------------------
+    def write(self, trainer: Trainer, pl_module: LightningModule, evaluation: Optional[str]) -> None:
+        if self.resolved is None:
             return
-        record = self.build(trainer, pl_module, stage)
-        path = format_path(self.path, {**record, "nsamples": record.get("calib_samples"), "stage": stage})
-        record["results_path"] = path
+        record = self.build(trainer, pl_module, evaluation)
+        record["results_path"] = self.resolved
         self.record = record
         if trainer.is_global_zero:
-            write_json_atomic(path, record)
-            log.info("results written to %s", path)
+            write_json_atomic(self.resolved, record)
+            rank_zero_info(f"results written to {self.resolved}")
+
+    @staticmethod
+    def _pruned(trainer: Trainer) -> bool:
+        return any(callable(getattr(c, "results_summary", None)) and c.results_summary() for c in trainer.callbacks)
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        from .callback import RCPUPruningCallback
-
-        if any(isinstance(c, RCPUPruningCallback) and c.report is not None for c in trainer.callbacks):
-            self.write(trainer, pl_module, "prune")
+        if self._pruned(trainer):
+            self.write(trainer, pl_module, None)  # the pruning facts, even if a later evaluation dies
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.stage == "prune" and not self._pruned(trainer):  # ``prune --evaluate_dense``: the baseline
+            self.dense = dict(getattr(pl_module, "eval_results", {}) or {})
+            return
         self.write(trainer, pl_module, "test")
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
             self.write(trainer, pl_module, "validate")
+
+
+def _saved_report(pl_module: LightningModule) -> dict[str, Any]:
+    """``pruning_report.json`` of the folder the module's model was loaded from (or {})."""
+    name = getattr(pl_module, "model_name", None)
+    file = Path(str(name)).expanduser() / "pruning_report.json" if name else None
+    try:
+        return json.loads(file.read_text()) if file is not None and file.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _config_path(results_path: str) -> str:
+    """``outputs/x.prune.json`` -> ``outputs/x.prune.config.yaml``."""
+    path = Path(results_path)
+    return str(path.with_name(path.stem + ".config.yaml"))
+
+
+def summary_lines(record: dict[str, Any]) -> list[str]:
+    """The end-of-run summary of a results record (what ``cli.py prune`` prints last)."""
+    lines = [f"== {record.get('stage') or 'run'} summary ==", f"model         {record.get('model')}"]
+    if record.get("method") not in (None, "dense"):
+        lines.append(f"pruning       {record['method']} ({record.get('compensation')}, {record.get('structure')}), "
+                     f"ratio {record.get('ratio')}")
+    before, after = record.get("params_before"), record.get("params_after")
+    if before and after:
+        removed = [f"whole model -{100 * record['model_params_removed']:.1f}%" if record.get("model_params_removed") is not None else None,
+                   f"decoder layers -{100 * record['decoder_params_removed']:.1f}%"
+                   if record.get("decoder_params_removed") is not None else None]
+        extra = ", ".join(r for r in removed if r)
+        lines.append(f"parameters    {before:,} -> {after:,}" + (f" ({extra})" if extra else ""))
+    if record.get("prune_seconds") is not None:
+        calib = record.get("calibration") or {}
+        lines.append(f"pruning time  {record['prune_seconds']:.1f} s ({calib.get('nsamples')} calibration windows "
+                     f"x {calib.get('seqlen')} tokens, {calib.get('source', 'calibration data')})")
+    dense_ppl = (record.get("dense") or {}).get("ppl")
+    if record.get("ppl") is not None:
+        windows = f"{record.get('ppl_windows')} windows of {record.get('seqlen')} tokens"
+        ppl = f"dense {dense_ppl:.2f} -> pruned {record['ppl']:.2f}" if dense_ppl is not None else f"{record['ppl']:.2f}"
+        lines.append(f"perplexity    {ppl} (WikiText-2 {record.get('ppl_split', 'test')}, {windows})")
+    for task, entry in sorted((record.get("tasks") or {}).items()):
+        lines.append(f"{task:13s} {entry['reported_metric']} {100 * entry['reported']:.2f}% (n={entry['n']})")
+    if record.get("save_dir"):
+        lines.append(f"checkpoint    {record['save_dir']}")
+    if record.get("results_path"):
+        lines.append(f"results       {record['results_path']}")
+    return lines

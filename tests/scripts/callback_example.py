@@ -2,13 +2,15 @@
 
 import lightning as L
 
+from rcpu_lightning.data import CalibrationConfig
 from rcpu_lightning.lightning import CausalLMModule, RCPUDataModule, RCPUPruningCallback
+from rcpu_lightning.pruning import PruningConfig
 
 
 def run(model="smollm2-135m", data_dir=None, save_dir="outputs/pruned-finetuned", max_steps=100, **data_options):
-    module = CausalLMModule(model, lr=1e-5)  # hub id, local folder, .gguf file or an nn.Module
-    data = RCPUDataModule(data_dir=data_dir, nsamples=128, seqlen=128, **data_options)  # WikiText-2
-    pruning = RCPUPruningCallback(method="rcpu", ratio=0.2, head_rounding="nearest", save_dir=save_dir)
+    module = CausalLMModule(model, lr=1e-5)  # hub id, local folder, .gguf file or a transformers model
+    data = RCPUDataModule(data_dir=data_dir, calibration=CalibrationConfig(nsamples=128, seqlen=128), **data_options)
+    pruning = RCPUPruningCallback(PruningConfig(method="rcpu", ratio=0.2, head_rounding="nearest"), save_dir=save_dir)
     trainer = L.Trainer(max_steps=max_steps, callbacks=[pruning], logger=False, enable_checkpointing=False)
     trainer.fit(module, datamodule=data)   # prunes in setup("fit"), before optimizers exist; then fine-tunes
     trainer.test(module, datamodule=data)  # WikiText-2 perplexity of the pruned, fine-tuned model

@@ -59,7 +59,8 @@ def write_tiny_wikitext(folder, test_words: int = 9 * 16 + 5, train_words: int =
 
 
 def tiny_config(path, model_dir, data_dir, out_dir, **overrides) -> Path:
-    """A cli.py config for the tiny model: 16 x 16 calibration, 16-token perplexity windows."""
+    """A cli.py config for the tiny model: 16 x 16 calibration, 16-token perplexity windows.
+    ``overrides``: ``section__key=value`` (nested: ``pruning__config__ratio=0.5``)."""
     import yaml
 
     out_dir = Path(out_dir)
@@ -68,14 +69,17 @@ def tiny_config(path, model_dir, data_dir, out_dir, **overrides) -> Path:
         "trainer": {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
                     "enable_progress_bar": False, "enable_model_summary": False},
         "model": {"model": str(model_dir), "dtype": "float32"},
-        "data": {"data_dir": str(data_dir), "nsamples": 16, "seqlen": 16, "calibration_batch_size": 4,
+        "data": {"data_dir": str(data_dir), "calibration": {"nsamples": 16, "seqlen": 16, "batch_size": 4},
                  "eval_seqlen": 16, "eval_batch_size": 2},
-        "pruning": {"method": "rcpu", "ratio": 0.34, "head_rounding": "nearest", "save_dir": str(out_dir / "pruned"),
-                    "progress": False},
+        "pruning": {"config": {"method": "rcpu", "ratio": 0.34, "head_rounding": "nearest"},
+                    "save_dir": str(out_dir / "pruned"), "progress": False},
         "results": {"path": str(out_dir / "results.json")},
     }
-    for key, value in overrides.items():
-        section, _, name = key.partition("__")
-        cfg[section][name] = value
+    for key, value in overrides.items():  # "pruning__config__ratio": nested keys
+        *sections, name = key.split("__")
+        node = cfg
+        for section in sections:
+            node = node[section]
+        node[name] = value
     Path(path).write_text(yaml.safe_dump(cfg))
     return Path(path)
