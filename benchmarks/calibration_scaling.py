@@ -133,12 +133,12 @@ def storeall_prune(model: torch.nn.Module, inputs, config, dtype=torch.float64, 
     t0 = time.perf_counter()
     layers = decoder_layers(model)
     plan = PruningPlan(str(model.config.model_type), dense_values(model), [], config.to_dict())
-    batches = inputs.rebatch(config.batch_size).batches
+    batches = list(inputs.batches)
     inputs.batches.clear()  # as prune_model(release_inputs=True): one copy, overwritten layer by layer
     n_tokens = sum(h.shape[0] * h.shape[1] for h, _ in batches)
     stored_max = 0.0
     with torch.no_grad():
-        counts = uniform_counts(model, config)
+        counts = uniform_counts(model, config, [])
         validate_counts(model, counts)
         for i, layer in enumerate(layers):
             parts = layer_parts(layer)
@@ -172,7 +172,7 @@ def storeall_prune(model: torch.nn.Module, inputs, config, dtype=torch.float64, 
 # -- worker: one measurement in a fresh process ---------------------------------------------------
 def worker(args) -> dict[str, Any]:
     C.setup_torch(args.threads)
-    from rcpu_lightning.data import calibration_windows, perplexity_windows
+    from rcpu_lightning.data import CalibrationConfig, calibration_windows, perplexity_windows
     from rcpu_lightning.eval.perplexity import evaluate_perplexity
     from rcpu_lightning.models import load_causal_lm
     from rcpu_lightning.pruning import PruningConfig, capture_layer_inputs, prune_model
@@ -184,8 +184,8 @@ def worker(args) -> dict[str, Any]:
     windows = perplexity_windows(tokenizer, args.seqlen, args.data_dir)
     n_ppl = max(args.ppl_windows, args.check_windows) if args.worker == "ours" else args.check_windows
     windows = windows[:n_ppl] if args.ppl_windows > 0 or args.worker != "ours" else windows
-    config = PruningConfig(method="rcpu", compensation="rotation", ratio=RATIO, head_rounding="nearest",
-                           nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
+    config = PruningConfig(method="rcpu", compensation="rotation", ratio=RATIO, head_rounding="nearest")
+    calibration = CalibrationConfig(args.nsamples, args.seqlen, args.seed)
     # The safetensors cache is memory-mapped: weights become resident only when first touched, which
     # would count the whole model as "pruning memory". Copy every tensor into anonymous memory first.
     for t in [*model.parameters(), *model.buffers()]:
@@ -195,7 +195,7 @@ def worker(args) -> dict[str, Any]:
     peak_before_reset = C.peak_rss_mb()
     reset_ok = C.reset_peak_rss()
     t0, c0 = time.perf_counter(), time.process_time()
-    inputs = capture_layer_inputs(model, calib.split(config.batch_size))
+    inputs = capture_layer_inputs(model, calib.split(calibration.batch_size))
     if args.worker == "ours":
         prune_model(model, inputs, config, progress=False, release_inputs=True)
         extra = {}

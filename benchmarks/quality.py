@@ -24,7 +24,6 @@ import copy
 import fnmatch
 import logging
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,8 @@ try:
     from . import _common as C
 except ImportError:  # run as a script
     import _common as C
+
+from rcpu_lightning.data import CalibrationConfig
 
 log = logging.getLogger("benchmarks.quality")
 
@@ -77,9 +78,9 @@ HEAD_ROUNDING = "nearest"
 @dataclass(frozen=True)
 class Settings:
     model: str = C.MODEL_NAME
-    nsamples: int = 128
-    seqlen: int = 128
-    seed: int = 0
+    nsamples: int = CalibrationConfig.nsamples  # the paper's calibration (128 x 128, seed 0)
+    seqlen: int = CalibrationConfig.seqlen
+    seed: int = CalibrationConfig.seed
     eval_seqlen: int = 128
     ppl_windows: int = 0  # 0 = the whole test split
     zs_limit: int = 500
@@ -139,31 +140,11 @@ def plan_jobs(store: C.RowStore, s: Settings, variants: list[Variant], ratios: l
 
 
 # -- data -------------------------------------------------------------------------------------------
-def heldout_windows(tokenizer, n: int, s: Settings, data_dir, seed_offset: int = 10_000):
-    """``n`` windows of the calibration split that overlap no calibration window (for choosing λ).
+def heldout_windows(tokenizer, n: int, s: Settings, data_dir):
+    """``n`` windows of the calibration split that overlap no calibration window (for choosing λ)."""
+    from rcpu_lightning.data import heldout_windows as draw
 
-    Rebuilds the calibration sampler's starts (``random.Random(seed)``, as ``calibration_windows``)
-    and draws others with ``seed + seed_offset``, rejecting any within ``seqlen`` tokens of a
-    calibration window or of an earlier held-out window.
-    """
-    import torch
-
-    from rcpu_lightning.data import calibration_split, calibration_windows, load_rows
-
-    split = calibration_split(data_dir)
-    ids = tokenizer(" ".join(load_rows(split, data_dir)), return_tensors="pt").input_ids[0]
-    total, L = ids.numel(), s.seqlen
-    rng = random.Random(s.seed)
-    calib = [rng.randint(0, total - L - 1) for _ in range(s.nsamples)]
-    expected = calibration_windows(tokenizer, s.nsamples, L, s.seed, data_dir)
-    if not torch.equal(torch.stack([ids[c : c + L] for c in calib]), expected):
-        raise RuntimeError("could not rebuild the calibration windows' starts; held-out windows would overlap")
-    rng, starts = random.Random(s.seed + seed_offset), []
-    while len(starts) < n:
-        st = rng.randint(0, total - L - 1)
-        if all(abs(st - c) >= L for c in calib) and all(abs(st - o) >= L for o in starts):
-            starts.append(st)
-    return torch.stack([ids[st : st + L] for st in starts])
+    return draw(tokenizer, n, CalibrationConfig(s.nsamples, s.seqlen, s.seed), data_dir)[0]
 
 
 # -- one job ----------------------------------------------------------------------------------------
@@ -171,12 +152,12 @@ def prune_copy(dense, calib, config_kwargs: dict, s: Settings, ratio: float):
     """A pruned deep copy of ``dense``; returns (model, report, config, seconds incl. input capture)."""
     from rcpu_lightning.pruning import PruningConfig, capture_layer_inputs, prune_model
 
-    cfg = PruningConfig(ratio=ratio, head_rounding=HEAD_ROUNDING, nsamples=s.nsamples, seqlen=s.seqlen,
-                        seed=s.seed, **config_kwargs)
+    cfg = PruningConfig(ratio=ratio, head_rounding=HEAD_ROUNDING, **config_kwargs)
+    calibration = CalibrationConfig(s.nsamples, s.seqlen, s.seed)
     model = copy.deepcopy(dense)
     t0, c0 = time.perf_counter(), time.process_time()
-    inputs = capture_layer_inputs(model, calib.split(cfg.batch_size))
-    report = prune_model(model, inputs, cfg, progress=False)
+    inputs = capture_layer_inputs(model, calib.split(calibration.batch_size))
+    report = prune_model(model, inputs, cfg, progress=False, calibration=calibration.to_dict())
     return model, report, cfg, time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -206,7 +187,7 @@ def report_summary(report) -> dict[str, Any]:
     uniform = all(layer["heads"] == first.get("heads") and layer["channels"] == first.get("channels")
                   for layer in report.layers)
     return {
-        "effective_ratio": report.overall_ratio,
+        "decoder_params_removed": report.decoder_params_removed,
         "params_before": report.params_before,
         "params_after": report.params_after,
         "heads_per_layer": [layer["heads"] for layer in report.layers] if not uniform else first.get("heads"),
@@ -239,7 +220,7 @@ def run_job(job: Job, dense, tokenizer, calib, windows, heldout_fn, store: C.Row
             model, report, cfg, sec, cpu = prune_copy(dense, calib, config, s, ratio)
         extra.update(report_summary(report))
         extra.update(config=cfg.to_dict(), prune_seconds=sec, prune_cpu_seconds=cpu)
-        print(f"  pruned: effective ratio {report.overall_ratio:.4f}, {sec:.0f} s", flush=True)
+        print(f"  pruned: decoder-layer params removed {report.decoder_params_removed:.4f}, {sec:.0f} s", flush=True)
     if job.ppl:
         t0 = time.perf_counter()
         ppl = evaluate_perplexity(model, windows, batch_size=args.eval_batch_size, progress=False)
@@ -251,7 +232,7 @@ def run_job(job: Job, dense, tokenizer, calib, windows, heldout_fn, store: C.Row
     for task in job.tasks:
         res = evaluate_task(model, tokenizer, task, data_dir=args.data_dir, limit=s.zs_limit, progress=False)
         store.add({"key": zs_key(s, v, ratio, task), "kind": "zeroshot", **base, "task": task, "tasks": {task: res},
-                   "effective_ratio": extra.get("effective_ratio"), "ls": extra.get("ls"), "run": C.run_info()})
+                   "decoder_params_removed": extra.get("decoder_params_removed"), "ls": extra.get("ls"), "run": C.run_info()})
         print(f"  {task}: acc {res['acc']:.4f} acc_norm {res['acc_norm']:.4f} ({res['seconds']:.0f} s)", flush=True)
 
 
@@ -284,7 +265,7 @@ def ppl_table(ppl_rows: list[dict], ratios: list[float]) -> str:
         cells = []
         for x in ratios:
             r = by.get((v.id, x))
-            cells.append("–" if r is None else f"{C.fmt(r['ppl'], '.2f')} ({100 * r['effective_ratio']:.1f}%)")
+            cells.append("–" if r is None else f"{C.fmt(r['ppl'], '.2f')} ({100 * r['decoder_params_removed']:.1f}%)")
         lines.append(f"| {v.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -299,7 +280,7 @@ def cost_table(ppl_rows: list[dict], ratios: list[float]) -> str:
         if r["variant"] == "dense":
             params, removed, prune = r.get("params_before"), "–", "–"
         else:
-            params, removed, prune = r.get("params_after"), f"{100 * r['effective_ratio']:.1f}%", C.fmt(r.get("prune_seconds"), '.0f')
+            params, removed, prune = r.get("params_after"), f"{100 * r['decoder_params_removed']:.1f}%", C.fmt(r.get("prune_seconds"), '.0f')
         size = "–" if params is None else f"{params / 1e6:.2f} M"
         lines.append(f"| {VARIANT_BY_ID[r['variant']].label} | {100 * r['ratio']:.0f}% | {size} | {removed} | {prune} "
                      f"| {C.fmt(r.get('ppl_seconds'), '.0f')} |")
