@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from rcpu_lightning.eval._io import write_text_atomic  # also used by the scripts for markdown
+from rcpu_lightning.files import write_json_atomic, write_text_atomic  # the package's one atomic writer
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -22,10 +22,6 @@ MODEL_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF -> float32)"
 
 
 # -- resumable row files --------------------------------------------------------------------------
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
-
-
 class RowStore:
     """A JSON list of result rows, each with a unique ``key``; rewritten atomically after every ``add``.
 
@@ -57,7 +53,7 @@ class RowStore:
         if "key" not in row:
             raise ValueError("a row needs a 'key'")
         self.rows = [r for r in self.rows if r.get("key") != row["key"]] + [row]
-        write_json_atomic(self.path, self.rows)
+        write_json_atomic(self.path, self.rows, indent=1)
 
     def __iter__(self) -> Iterable[dict]:
         return iter(self.rows)

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         "model": C.MODEL_NAME,
         "run": C.run_info(),
     }
-    C.write_json_atomic(args.out, result)
+    C.write_json_atomic(args.out, result, indent=1)
     print(f"Lightning {light_tps:.1f} tok/s, bare {bare_tps:.1f} tok/s, ratio (Lightning / bare) {result['ratio']:.3f} "
           f"(median per-repeat {result['ratio_median_per_repeat']:.3f}); PPL {ppl_l:.4f} vs {ppl_b:.4f}; -> {args.out}")
     return 0

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from rcpu_lightning.eval import PAPER_METRIC, TASKS, item_loglikelihoods, load_items, score_item
-from rcpu_lightning.eval._io import write_json_atomic
+from rcpu_lightning.files import write_json_atomic
 from rcpu_lightning.models import load_causal_lm
 
 _HARNESS_YAML = {

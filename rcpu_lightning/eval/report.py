@@ -25,7 +25,7 @@ from typing import Any, Iterable, Literal, Optional, Sequence
 
 from jsonargparse import CLI, ArgumentParser
 
-from ._io import write_atomic, write_text_atomic
+from ..files import write_atomic, write_text_atomic
 from .tasks import PAPER_METRIC, TASKS
 
 __all__ = ["TASK_TITLES", "load_rows", "merge_rows", "results_table", "plot_ppl_vs_ratio", "report", "report_cli"]
@@ -168,7 +168,7 @@ def plot_ppl_vs_ratio(rows: Sequence[dict], png_path: str | os.PathLike, title: 
         if title:
             ax.set_title(title)
         fig.tight_layout()
-        return write_atomic(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), suffix=".png")
+        return write_atomic(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     finally:
         plt.close(fig)
 
