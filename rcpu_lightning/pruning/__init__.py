@@ -85,3 +85,18 @@ __all__ = [
     "wanda_sp_score",
     "weight_magnitude_score",
 ]
+
+
+def _check_registries() -> None:
+    """The ``Literal`` types of :class:`PruningConfig` (YAML/CLI validation) name exactly the registered
+    functions: adding a score or a compensation is one function, one registry entry and one Literal value."""
+    from typing import get_args
+
+    from .config import Compensation, Method
+
+    for kind, registry in ((Method, SCORES), (Compensation, COMPENSATIONS)):
+        if set(get_args(kind)) != set(registry):
+            raise AssertionError(f"{kind} lists {get_args(kind)}, the registry holds {sorted(registry)}")
+
+
+_check_registries()

@@ -137,16 +137,3 @@ def _check_choice(name: str, value: Any, allowed: tuple) -> None:
 def _check_ratio(name: str, value: Any) -> None:
     if not _is_number(value) or not math.isfinite(value) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name}={value!r} is out of range; allowed: a number in [0, 1)")
-
-
-def _check_registries() -> None:
-    """The ``Literal`` types (for YAML/CLI validation) name exactly the registered functions."""
-    from .compensation import COMPENSATIONS
-    from .scores import SCORES
-
-    for kind, registry in ((Method, SCORES), (Compensation, COMPENSATIONS)):
-        if set(get_args(kind)) != set(registry):
-            raise AssertionError(f"{kind} lists {get_args(kind)}, the registry holds {sorted(registry)}")
-
-
-_check_registries()
