@@ -95,7 +95,7 @@ def token_stream(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
 
 def perplexity_windows(
     tokenizer: PreTrainedTokenizerBase,
-    seqlen: int = 128,
+    seqlen: int,
     data_dir: str | os.PathLike | None = None,
     split: str = "test",
 ) -> torch.Tensor:
