@@ -154,10 +154,134 @@ def overhead_section(results: Path, readme: Path) -> str:
                f"loops: {r['ppl_lightning']:.4f} / {r['ppl_bare']:.4f}.\n" if "ratio_median_per_repeat" in r else ""))
 
 
+_MODEL_ORDER = {"smollm2": 0, "stack": 1, "tiny": 2}
+_PRUNING = {("rcpu", "uniform"): "RCPU, uniform", ("flap", "al_am"): "FLAP, AL-AM"}
+
+
+def _inf_model(r: dict) -> str:
+    if r.get("model_id") == "smollm2":
+        return "SmolLM2-135M"
+    return f"random Llama, h {r['hidden']} × {r['layers']} layers"
+
+
+def _inf_sort(r: dict) -> tuple:
+    return (_MODEL_ORDER.get(r.get("model_id"), 9), r["hidden"], r["ratio"], r.get("method") != "rcpu",
+            -(r.get("round_to") or 0) if r.get("round_to") else 1)
+
+
+def inference_section(results: Path, readme: Path) -> str:
+    """Dense vs pruned throughput (``inference.py``), the ideal FLOP ratio and the investigation rows."""
+    path, quick = _pick(results, "inference")
+    rows = _load(path) if path else None
+    main = sorted((r for r in rows or [] if r.get("kind") == "pruned" and r.get("group_kind") == "main"), key=_inf_sort)
+    if not main:
+        return "### Inference speed\n\nNo rows yet (`python benchmarks/inference.py`).\n"
+    label = " — quick (`--quick`), not the full benchmark" if quick else ""
+    st = main[0]["settings"]
+    timed = [r for r in rows if r.get("kind") in ("pruned", "rounded")]
+    loads = [x for r in timed for x in r.get("loadavg_rounds", [])]
+    lines = [f"### Inference speed: dense vs pruned{label}\n",
+             f"From `{_rel(path, readme)}`. Prefill: one forward of {st['prefill_batch']} × {st['prefill_seqlen']} "
+             f"tokens (logits at every position); decode: greedy `generate` of exactly {st['new_tokens']} tokens "
+             f"after a {st['prompt_len']}-token prompt, batch 1, KV cache. float32 on {st['threads']} threads; "
+             f"median of {st['repeats']} rounds in which dense and pruned models alternate, after an untimed warm-up; "
+             "the dense figures come from the same rounds as the pruned ones. *Speedup* = pruned / dense throughput; "
+             "*ideal* = dense / pruned matmul FLOPs per token (projections, LM head, attention products at the "
+             "measured length; formula in `benchmarks/inference.py`). "
+             f"1-minute load average during the rounds: {min(loads):.1f}–{max(loads):.1f} on 2 cores.\n",
+             "| model | pruning | ratio | kept per layer (heads, kv heads, MLP channels) | params M | weights MB | "
+             "prefill tok/s dense → pruned | prefill speedup | decode tok/s dense → pruned | decode speedup | "
+             "ideal | prefill / ideal | decode / ideal |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in main:
+        pre, dec = r["prefill_tokens_per_s"], r["decode_tokens_per_s"]
+        lines.append(f"| {_inf_model(r)} | {_PRUNING.get((r['method'], r['structure']), r['method'])} | "
+                     f"{r['ratio']:.0%} | {r['kept']} | {r['params']['dense'] / 1e6:.1f} → {r['params']['pruned'] / 1e6:.1f} | "
+                     f"{r['weights_mb']['dense']:.0f} → {r['weights_mb']['pruned']:.0f} | "
+                     f"{pre['dense']:.0f} → {pre['pruned']:.0f} | {r['prefill_speedup']:.2f}× | "
+                     f"{dec['dense']:.1f} → {dec['pruned']:.1f} | {r['decode_speedup']:.2f}× | "
+                     f"{r['ideal_speedup']:.2f}× | {r['prefill_efficiency']:.2f} | {r['decode_efficiency']:.2f} |")
+    lines += inference_target(main)
+    lines += ["\n#### The same comparison by other estimators\n",
+              "Medians of the wall times (as above), the median of the per-round ratios, the fastest run of each "
+              "model, and process CPU seconds (all threads; less sensitive to the other jobs on the machine).\n",
+              "| model | pruning | ratio | prefill: median / per round / fastest / CPU | "
+              "decode: median / per round / fastest / CPU | ideal (decode) |",
+              "|---|---|---|---|---|---|"]
+    for r in main:
+        est = lambda k: " / ".join(f"{r[f'{k}_speedup{s}']:.2f}" for s in ("", "_per_round", "_best", "_cpu"))  # noqa: E731
+        lines.append(f"| {_inf_model(r)} | {_PRUNING.get((r['method'], r['structure']), r['method'])} | "
+                     f"{r['ratio']:.0%} | {est('prefill')} | {est('decode')} | {r['ideal_speedup_decode']:.2f}× |")
+    lines += ["\n#### Where the prefill time goes\n",
+              "Wall time inside the layers' `self_attn` (SDPA included) and `mlp` modules during the timed prefills "
+              "(forward hooks), medians; *rest* = embeddings, norms, LM head. Each part's speedup next to its FLOP "
+              "ratio.\n",
+              "| model | pruning | ratio | dense: attention / MLP / rest s | attention speedup (ideal) | "
+              "MLP speedup (ideal) |", "|---|---|---|---|---|---|"]
+    for r in main:
+        p = r["parts"]
+        rest = p["dense_total_s"] - p["dense_attn_s"] - p["dense_mlp_s"]
+        lines.append(f"| {_inf_model(r)} | {_PRUNING.get((r['method'], r['structure']), r['method'])} | "
+                     f"{r['ratio']:.0%} | {p['dense_attn_s']:.2f} / {p['dense_mlp_s']:.2f} / {rest:.2f} | "
+                     f"{p['attn_speedup']:.2f}× ({p['attn_ideal']:.2f}×) | {p['mlp_speedup']:.2f}× ({p['mlp_ideal']:.2f}×) |")
+    lines += inference_rounding(rows) + inference_gemm(rows)
+    return "\n".join(lines) + "\n"
+
+
+def inference_target(main: list[dict]) -> list[str]:
+    """The issue's target (measured >= 0.85 x ideal on the hidden-4096 stack at 30 %), read off the rows."""
+    out = []
+    for r in main:
+        if r["hidden"] != 4096 or abs(r["ratio"] - 0.3) > 1e-9:
+            continue
+        ok = r["prefill_efficiency"] >= 0.85 and r["decode_efficiency"] >= 0.85
+        out.append(f"- {_PRUNING.get((r['method'], r['structure']), r['method'])} at 30 % on the hidden-4096 stack: "
+                   f"prefill {r['prefill_speedup']:.2f}× and decode {r['decode_speedup']:.2f}× against an ideal "
+                   f"{r['ideal_speedup']:.2f}× ({r['prefill_efficiency']:.2f} and {r['decode_efficiency']:.2f} of it): "
+                   f"target (≥ 0.85 × ideal) {'met' if ok else 'not met'}.")
+    return (["\nAgainst the target:"] + out) if out else []
+
+
+def inference_rounding(rows: list[dict]) -> list[str]:
+    group = sorted((r for r in rows if r.get("group_kind") == "rounding"), key=_inf_sort)
+    if not group:
+        return []
+    lines = ["\n#### Kept MLP channels rounded down to a multiple of 8 / 64\n",
+             "The uniform RCPU model with the last kept channels of each layer dropped so that their count is a "
+             "multiple of 8 or 64 (heads already give multiples of the head dim), measured in a group of its own "
+             "with the dense model and the unrounded model. Compare the fractions of the ideal.\n",
+             "| model | ratio | channels kept | ideal | prefill speedup | prefill / ideal | decode speedup | decode / ideal |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in group:
+        ch = sorted({lp["channels"] for lp in r["kept_per_layer"]})
+        lines.append(f"| {_inf_model(r)} | {r['ratio']:.0%} | {'/'.join(map(str, ch))}"
+                     f"{' (×' + str(r['round_to']) + ')' if r.get('round_to') else ' (as pruned)'} | "
+                     f"{r['ideal_speedup']:.3f}× | {r['prefill_speedup']:.2f}× | {r['prefill_efficiency']:.2f} | "
+                     f"{r['decode_speedup']:.2f}× | {r['decode_efficiency']:.2f} |")
+    return lines
+
+
+def inference_gemm(rows: list[dict]) -> list[str]:
+    gemm = sorted((r for r in rows if r.get("kind") == "gemm"), key=lambda r: (-r["m"], -r["channels"]))
+    if not gemm:
+        return []
+    lines = ["\n#### The MLP projections alone\n",
+             f"`F.linear` with the stack's MLP shapes (hidden {gemm[0]['hidden']}): up/gate `[M, h] × [h, I]`, down "
+             "`[M, I] × [I, h]`, every channel count in turn, median of the repeats; M = prefill tokens and M = 1 "
+             "(a decode step).\n",
+             "| M | channels I | up/gate ms | up/gate GFLOP/s | down ms | down GFLOP/s | MLP ms (2 up + down) | "
+             "MLP GFLOP/s |", "|---|---|---|---|---|---|---|---|"]
+    for r in gemm:
+        lines.append(f"| {r['m']} | {r['channels']} | {r['up_ms']:.2f} | {r['up_gflops']:.1f} | {r['down_ms']:.2f} | "
+                     f"{r['down_gflops']:.1f} | {r['mlp_ms']:.2f} | {r['mlp_gflops']:.1f} |")
+    return lines
+
+
 def render(results: Path, readme: Path) -> str:
     body = [f"Generated by `python benchmarks/render_readme.py` from `{_rel(results, readme)}/*.json`; "
             "measured on a shared 2-core CPU machine (timings are noisy; see `benchmarks/README.md`).\n",
-            quality_section(results, readme), scaling_section(results, readme), overhead_section(results, readme)]
+            quality_section(results, readme), scaling_section(results, readme), overhead_section(results, readme),
+            inference_section(results, readme)]
     return "\n".join(body)
 
 

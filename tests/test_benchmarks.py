@@ -352,3 +352,84 @@ def test_zero_shot_table_leaves_out_models_without_zero_shot_rows():
     text = q.report_markdown(ppl + zs, s)
     table = text.split("Zero-shot accuracy")[1].split("claims on this model")[0]
     assert "| 20% | RCPU (rot) | 190.00 | – | 55.00 |" in table and "| 10% |" not in table
+
+
+# -- inference.py: dense vs pruned throughput --------------------------------------------------------
+from benchmarks import inference as inf  # noqa: E402
+
+
+def test_inference_flops_match_a_hand_count():
+    # hidden 8, 2 query heads + 1 kv head of 4, MLP 16, vocab 10, one layer; per token at 5 keys:
+    # q 2*8*8=128, k 2*8*4=64, v 64, o 2*8*8=128 | gate, up, down 3 * 2*8*16=768 | QK^T and PV 4*4*2*5=160 | head 2*8*10=160
+    model = make_tiny_llama(num_heads=2, num_kv_heads=1, head_dim=4, hidden_size=8, intermediate_size=16,
+                            num_layers=1, vocab_size=10)
+    parts = inf.flop_parts(model, 5.0)
+    assert parts == {"attn_proj": 384.0, "attn_sdpa": 160.0, "mlp": 768.0, "lm_head": 160.0}
+    assert inf.flops_per_token(model, 5.0) == 1472.0
+    assert inf.prefill_ctx(128) == 64.5 and inf.decode_ctx(16, 128) == 79.5
+    # channels 16 -> 8 (a multiple of 8): the MLP term halves, nothing else moves
+    wide = make_tiny_llama(num_heads=2, num_kv_heads=1, head_dim=4, hidden_size=8, intermediate_size=13,
+                           num_layers=1, vocab_size=10)
+    rounded = inf.round_channels(inf.Variant("rcpu_uniform", wide, "rcpu", "uniform", 0.2), 8)
+    assert inf.layer_shapes(rounded.model) == [{"heads": 2, "kv_heads": 1, "channels": 8}]
+    assert inf.flop_parts(rounded.model, 5.0)["mlp"] == 3 * 2 * 8 * 8
+    assert inf.layer_shapes(wide)[0]["channels"] == 13  # the source model is untouched
+
+
+def test_inference_decode_makes_exactly_the_requested_tokens():
+    model = make_tiny_llama()
+    prompt = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        first = int(model(prompt).logits[0, -1].argmax())
+    model.generation_config.eos_token_id = first  # greedy decoding would stop after one token
+    plain = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=6,
+                           pad_token_id=0)
+    assert plain.shape[1] - prompt.shape[1] == 1
+    wall, cpu = inf.time_decode(model, prompt, 6, pad_token_id=0)  # raises unless exactly 6 were made
+    assert wall > 0 and cpu > 0
+
+
+def test_inference_script_end_to_end_on_a_tiny_llama(tmp_path):
+    out = tmp_path / "inference.json"
+    argv = ["--models", "tiny", "--ratios", "0.3", "--repeats", "2", "--threads", "1", "--prefill-batch", "2",
+            "--prefill-seqlen", "16", "--prompt-len", "4", "--new-tokens", "5", "--warmup-tokens", "2",
+            "--calib-windows", "4", "--rounding-models", "tiny", "--rounding", "8", "--out", str(out)]
+    assert inf.main(argv) == 0
+    rows = {r["key"].split("|", 3)[1] + "/" + r["key"].split("|", 3)[2]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {"main/rcpu_uniform", "main/flap_al_am", "rounding/rcpu_uniform", "rounding/rcpu_uniform_round8"}
+    for r in rows.values():
+        tokens = {"prefill": 2 * 16, "decode": 5}
+        for phase in ("prefill", "decode"):
+            secs, tps = r[f"{phase}_seconds"], r[f"{phase}_tokens_per_s"]
+            assert len(secs["dense"]) == len(secs["pruned"]) == 2
+            for which in ("dense", "pruned"):  # throughput = work / median seconds
+                assert tps[which] == pytest.approx(tokens[phase] / C.median(secs[which]))
+            assert r[f"{phase}_speedup"] == pytest.approx(tps["pruned"] / tps["dense"])
+            assert r[f"{phase}_speedup_per_round"] == pytest.approx(
+                C.median([d / p for d, p in zip(secs["dense"], secs["pruned"])]))
+        assert r["ideal_speedup"] == pytest.approx(r["flops_per_token"]["dense"] / r["flops_per_token"]["pruned"])
+        assert r["prefill_efficiency"] == pytest.approx(r["prefill_speedup"] / r["ideal_speedup"])
+        assert r["params"]["pruned"] < r["params"]["dense"] and r["weights_mb"]["pruned"] < r["weights_mb"]["dense"]
+        assert r["hidden"] == 64 and r["layers"] == 2 and r["run"]["torch_threads"] == 1
+        assert len(r["loadavg_rounds"]) == 2
+    uni, r8 = rows["main/rcpu_uniform"], rows["rounding/rcpu_uniform_round8"]
+    assert uni["kept_per_layer"] == [{"heads": 2, "kv_heads": 2, "channels": 90}] * 2  # 30 % of 4 heads -> 2 (nearest)
+    assert [lp["channels"] for lp in r8["kept_per_layer"]] == [88, 88] and r8["round_to"] == 8
+    assert r8["ideal_speedup"] > rows["rounding/rcpu_uniform"]["ideal_speedup"]
+    # rerun: every group is done, nothing is measured again
+    before = out.read_text()
+    assert inf.main(argv) == 0
+    assert out.read_text() == before
+    # the README section renders these rows (no hidden-4096 row: no target line)
+    text = rr.inference_section(tmp_path, tmp_path / "README.md")
+    assert "| random Llama, h 64 × 2 layers | RCPU, uniform | 30% | heads 2/4, kv 2/2, channels 90/128 (all 2 layers) |" in text
+    assert "channels rounded down" in text and "88 (×8)" in text and "Against the target" not in text
+
+
+def test_inference_target_line_reads_the_4096_rows():
+    row = {"hidden": 4096, "ratio": 0.3, "method": "rcpu", "structure": "uniform", "prefill_speedup": 1.30,
+           "decode_speedup": 1.20, "ideal_speedup": 1.43, "prefill_efficiency": 1.30 / 1.43, "decode_efficiency": 1.20 / 1.43}
+    assert rr.inference_target([row])[-1].endswith("(0.91 and 0.84 of it): target (≥ 0.85 × ideal) not met.")
+    row.update(decode_speedup=1.25, decode_efficiency=1.25 / 1.43)
+    assert rr.inference_target([row])[-1].endswith("target (≥ 0.85 × ideal) met.")
+    assert rr.inference_target([dict(row, hidden=576)]) == []
