@@ -7,8 +7,9 @@ location is writable without leaving anything behind); the writers apply it agai
 
 Writers stage everything in a hidden sibling (``.<name>.tmp-<random>``) and rename it into place,
 so a reader sees the old output or the complete new one, never half of it; a failure removes the
-staging copy. Staged files and folders are created with ``open``/``mkdir`` (not ``mkstemp``/
-``mkdtemp``, which force 0600/0700), so outputs get the user's normal permissions (umask).
+staging copy. Outputs get the user's normal permissions (the umask), whatever created them: staged
+files and folders are made with ``open``/``mkdir`` (not ``mkstemp``/``mkdtemp``, which force
+0600/0700), and a staged folder's contents get the umask's modes before it is renamed into place.
 """
 
 from __future__ import annotations
@@ -100,6 +101,22 @@ def check_output_path(path: str | os.PathLike, overwrite: bool, what: str = "out
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _umask_modes(root: Path) -> None:
+    """Give everything under ``root`` the modes of a plain ``open``/``mkdir`` under the user's umask
+    (some writers, e.g. safetensors, create their files 0600)."""
+    mask = _umask()
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o666 & ~mask)
+
+
 def _staging(path: Path, kind: str) -> Path:
     return path.parent / f".{path.name}.{kind}-{uuid.uuid4().hex[:10]}"
 
@@ -145,6 +162,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, what: str = "ou
     staged.mkdir()
     try:
         yield staged
+        _umask_modes(staged)
         _install(staged, path, overwrite, what, flag)
     finally:
         _remove(staged)

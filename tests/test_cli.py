@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -198,3 +199,119 @@ def _assert_contains(config: dict, override: dict, where: str) -> None:
             _assert_contains(config[key], value, where)
         else:
             assert config[key] == value, (where, key)
+
+
+# -- the first hour of a user (issue #12): nothing of theirs is lost, errors come first and in one line ---
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if a model is loaded (the checks must come before any weight is read)."""
+    import rcpu_lightning.lightning.module as module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the checks refused the run")
+
+    monkeypatch.setattr(module, "load_causal_lm", refuse)
+
+
+def _fails(args, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    return err
+
+
+def test_a_users_save_dir_is_never_replaced_unasked(tiny, tmp_path, capsys, monkeypatch, no_model_load):
+    _, model, data = tiny
+    cfg = tiny_config(tmp_path / "c.yaml", model, data, tmp_path / "out")
+    mine = tmp_path / "out" / "pruned" / "thesis.tex"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("three years of work")
+    err = _fails(["prune", "-c", str(cfg)], capsys)
+    assert "pruning.save_dir" in err and "already exists" in err and "--pruning.overwrite true" in err
+    assert mine.read_text() == "three years of work" and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pruned"]
+    monkeypatch.undo()  # the model may load now
+    main(["prune", "-c", str(cfg), "--pruning.overwrite", "true"])
+    assert not mine.exists() and (tmp_path / "out" / "pruned" / "pruning_plan.json").is_file()
+
+
+def test_unwritable_outputs_fail_before_the_model_loads(tiny, tmp_path, capsys, no_model_load):
+    _, model, data = tiny
+    cfg = tiny_config(tmp_path / "c.yaml", model, data, tmp_path / "out", pruning__save_dir="/proc/x/pruned")
+    assert "cannot be written" in _fails(["prune", "-c", str(cfg)], capsys)
+    cfg = tiny_config(tmp_path / "d.yaml", model, data, tmp_path / "out", results__path="/proc/x/r.json")
+    assert "results.path" in _fails(["test", "-c", str(cfg)], capsys)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("spec, message", [("/nonexistent/model", "no such folder: '/nonexistent/model'"),
+                                           ("./models/missing", "no such folder"),
+                                           ("weights.gguf", "no such GGUF file")])
+def test_a_missing_model_is_named_in_one_line(tiny, tmp_path, capsys, spec, message):
+    _, _, data = tiny
+    cfg = tiny_config(tmp_path / "c.yaml", "unused", data, tmp_path / "out")
+    assert message in _fails(["prune", "-c", str(cfg), "--model.model", spec], capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_files_are_named_before_the_model_loads(tiny, tmp_path, capsys, no_model_load):
+    _, model, data = tiny
+    bare = tmp_path / "data"
+    bare.mkdir()
+    (bare / "train.txt").write_text((data / "train.txt").read_text())
+    cfg = tiny_config(tmp_path / "c.yaml", model, bare, tmp_path / "out", data__tasks=["piqa"])
+    err = _fails(["prune", "-c", str(cfg)], capsys)
+    assert "no WikiText-2 'test' split" in err and "piqa.jsonl" in err
+
+
+def test_evaluating_a_pruned_folder_never_replaces_its_prune_record(tiny, tmp_path, capsys):
+    _, model, data = tiny
+    template = str(tmp_path / "out" / "{method}-{ratio_pct}.{stage}.json")
+    cfg = tiny_config(tmp_path / "c.yaml", model, data, tmp_path / "out", results__path=template)
+    main(["prune", "-c", str(cfg), "--evaluate_dense", "true"])
+    printed = capsys.readouterr().out
+    record = tmp_path / "out" / "rcpu-34.prune.json"
+    before = record.read_text()
+    prune = json.loads(before)
+    assert prune["dense"]["ppl"] > 1 and prune["ppl"] > 1 and prune["dense"]["ppl"] != prune["ppl"]
+    # the end-of-run summary: dense vs pruned, both removed fractions, where things went
+    assert f"dense {prune['dense']['ppl']:.2f} -> pruned {prune['ppl']:.2f}" in printed
+    assert "whole model -" in printed and "decoder layers -" in printed and str(record) in printed
+    assert (tmp_path / "out" / "rcpu-34.prune.config.yaml").is_file()
+    main(["test", "-c", str(cfg), "--model.model", str(tmp_path / "out" / "pruned")])
+    assert record.read_text() == before  # untouched
+    tested = json.loads((tmp_path / "out" / "rcpu-34.test.json").read_text())
+    assert tested["stage"] == "test" and tested["ppl"] == pytest.approx(prune["ppl"], rel=1e-9)
+    # a second prune into the same results file is refused up front (another save_dir, same record)
+    err = _fails(["prune", "-c", str(cfg), "--pruning.save_dir", str(tmp_path / "other")], capsys)
+    assert "rcpu-34.prune.json" in err and "--results.overwrite true" in err and not (tmp_path / "other").exists()
+
+
+def test_prune_reports_progress_per_layer_and_emits_none_of_our_warnings(tiny, tmp_path, caplog, recwarn):
+    _, model, data = tiny
+    cfg = tiny_config(tmp_path / "c.yaml", model, data, tmp_path / "out", pruning__progress=True,
+                      trainer__enable_progress_bar=True)
+    with caplog.at_level("INFO", logger="rcpu_lightning"):
+        main(["prune", "-c", str(cfg)])
+    text = caplog.text
+    assert "layer 1/2:" in text and "layer 2/2:" in text and "RSS" in text  # per-layer progress, not a TTY: log lines
+    assert "test: 5/5 batches" in text  # evaluation progress as log lines too (LogProgress)
+    messages = [str(w.message) for w in recwarn]
+    assert not [m for m in messages if "predict returned None" in m or "in eval mode" in m], messages
+    out = tmp_path / "out" / "pruned"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~mask and (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_prune_help_is_readable(capsys):
+    with pytest.raises(SystemExit):
+        main(["prune", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--pruning.config.attn_ratio", "--pruning.config.mlp_ratio", "--pruning.overwrite",
+                   "--evaluate_dense", "--data.calibration.nsamples"):
+        assert option in text
+    attn = text[text.index("  --pruning.config.attn_ratio"):]
+    assert "fraction of attention heads" in attn[:300]  # every knob has its description
+    model = text[text.index("  --model.model MODEL"):text.index("  --model.dtype")]
+    assert "torch.nn." not in model and len(text.splitlines()) < 900  # no catalogue of torch modules

@@ -61,3 +61,19 @@ def test_ddp_prune_equals_single_process(tmp_path, monkeypatch):
     plan_ddp = json.loads((tmp_path / "ddp" / "pruned" / "pruning_plan.json").read_text())
     plan_one = json.loads((tmp_path / "single" / "pruned" / "pruning_plan.json").read_text())
     assert plan_ddp["layers"] == plan_one["layers"]
+
+
+def test_fewer_calibration_samples_than_processes_fail_on_every_rank_before_any_work(tmp_path):
+    model = save_tiny_llama(tmp_path / "model")
+    data = write_tiny_wikitext(tmp_path / "data")
+    cfg = tiny_config(tmp_path / "one.yaml", model, data, tmp_path / "out",
+                      data__calibration={"nsamples": 1, "seqlen": 16, "batch_size": 1})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(cfg), "--trainer.strategy", "ddp", "--trainer.devices", "2",
+         "--trainer.accelerator", "cpu"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    message = "1 calibration samples for 2 processes: 1 process(es) would get no calibration batch"
+    assert proc.returncode == 2 and proc.stderr.count(message) == 2, proc.stderr[-3000:]  # one line per rank
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()

@@ -226,3 +226,13 @@ def test_predict_loop_pruning_equals_the_engine_and_skips_the_lm_head(tmp_path):
     ref_state = reference.state_dict()
     for name, value in module.model.state_dict().items():
         torch.testing.assert_close(value, ref_state[name], msg=name)
+
+
+def test_an_empty_calibration_loader_fails_clearly_in_the_predict_loop(tmp_path):
+    module = CausalLMModule(make_tiny_llama(num_heads=6, num_kv_heads=2))
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    trainer = _trainer(tmp_path, callbacks=[_pruning()])
+    with pytest.raises(ValueError, match="the calibration data is empty"):
+        trainer.predict(module, dataloaders=DataLoader(TensorRows(torch.zeros(0, 16, dtype=torch.long))),
+                        return_predictions=False)
+    assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())

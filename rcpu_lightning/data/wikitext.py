@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
+_WARNED_VALID: set[Path] = set()
 DATA_DIR_ENV = "RCPU_DATA_DIR"
 _SUBDIRS = ("", "wikitext-2-raw", "wikitext-2-v1", "wikitext-2/wikitext-2-raw", "wikitext-2/wikitext-2-v1")
 
@@ -83,7 +84,9 @@ def calibration_split(data_dir: str | os.PathLike | None = None) -> str:
     if folder is None or find_split_file(folder, "train") is not None:
         return "train"
     if find_split_file(folder, "valid") is not None:
-        log.warning("no WikiText-2 train split under %s: calibrating on the valid split instead", folder)
+        if folder not in _WARNED_VALID:  # once per folder and process
+            _WARNED_VALID.add(folder)
+            log.warning("no WikiText-2 train split under %s: calibrating on the valid split instead", folder)
         return "valid"
     raise FileNotFoundError(f"no WikiText-2 train or valid split under {folder} for calibration")
 

@@ -2,10 +2,12 @@
 
 When it prunes
 --------------
-* **Predict loop** (``trainer.predict``, the CLI's ``prune``): ``on_predict_start`` checks that every
-  rank has calibration batches and installs a :class:`~rcpu_lightning.pruning.LayerInputCatcher` on
-  the LM; every calibration batch of this rank is recorded as it enters decoder layer 0;
-  ``on_predict_end`` prunes. Statistics are summed over ranks (``trainer.strategy.reduce``, float64),
+* **Predict loop** (``trainer.predict``, the CLI's ``prune``): ``on_predict_start`` installs a
+  :class:`~rcpu_lightning.pruning.LayerInputCatcher` on the LM; every calibration batch of this rank
+  is recorded as it enters decoder layer 0; ``on_predict_end`` prunes. Every rank needs at least one
+  calibration batch: with the DataModule's calibration windows this is checked in ``setup``;
+  otherwise the first collective of the pruning (a rank without batches reaches it in ``teardown``,
+  since Lightning skips an empty predict loop) makes every rank fail with the same message. Statistics are summed over ranks (``trainer.strategy.reduce``, float64),
   so every rank takes the same decision and ends with the same weights as a single process.
 * **Fit, before training** (default in ``fit``): ``setup("fit")`` captures the calibration data
   (``calibration_dataloader``, else the DataModule's ``calibration_dataloader()``) and prunes before
@@ -39,7 +41,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from ..files import atomic_dir, check_output_path, format_output_path, write_json_atomic
-from ..models.adapter import decoder_layers, model_device
+from ..models.adapter import decoder_layers
 from ..pruning.config import PruningConfig
 from ..pruning.engine import PruningReport, check_feasible, prune_model
 from ..pruning.inputs import LayerInputCatcher, LayerInputs, StopForward, capture_layer_inputs, model_inputs
@@ -111,11 +113,12 @@ class RCPUPruningCallback(Callback):
         self._world_size: Optional[int] = None  # at pruning time
         self._catcher: Optional[LayerInputCatcher] = None
         self._stop_handle = None
+        self._pending = False  # predict: this run prunes, and has not yet
 
     # -- what the results writer reads (plain data, no reference to this class needed) --------
     def output_fields(self) -> dict[str, Any]:
         """Values for output path placeholders (``{method}``, ``{ratio_pct}``, ``{nsamples}``, ...)."""
-        return {**self.config.to_dict(), "nsamples": self._calibration.get("nsamples")}
+        return output_fields(self.config, self._calibration.get("nsamples"))
 
     def results_summary(self) -> Optional[dict[str, Any]]:
         """What this run's pruning did, as plain data (None before it pruned)."""
@@ -146,6 +149,7 @@ class RCPUPruningCallback(Callback):
         if not self._prunes_in(stage, pl_module):
             return
         self._check_before_work(trainer, pl_module, stage)
+        self._pending = stage == "predict"
         if stage == "fit" and self.prune_at_epoch is None:
             lm = self.lm(pl_module)
             lm.to(trainer.strategy.root_device)  # strategy.setup would move it next anyway
@@ -167,6 +171,9 @@ class RCPUPruningCallback(Callback):
         """Refuse on every rank, before any calibration, what would fail or destroy something later."""
         if stage == "fit":
             self._calibration_source(trainer)  # there is calibration data
+        nsamples = self._calibration.get("nsamples")
+        if nsamples is not None and nsamples < trainer.world_size:  # the same answer on every rank
+            raise ValueError(_too_few(nsamples, trainer.world_size))
         error = None
         if trainer.is_global_zero:
             try:
@@ -241,31 +248,14 @@ class RCPUPruningCallback(Callback):
 
     # -- predict -----------------------------------------------------------------------------
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.pruned:
+        if not self._pending:
             return
-        self._check_every_rank_has_batches(trainer)
         lm = self.lm(pl_module)
         self._catcher = LayerInputCatcher(lm, offload=self.config.offload_inputs, stop=False)
         self._catcher.__enter__()
         if getattr(pl_module, "stops_calibration_forward", False):
             # Registered after the catcher's hook, so layer 0's inputs are recorded first.
             self._stop_handle = decoder_layers(lm)[0].register_forward_pre_hook(_stop_forward, with_kwargs=True)
-
-    @staticmethod
-    def _check_every_rank_has_batches(trainer: Trainer) -> None:
-        """One collective, before any forward: every rank must hold calibration batches."""
-        local = sum(trainer.num_predict_batches) if trainer.num_predict_batches else 0
-        counts = torch.tensor([float(local), float(local == 0)], dtype=torch.float64)
-        if trainer.world_size > 1:
-            counts = trainer.strategy.reduce(counts.to(trainer.strategy.root_device), reduce_op="sum").cpu()
-        total, empty = int(counts[0]), int(counts[1])
-        if total == 0:
-            raise ValueError("no calibration batch: the calibration dataloader is empty")
-        if empty:
-            raise ValueError(
-                f"{empty} of {trainer.world_size} processes received no calibration batch ({total} batches in all): "
-                "every process needs at least one; use more calibration samples or fewer processes"
-            )
 
     def _remove_hooks(self) -> Optional[LayerInputCatcher]:
         catcher, self._catcher = self._catcher, None
@@ -280,6 +270,12 @@ class RCPUPruningCallback(Callback):
         catcher = self._remove_hooks()
         if catcher is not None:
             self._prune(trainer, pl_module, self.lm(pl_module), catcher.inputs)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Lightning skips the whole predict loop (on_predict_start/end included) on a process whose
+        # loader is empty; that process meets the others' first collective here and fails with them.
+        if stage == "predict" and self._pending:
+            self._calibration_record(trainer, LayerInputs())
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._remove_hooks()
@@ -299,15 +295,22 @@ class RCPUPruningCallback(Callback):
 
         return reduce
 
-    def _calibration_record(self, trainer: Trainer, lm: nn.Module, inputs: LayerInputs) -> dict[str, Any]:
-        """The calibration data as configured, with the sample count measured over all ranks."""
+    def _calibration_record(self, trainer: Trainer, inputs: LayerInputs) -> dict[str, Any]:
+        """The calibration data as configured, with the sample count measured over all ranks (one
+        collective, the first of the pruning work, so an empty rank fails together with the others)."""
+        self._pending = False
         rows = sum(h.shape[0] for h, _ in inputs.batches)
         seqlen = max((h.shape[1] for h, _ in inputs.batches), default=0)
-        counts = torch.tensor([float(rows), float(seqlen)], dtype=torch.float64)
+        counts = torch.tensor([float(rows), float(rows == 0)], dtype=torch.float64)
         if trainer.world_size > 1:
-            counts = trainer.strategy.reduce(counts.to(model_device(lm)), reduce_op="sum").cpu()
+            counts = trainer.strategy.reduce(counts.to(trainer.strategy.root_device), reduce_op="sum").cpu()
+        total, empty = int(counts[0]), int(counts[1])
+        if total == 0:
+            raise ValueError("no calibration batch reached the model: the calibration data is empty")
+        if empty:
+            raise ValueError(_too_few(total, trainer.world_size, empty))
         record = {k: v for k, v in self._calibration.items() if k != "batch_size"}
-        record.update(nsamples=int(counts[0]), seqlen=seqlen)
+        record.update(nsamples=total, seqlen=seqlen)
         if not self._calibration:
             record["source"] = "the dataloader given to the trainer or the callback"
         return record
@@ -320,9 +323,7 @@ class RCPUPruningCallback(Callback):
             for k, (h, kw) in enumerate(inputs.batches):
                 if h.is_inference():
                     inputs.batches[k] = (h.clone(), kw)
-            calibration = self._calibration_record(trainer, lm, inputs)
-            if calibration["nsamples"] == 0:
-                raise ValueError("no calibration batch reached the model: the calibration data is empty")
+            calibration = self._calibration_record(trainer, inputs)
             progress = default_progress() if self.progress and trainer.is_global_zero else False
             report = prune_model(lm, inputs, self.config, reduce=reduce, progress=progress, release_inputs=True,
                                  calibration=calibration)
@@ -332,8 +333,6 @@ class RCPUPruningCallback(Callback):
         self._save(trainer, pl_module, lm, report)
 
     def _log_summary(self, trainer: Trainer, report: PruningReport) -> None:
-        for note in report.notes:
-            rank_zero_info(note)
         rank_zero_info(
             f"pruned with {self.config.method} ({self.config.compensation}, {self.config.structure}) at ratio "
             f"{self.config.ratio:g}: parameters {report.params_before:,} -> {report.params_after:,}; decoder-layer "
@@ -374,6 +373,17 @@ class RCPUPruningCallback(Callback):
             rank_zero_info(
                 f"the checkpoint was pruned with {saved}, this callback is configured with {self.config.to_dict()}: "
                 "the checkpoint's pruned model is kept as it is and is not pruned again")
+
+
+def _too_few(nsamples: int, world_size: int, empty: Optional[int] = None) -> str:
+    empty = world_size - nsamples if empty is None else empty
+    return (f"{nsamples} calibration samples for {world_size} processes: {empty} process(es) would get no calibration "
+            "batch, and every process needs at least one; use more calibration samples or fewer processes")
+
+
+def output_fields(config: PruningConfig, nsamples: Optional[int]) -> dict[str, Any]:
+    """Placeholder values of a pruning run's output paths: the engine settings and the calibration size."""
+    return {**config.to_dict(), "nsamples": nsamples}
 
 
 def _stop_forward(module, args, kwargs):

@@ -16,23 +16,41 @@ missing file, an output that exists) end with one line on stderr and exit status
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
+from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from ..files import check_output_path, write_text_atomic
-from .callback import RCPUPruningCallback
+from ..files import check_output_path, format_output_path, write_text_atomic
+from ..models.loading import check_model_spec
+from ..pruning.config import PruningConfig
+from ..pruning.io import PLAN_FILE, load_plan
+from .callback import RCPUPruningCallback, output_fields
 from .data import RCPUDataModule
 from .logs import configure_logging
 from .module import CausalLMModule
-from .results import RCPUResultsWriter, summary_lines
+from .progress import LogProgress
+from .results import RCPUResultsWriter, config_path, summary_lines
 
 DEBUG_ENV = "RCPU_DEBUG"
+
+PRUNE_HELP = (
+    "Calibrate, prune, save the pruned checkpoint, evaluate it, print a summary. Options most runs need "
+    "(all of them follow): -c CONFIG (a YAML file; several merge in order); "
+    "--pruning.config.method/.ratio/.compensation/.structure/.head_rounding (what to prune and how); "
+    "--pruning.save_dir DIR (the pruned checkpoint; --pruning.overwrite true replaces an existing one); "
+    "--data.calibration.nsamples N (calibration windows: fewer = faster); "
+    "--data.ppl_max_windows N (evaluate on the first N perplexity windows); --data.tasks [boolq,piqa,...] "
+    "(zero-shot tasks); --results.path FILE (the results JSON; --results.overwrite true replaces one); "
+    "--evaluate_dense true (also evaluate the dense model, for a before/after); --print_config."
+)
 
 
 def _writers(trainer: Trainer) -> list[RCPUResultsWriter]:
@@ -113,12 +131,37 @@ class RCPUCLI(LightningCLI):
         parser.add_lightning_class_args(RCPUResultsWriter, "results")
 
     def before_instantiate_classes(self) -> None:
-        """Checks that need no model: output locations, before any weight is loaded."""
-        config = self.config[self.subcommand]
-        results = config.get("results")
-        if results is not None and results.get("path") and "{" not in results["path"]:
-            check_output_path(results["path"], results.get("overwrite", False), "results.path",
-                              "--results.overwrite true")
+        """Check what needs no model before any weight is loaded: the model spec, the local data files and
+        every output location (the callback and the writer check again in ``setup``)."""
+        config, sub = self.config[self.subcommand], self.subcommand
+        spec = config.model.model
+        if isinstance(spec, (str, os.PathLike)):
+            check_model_spec(spec)
+        prunes, evaluates = sub in ("prune", "predict", "fit"), sub in ("prune", "test", "validate", "fit")
+        data = config.data
+        RCPUDataModule.check_local_data(data.data_dir, calibration=prunes, evaluation=evaluates and sub != "fit",
+                                        ppl_split=data.ppl_split, perplexity=data.perplexity, tasks=data.tasks or [])
+        pruning = PruningConfig(**vars(config.pruning.config))
+        fields = output_fields(pruning, data.calibration.nsamples)
+        if prunes and config.pruning.save_dir:
+            check_output_path(format_output_path(config.pruning.save_dir, fields), config.pruning.overwrite,
+                              "pruning.save_dir", "--pruning.overwrite true")
+        if config.results.path:
+            if not prunes:
+                fields = _folder_fields(spec)
+            path = format_output_path(config.results.path, {**fields, "stage": sub})
+            for file in (path, config_path(path)):
+                check_output_path(file, config.results.overwrite, "results.path", "--results.overwrite true")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Progress as log lines when stderr is not a terminal (a file, a pipe, CI): Lightning's bars
+        would stay silent there until each loop ends."""
+        trainer = self.config_init[self.subcommand]["trainer"]
+        callbacks = trainer.get("callbacks") or []
+        if not sys.stderr.isatty() and trainer.get("enable_progress_bar") is not False and \
+                not any(isinstance(c, ProgressBar) for c in callbacks):
+            trainer["callbacks"] = [*callbacks, LogProgress()]
+        return super().instantiate_trainer(**kwargs)
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -127,10 +170,29 @@ class RCPUCLI(LightningCLI):
             writer.extra["command"] = shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:])
 
 
+def _folder_fields(spec: Any) -> dict[str, Any]:
+    """Placeholder values of a run that evaluates ``spec``: its plan's settings for a pruned folder, else dense."""
+    folder = Path(str(spec)).expanduser()
+    if isinstance(spec, (str, os.PathLike)) and (folder / PLAN_FILE).is_file():
+        plan = load_plan(folder)
+        return {**(plan.config or {}), "nsamples": plan.calibration.get("nsamples")}
+    return {"method": "dense", "ratio": 0.0}
+
+
+class _NoProductTips(logging.Filter):
+    """Drop Lightning's advertisement for its cloud logger from CLI runs (it is not a warning)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip:" not in record.getMessage()
+
+
 def main(args: Optional[list[str]] = None) -> Optional[RCPUCLI]:
     """Run the CLI; user errors end with one line on stderr (exit 2) unless ``RCPU_DEBUG=1``."""
     argv = sys.argv[1:] if args is None else list(args)
     configure_logging()
+    for handler in logging.getLogger("lightning.pytorch").handlers:
+        if not any(isinstance(f, _NoProductTips) for f in handler.filters):
+            handler.addFilter(_NoProductTips())
     try:
         if argv[:1] == ["report"]:
             from ..eval.report import report_cli
@@ -138,7 +200,7 @@ def main(args: Optional[list[str]] = None) -> Optional[RCPUCLI]:
             report_cli(argv[1:], prog="cli.py report")
             return None
         return RCPUCLI(CausalLMModule, RCPUDataModule, trainer_class=RCPUTrainer, save_config_callback=RunConfig,
-                       args=argv)
+                       parser_kwargs={"prune": {"description": PRUNE_HELP}}, args=args)
     except (ValueError, TypeError, OSError) as exc:  # bad values, missing files, outputs that exist
         if os.environ.get(DEBUG_ENV):
             raise

@@ -21,8 +21,8 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..data.calibration import CalibrationConfig, calibration_windows
-from ..data.wikitext import calibration_split, perplexity_windows, resolve_data_dir
-from ..eval.tasks import ALL_TASKS, load_items
+from ..data.wikitext import calibration_split, find_split_file, perplexity_windows, resolve_data_dir
+from ..eval.tasks import ALL_TASKS, TASK_SPECS, load_items
 from ..eval import MultipleChoiceDataset
 from .module import ZeroShotBatch
 
@@ -130,6 +130,36 @@ class RCPUDataModule(LightningDataModule):
         self._tokenizer = tokenizer
         self.tasks = tasks
         self._cache: dict[str, Any] = {}
+
+    # -- checks ------------------------------------------------------------------------------
+    @staticmethod
+    def check_local_data(data_dir: Optional[str], calibration: bool, evaluation: bool, ppl_split: str = "test",
+                         perplexity: bool = True, tasks: Sequence[str] = ()) -> None:
+        """Refuse now, with every missing file named, what a loop would fail to read later (local data only;
+        ``data_dir`` None or unset means the hub, which cannot be checked without downloading)."""
+        folder = resolve_data_dir(data_dir)
+        if folder is None:
+            return
+        missing = []
+        if calibration:
+            try:
+                calibration_split(folder)
+            except FileNotFoundError as exc:
+                missing.append(str(exc))
+        if evaluation and perplexity and find_split_file(folder, ppl_split) is None:
+            missing.append(f"no WikiText-2 {ppl_split!r} split under {folder} (perplexity)")
+        for task in tasks if evaluation else ():
+            path = folder / "zeroshot" / TASK_SPECS[task].local_file
+            if not path.is_file():
+                missing.append(f"no {path} (zero-shot task {task!r})")
+        if missing:
+            raise FileNotFoundError("; ".join(missing))
+
+    def setup(self, stage: str) -> None:
+        h = self.hparams
+        self.check_local_data(self.data_dir, calibration=stage in ("fit", "predict"),
+                              evaluation=stage in ("fit", "validate", "test"), ppl_split=h.ppl_split,
+                              perplexity=h.perplexity, tasks=self.tasks)
 
     # -- helpers -----------------------------------------------------------------------------
     @property

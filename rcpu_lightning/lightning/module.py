@@ -131,13 +131,15 @@ class CausalLMModule(PruningPlanMixin):
     #: forward at decoder layer 0 (it then skips the other layers and the LM head).
     stops_calibration_forward = True
 
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Calibration forward; returns nothing (the catcher of the pruning callback records layer 0's inputs)."""
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, int]:
+        """Calibration forward (the pruning callback's catcher records what enters decoder layer 0);
+        returns the number of tokens it saw."""
+        inputs = model_inputs(batch)
         try:
-            self.model(**model_inputs(batch), use_cache=False, logits_to_keep=1)
+            self.model(**inputs, use_cache=False, logits_to_keep=1)
         except StopForward:
             pass
-        return None
+        return {"calibration_tokens": int(inputs["input_ids"].numel())}
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         ids = model_inputs(batch)["input_ids"]
@@ -145,8 +147,8 @@ class CausalLMModule(PruningPlanMixin):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_train_start(self) -> None:
-        self.model.train()  # loaders return the LM in eval mode
+    def on_fit_start(self) -> None:
+        self.model.train()  # loaders return the LM in eval mode; Lightning keeps modes as they are
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

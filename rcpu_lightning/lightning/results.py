@@ -74,11 +74,11 @@ class RCPUResultsWriter(Callback):
         self.stage = self.stage or stage
         if self.path is None or self.resolved is not None:
             return  # resolved once per run (``prune`` = predict + test: one file)
-        path = format_output_path(self.path, {**self._path_fields(trainer, pl_module, stage), "stage": self.stage})
+        path = format_output_path(self.path, {**self._path_fields(trainer, pl_module, self.stage), "stage": self.stage})
         error = None
         if trainer.is_global_zero:
             try:
-                for file in (path, _config_path(path)):
+                for file in (path, config_path(path)):
                     check_output_path(file, self.overwrite, "results.path", "overwrite=True (CLI: --results.overwrite true)")
             except OSError as exc:
                 error = (type(exc), str(exc))
@@ -89,7 +89,7 @@ class RCPUResultsWriter(Callback):
 
     def config_path(self) -> Optional[str]:
         """Where the run's resolved config is saved (beside the results file), once resolved."""
-        return None if self.resolved is None else _config_path(self.resolved)
+        return None if self.resolved is None else config_path(self.resolved)
 
     @staticmethod
     def _path_fields(trainer: Trainer, pl_module: LightningModule, stage: str) -> dict[str, Any]:
@@ -97,7 +97,7 @@ class RCPUResultsWriter(Callback):
         if plan is not None:  # a pruned model: its own settings
             cfg = plan.get("config") or {}
             return {**cfg, "nsamples": (plan.get("calibration") or {}).get("nsamples")}
-        if stage in ("fit", "predict"):  # a callback is about to prune: its settings
+        if stage in ("fit", "predict", "prune"):  # a callback is about to prune: its settings
             fields: dict[str, Any] = {}
             for cb in trainer.callbacks:
                 if callable(getattr(cb, "output_fields", None)):
@@ -187,7 +187,7 @@ def _saved_report(pl_module: LightningModule) -> dict[str, Any]:
         return {}
 
 
-def _config_path(results_path: str) -> str:
+def config_path(results_path: str) -> str:
     """``outputs/x.prune.json`` -> ``outputs/x.prune.config.yaml``."""
     path = Path(results_path)
     return str(path.with_name(path.stem + ".config.yaml"))

@@ -3,6 +3,7 @@
 from .adapter import SUPPORTED_MODEL_TYPES, LayerParts, check_supported, decoder_layers, layer_parts, model_device
 from .loading import (
     EMBEDDED_MODELS,
+    check_model_spec,
     default_cache_dir,
     embedded_gguf_path,
     gguf_to_checkpoint,
@@ -12,6 +13,7 @@ from .loading import (
 
 __all__ = [
     "EMBEDDED_MODELS",
+    "check_model_spec",
     "SUPPORTED_MODEL_TYPES",
     "LayerParts",
     "check_supported",

@@ -109,26 +109,38 @@ def looks_like_path(spec: str) -> bool:
             or (os.sep != "/" and os.sep in spec))
 
 
-def resolve_checkpoint(spec: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
-    """Turn a model spec into something ``from_pretrained`` accepts (hub id or folder).
-
-    A spec that can only be a local path (absolute, ``./``, ``~``, several ``/``) must exist:
-    ``FileNotFoundError("no such folder: ...")`` otherwise, before anything is loaded.
-    """
+def check_model_spec(spec: str | os.PathLike) -> str:
+    """What ``spec`` names, checked without loading anything: ``"embedded"``, ``"gguf"``, ``"folder"`` or
+    ``"hub"``. A spec that can only be a local path (absolute, ``./``, ``~``, several ``/``) must exist."""
     spec = str(spec)
     if spec in EMBEDDED_MODELS:
-        return str(gguf_to_checkpoint(embedded_gguf_path(spec), cache_dir))
-    if spec.endswith(".gguf"):
-        return str(gguf_to_checkpoint(spec, cache_dir))
+        embedded_gguf_path(spec)  # the package is installed
+        return "embedded"
     path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise FileNotFoundError(f"no such GGUF file: {spec!r}")
+        return "gguf"
     if path.exists():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model folder {spec!r} has no config.json (not a Hugging Face checkpoint)")
-        return str(path)
+        return "folder"
     if looks_like_path(spec):
         raise FileNotFoundError(f"no such folder: {spec!r} (a model is a local folder, a .gguf file, "
                                 f"a Hugging Face hub id or one of {sorted(EMBEDDED_MODELS)})")
-    return spec
+    return "hub"
+
+
+def resolve_checkpoint(spec: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
+    """Turn a model spec into something ``from_pretrained`` accepts (hub id or folder); see
+    :func:`check_model_spec` for the checks made first."""
+    spec = str(spec)
+    kind = check_model_spec(spec)
+    if kind == "embedded":
+        return str(gguf_to_checkpoint(embedded_gguf_path(spec), cache_dir))
+    if kind == "gguf":
+        return str(gguf_to_checkpoint(spec, cache_dir))
+    return str(Path(spec).expanduser()) if kind == "folder" else spec
 
 
 def load_causal_lm(
