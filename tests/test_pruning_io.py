@@ -140,3 +140,18 @@ def test_qwen2_bias_compensation_needs_load_pruned(tmp_path):
     reloaded = load_pruned(tmp_path / "qwen")  # Qwen2 has no o_proj bias flag: the plan carries it
     assert layer_parts(decoder_layers(reloaded)[1]).o_proj.bias is not None
     torch.testing.assert_close(_logits(reloaded), _logits(model), atol=1e-6, rtol=0)
+
+
+def test_two_pruning_steps_compose_into_one_plan_that_rebuilds_the_model():
+    model, first = _pruned(GQA, ratio=0.34)  # 6 -> 4 heads, 48 -> 32 channels
+    ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(3))
+    second = prune_model(model, capture_layer_inputs(model, ids.split(2)), PruningConfig(ratio=0.5), progress=False)
+    plan = first.plan.then(second.plan)
+    for lp, a, b in zip(plan.layers, first.plan.layers, second.plan.layers):
+        assert lp.kept_heads == [a.kept_heads[i] for i in b.kept_heads] and set(lp.kept_heads) <= set(a.kept_heads)
+        assert lp.num_heads == b.num_heads and lp.intermediate_size == b.intermediate_size == 16
+    rebuilt = apply_plan_shapes(make_tiny_llama(**GQA), plan)
+    rebuilt.load_state_dict(model.state_dict())  # the composed plan has the twice-pruned shapes
+    torch.testing.assert_close(_logits(rebuilt), _logits(model))
+    with pytest.raises(ValueError, match="layers"):
+        plan.then(PruningPlan(plan.model_type, plan.dense, plan.layers[:1]))

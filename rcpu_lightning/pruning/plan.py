@@ -64,6 +64,23 @@ class PruningPlan:
             "head_dim": int(self.dense["head_dim"]),
         }
 
+    def then(self, step: "PruningPlan") -> "PruningPlan":
+        """The plan of this model pruned again by ``step`` (whose indices refer to this plan's pruned
+        layers): kept indices mapped back to the dense layers, biases as ``step`` leaves them, the
+        step's config and calibration (the latest step's settings are recorded)."""
+        if len(step.layers) != len(self.layers):
+            raise ValueError(f"step has {len(step.layers)} layers, this plan {len(self.layers)}")
+        layers = []
+        for lp, sp in zip(self.layers, step.layers):
+            layers.append(LayerPlan(
+                kept_heads=[lp.kept_heads[i] for i in sp.kept_heads],
+                kept_kv_heads=[lp.kept_kv_heads[i] for i in sp.kept_kv_heads],
+                kept_channels=[lp.kept_channels[i] for i in sp.kept_channels],
+                biases=list(sp.biases),
+                added_biases=sorted(set(lp.added_biases) | set(sp.added_biases)),
+            ))
+        return PruningPlan(self.model_type, dict(self.dense), layers, step.config, dict(step.calibration))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
