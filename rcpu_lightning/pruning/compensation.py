@@ -83,6 +83,7 @@ CompensationFn = Callable[[Tensor, ChannelStats, Tensor, Tensor, "PruningConfig"
 class Compensator:
     fn: CompensationFn
     needs_gram: bool  # needs the full Gram matrix G (not only its diagonal)
+    adds_bias: bool = False  # may give the compensated module a bias
 
 
 def _none(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
@@ -110,7 +111,7 @@ COMPENSATIONS: dict[str, Compensator] = {
     "rotation": Compensator(_rotation, needs_gram=True),
     "rotation_scale": Compensator(_rotation_scale, needs_gram=True),
     "least_squares": Compensator(_least_squares, needs_gram=True),
-    "bias": Compensator(_bias, needs_gram=False),
+    "bias": Compensator(_bias, needs_gram=False, adds_bias=True),
     "none": Compensator(_none, needs_gram=False),
 }
 

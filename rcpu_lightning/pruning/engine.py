@@ -31,12 +31,13 @@ import torch
 from torch import Tensor, nn
 
 from ..models.adapter import LayerParts, check_supported, decoder_layers, layer_parts
-from .compensation import compensate
+from .compensation import COMPENSATIONS, compensate
 from .config import PruningConfig
 from .inputs import LayerInputs, to_device
+from .layer_store import LayerStore, ResidentLayers
 from .plan import LayerPlan, PruningPlan
 from .progress import LayerProgress, ProgressFn, device_peak_mb, resolve_progress, rss_mb
-from .scores import column_scores, head_scores, standardize
+from .scores import SCORES, column_scores, head_scores, standardize
 from .selection import (
     LayerUnits,
     al_am_counts,
@@ -48,7 +49,15 @@ from .selection import (
     select_heads,
 )
 from .stats import ChannelStats, Reduce, collect_input_stats, reduce_stats
-from .surgery import biased_projections, dense_values, prune_attention, prune_mlp, update_config
+from .surgery import (
+    bias_blocks,
+    biased_projections,
+    dense_values,
+    harmonise_layer,
+    prune_attention,
+    prune_mlp,
+    update_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -160,17 +169,25 @@ def uniform_counts(model: nn.Module, config: PruningConfig, notes: list[str]) ->
 
 
 def al_am_structure(
-    model: nn.Module, batches: Batches, config: PruningConfig, reduce: Reduce | None
+    model: nn.Module, batches: Batches, config: PruningConfig, reduce: Reduce | None, store: LayerStore
 ) -> list[tuple[int, int]]:
-    """Dense pass + FLAP's AL-AM global threshold -> (heads, channels) to remove per layer."""
-    layers, local = decoder_layers(model), []
+    """Dense pass + FLAP's AL-AM global threshold -> (heads, channels) to remove per layer.
+
+    Each layer is loaded once; its weight terms of the scores (a [d_in] vector per module) are kept,
+    so the scores are computed after ONE ``reduce`` over all layers' statistics.
+    """
+    layers, local, terms = decoder_layers(model), [], []
     dtype = getattr(torch, config.stats_dtype)
+    score = SCORES[config.method]
     batches = list(batches)  # this dense pass must not overwrite the caller's layer-0 inputs
     for i, layer in enumerate(layers):
+        store.load(i, layer)
         parts = layer_parts(layer)
         with collect_input_stats({"o": parts.o_proj, "d": parts.down_proj}, dtype, diag_only=True) as st:
             run_layer(layer, batches, config.offload_inputs, replace=True, in_place=i > 0)  # ours after layer 0
         local += [st["o"], st["d"]]
+        terms.append((score.weight_term(parts.o_proj.weight).cpu(), score.weight_term(parts.down_proj.weight).cpu()))
+        store.unload(i, layer)
     del batches
     reduced = reduce_stats(local, reduce)
     units = []
@@ -178,13 +195,14 @@ def al_am_structure(
         o_stats, d_stats = reduced[2 * i], reduced[2 * i + 1]
         check_stats(o_stats, f"layer {i} o_proj (AL-AM pass)")
         check_stats(d_stats, f"layer {i} down_proj (AL-AM pass)")
-        units.append(_layer_units(layer_parts(layer), o_stats, d_stats, config))
+        units.append(_layer_units(layer_parts(layer), o_stats, d_stats, terms[i], config))
     return al_am_counts(units, config.ratio)
 
 
-def _layer_units(parts: LayerParts, o_stats: ChannelStats, d_stats: ChannelStats, config) -> LayerUnits:
+def _layer_units(parts: LayerParts, o_stats: ChannelStats, d_stats: ChannelStats, terms: tuple[Tensor, Tensor],
+                 config) -> LayerUnits:
     layout = head_layout(parts.num_heads, parts.num_kv_heads, config.gqa_mode)
-    o_cols = standardize(column_scores(config.method, parts.o_proj.weight, o_stats, "o_proj"))
+    o_cols = standardize(column_scores(config.method, None, o_stats, "o_proj", weight_term=terms[0]))
     head = o_cols.reshape(-1, parts.head_dim).mean(1)  # [H] mean of standardised columns
     hd, g = parts.head_dim, layout.group_size
     # parameters per unit / parameters per MLP channel (3 * hidden); hidden cancels out
@@ -193,7 +211,7 @@ def _layer_units(parts: LayerParts, o_stats: ChannelStats, d_stats: ChannelStats
         head_units=head_unit_scores(head, layout),
         head_unit_size=layout.unit_size,
         head_unit_weight=per_unit / 3.0,
-        channel_scores=standardize(column_scores(config.method, parts.down_proj.weight, d_stats, "down_proj")),
+        channel_scores=standardize(column_scores(config.method, None, d_stats, "down_proj", weight_term=terms[1])),
     )
 
 
@@ -229,7 +247,7 @@ def _decide_channels(parts: LayerParts, stats: ChannelStats, n_remove: int, conf
 
 def prune_layer(
     idx: int, layer: nn.Module, batches: Batches, counts: tuple[int, int], config: PruningConfig,
-    reduce: Reduce | None, own_batches: bool = False,
+    reduce: Reduce | None, own_batches: bool = False, bias_blocks: set[str] = frozenset(),
 ) -> tuple[LayerPlan, int]:
     """Prune one decoder layer in place; returns its plan and the calibration tokens (all processes)
     it was decided on. ``batches`` become the next layer's inputs (written into the batch tensors
@@ -250,6 +268,7 @@ def prune_layer(
         kept_ch, d_comp = _decide_channels(parts, d_stats["down_proj"], counts[1], config)
     added += ["down_proj"] if d_comp.bias_delta is not None and parts.down_proj.bias is None else []
     prune_mlp(parts, kept_ch, d_comp.weight, d_comp.bias_delta)
+    harmonise_layer(layer_parts(layer), bias_blocks)
     plan = LayerPlan(kept_heads, kept_kv, kept_ch, biased_projections(layer_parts(layer)), added)
     run_layer(layer, batches, config.offload_inputs, replace=True, in_place=own_batches)  # feed layer idx + 1
     return plan, int(stats["o_proj"].n)
@@ -264,6 +283,7 @@ def prune_model(
     progress: bool | ProgressFn | None = True,
     release_inputs: bool = False,
     calibration: dict[str, Any] | None = None,
+    store: LayerStore | None = None,
 ) -> PruningReport:
     """Prune ``model`` in place, layer by layer, calibrated on ``inputs`` (from ``capture_layer_inputs``).
 
@@ -275,6 +295,9 @@ def prune_model(
     ``calibration``: what the caller knows about the calibration data (e.g. ``nsamples``,
     ``seqlen``, ``seed``, ``source``), recorded in the plan next to the token count the engine saw
     (summed over processes); without it the local sample count and length are recorded.
+
+    ``store``: where each layer's weights come from and go to (:mod:`.layer_store`); default: the
+    layers stay in memory, moved to ``config.execution_device`` for their turn when that is set.
 
     Memory: the engine holds one copy of the calibration activations, overwritten layer by layer,
     plus the per-module sums. ``inputs`` is left untouched by default, so layer 0's activations
@@ -291,26 +314,30 @@ def prune_model(
     batches = list(inputs.batches)  # the captured tensors themselves, overwritten per layer once owned
     if release_inputs:
         inputs.batches.clear()
+    store = store if store is not None else ResidentLayers(config.execution_device)
     notes: list[str] = []
     with torch.no_grad():
-        counts = (al_am_structure(model, batches, config, reduce) if config.structure == "al_am"
+        counts = (al_am_structure(model, batches, config, reduce, store) if config.structure == "al_am"
                   else uniform_counts(model, config, notes))
         validate_counts(model, counts)
+        compensates = {m: config.compensates(m) for m in ("o_proj", "down_proj")}
+        blocks = bias_blocks(plan.model_type, COMPENSATIONS[config.compensation].adds_bias, compensates, counts)
         for i, layer in enumerate(layers):
             t0 = time.perf_counter()
+            store.load(i, layer)
+            device = _device(layer_parts(layer))
             # the caller's tensors are ours to overwrite once released, and after layer 0 in any case
             layer_plan, tokens = prune_layer(i, layer, batches, counts[i], config, reduce,
-                                             own_batches=release_inputs or i > 0)
+                                             own_batches=release_inputs or i > 0, bias_blocks=blocks)
+            store.save(i, layer)
             plan.layers.append(layer_plan)
             plan.calibration.setdefault("tokens", tokens)
             if report_layer is not None:
                 now = time.perf_counter()
                 report_layer(LayerProgress(i, len(layers), now - t0, now - start, layer_plan,
-                                           1 - _count(layer) / layer_before[i], rss_mb(), device_peak_mb(_device(layer_parts(layer)))))
+                                           1 - _count(layer) / layer_before[i], rss_mb(), device_peak_mb(device)))
     del batches
     update_config(model, plan)
-    for lp, layer in zip(plan.layers, layers):  # biases may have been harmonised
-        lp.biases = biased_projections(layer_parts(layer))
     return _report(model, plan, params_before, layer_before, time.perf_counter() - start, notes)
 
 

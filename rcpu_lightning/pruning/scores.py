@@ -6,6 +6,9 @@ module, and returns a score per input column [d_in] in float64 (higher = more im
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -16,45 +19,63 @@ def _w64(weight: Tensor) -> Tensor:
     return weight.detach().to(torch.float64)
 
 
+# Every score is a product of a per-column weight term and a per-column activation term, so the
+# weight term can be kept (a [d_in] vector) while a layer's weights are away (out-of-core pruning).
+@dataclass(frozen=True)
+class Score:
+    weight_term: Callable[[Tensor], Tensor]  # W [d_out, d_in] -> [d_in] float64
+    activation_term: Callable[[ChannelStats], Tensor]  # stats -> [d_in] float64
+
+
+SCORES: dict[str, Score] = {
+    # RCPU's γ: ||W[:, j]||₂ · mean_t |x_{j,t}| · Var_t(x_{j,t})
+    "rcpu": Score(lambda w: _w64(w).norm(dim=0), lambda st: st.mean_abs().double() * st.var().double()),
+    # WANDA-sp: Σ_i |W_ij| · ||X[j, :]||₂ (constants of the code dropped)
+    "wanda_sp": Score(lambda w: _w64(w).abs().sum(0), lambda st: st.l2().double()),
+    # FLAP WIFV: Var_t(x_j) · Σ_i W_ij²
+    "flap": Score(lambda w: (_w64(w) ** 2).sum(0), lambda st: st.var().double()),
+    # magnitude baseline: ||W[:, j]||₂ (activations unused)
+    "magnitude": Score(lambda w: _w64(w).norm(dim=0), lambda st: torch.ones_like(st.s1, dtype=torch.float64)),
+}
+
+
+def _score(method: str, weight: Tensor, stats: ChannelStats) -> Tensor:
+    entry = SCORES[method]
+    return entry.weight_term(weight).to(stats.s1.device) * entry.activation_term(stats)
+
+
 def variance_aware_score(weight: Tensor, stats: ChannelStats) -> Tensor:
     """RCPU's γ: ``γ_j = ||W[:, j]||₂ · mean_t |x_{j,t}| · Var_t(x_{j,t})`` -> [d_in]."""
-    w = _w64(weight).to(stats.s1.device)
-    return w.norm(dim=0) * stats.mean_abs().double() * stats.var().double()
+    return _score("rcpu", weight, stats)
 
 
 def wanda_sp_score(weight: Tensor, stats: ChannelStats) -> Tensor:
     """WANDA-sp: ``score_j = Σ_i |W_ij| · ||X[j, :]||₂`` -> [d_in] (constants of the code dropped)."""
-    w = _w64(weight).to(stats.s1.device)
-    return w.abs().sum(0) * stats.l2().double()
+    return _score("wanda_sp", weight, stats)
 
 
 def flap_wifv_score(weight: Tensor, stats: ChannelStats) -> Tensor:
     """FLAP WIFV: ``score_j = Var_t(x_j) · Σ_i W_ij²`` -> [d_in]."""
-    w = _w64(weight).to(stats.s1.device)
-    return stats.var().double() * (w * w).sum(0)
+    return _score("flap", weight, stats)
 
 
 def weight_magnitude_score(weight: Tensor, stats: ChannelStats | None = None) -> Tensor:
     """Magnitude baseline: ``score_j = ||W[:, j]||₂`` -> [d_in] (activations unused)."""
-    return _w64(weight).norm(dim=0)
+    return SCORES["magnitude"].weight_term(weight)
 
 
-SCORES = {
-    "rcpu": variance_aware_score,
-    "wanda_sp": wanda_sp_score,
-    "flap": flap_wifv_score,
-    "magnitude": weight_magnitude_score,
-}
-
-
-def column_scores(method: str, weight: Tensor, stats: ChannelStats, module: str) -> Tensor:
+def column_scores(method: str, weight: Tensor | None, stats: ChannelStats, module: str,
+                  weight_term: Tensor | None = None) -> Tensor:
     """Column scores of ``module`` (``"o_proj"`` or ``"down_proj"``) for ``method`` -> [d_in].
 
-    FLAP squares the o_proj score before it is summed per head; that is done here.
+    Give ``weight`` [d_out, d_in], or its ``weight_term`` (see :data:`SCORES`) when the weight itself
+    is no longer at hand. FLAP squares the o_proj score before it is summed per head; that is done here.
     """
     if method not in SCORES:
         raise ValueError(f"method={method!r} is not supported; allowed values: {list(SCORES)}")
-    score = SCORES[method](weight, stats)
+    entry = SCORES[method]
+    term = entry.weight_term(weight) if weight_term is None else weight_term
+    score = term.to(device=stats.s1.device, dtype=torch.float64) * entry.activation_term(stats)
     if method == "flap" and module == "o_proj":
         score = score**2
     if not torch.isfinite(score).all():

@@ -126,38 +126,52 @@ def dense_values(model: nn.Module) -> dict:
     }
 
 
-def harmonise_biases(model: nn.Module) -> None:
-    """Make bias flags in the config describe the modules (Llama: one flag per block).
+def bias_blocks(model_type: str, adds_bias: bool, compensates: dict[str, bool],
+                counts: list[tuple[int, int]]) -> set[str]:
+    """The blocks (``"attn"``, ``"mlp"``) whose projections all need a bias once pruning is done.
 
-    Llama's ``attention_bias`` puts a bias on q/k/v/o and ``mlp_bias`` on gate/up/down. When
-    compensation added a bias to some o_proj (down_proj), set the flag and give every other
-    projection of that block a zero bias, so the checkpoint loads with plain ``from_pretrained``.
-    Other architectures hard-code their biases; their added biases need :func:`load_pruned`.
+    Llama's ``attention_bias`` puts a bias on q/k/v/o and ``mlp_bias`` on gate/up/down. A compensation
+    that adds a bias (FLAP's) gives o_proj (down_proj) one in every layer that loses heads (channels);
+    so that plain ``from_pretrained`` reloads the checkpoint, every projection of that block then gets
+    a (zero) bias too. Decided from the counts, before any layer is pruned, so a layer can be written
+    out as soon as it is done (out-of-core pruning). Other architectures hard-code their biases;
+    their added biases need :func:`~rcpu_lightning.pruning.load_pruned`.
     """
-    if model.config.model_type not in BIAS_FLAG_MODEL_TYPES:
-        return
-    layers = [layer_parts(layer) for layer in decoder_layers(model)]
-    for flag, names, owner in (("attention_bias", ATTN_PROJ, "attn"), ("mlp_bias", MLP_PROJ, "mlp")):
-        if not any(getattr(p, n).bias is not None for p in layers for n in names):
+    if model_type not in BIAS_FLAG_MODEL_TYPES or not adds_bias:
+        return set()
+    blocks = set()
+    if compensates["o_proj"] and any(heads for heads, _ in counts):
+        blocks.add("attn")
+    if compensates["down_proj"] and any(channels for _, channels in counts):
+        blocks.add("mlp")
+    return blocks
+
+
+def harmonise_layer(parts: LayerParts, blocks: set[str]) -> None:
+    """Give every projection of the ``blocks`` of one layer a bias (zeros where it has none)."""
+    for block, names, owner in (("attn", ATTN_PROJ, parts.attn), ("mlp", MLP_PROJ, parts.mlp)):
+        if block not in blocks:
             continue
-        setattr(model.config, flag, True)
-        for p in layers:
-            for n in names:
-                lin = getattr(p, n)
-                if lin.bias is None:
-                    zero = torch.zeros(lin.out_features, device=lin.weight.device, dtype=lin.weight.dtype)
-                    setattr(getattr(p, owner), n, new_linear(lin, lin.weight, zero))
+        for name in names:
+            lin = getattr(parts, name)
+            if lin.bias is None:
+                zero = torch.zeros(lin.out_features, device=lin.weight.device, dtype=lin.weight.dtype)
+                setattr(owner, name, new_linear(lin, lin.weight, zero))
 
 
 def update_config(model: nn.Module, plan: PruningPlan) -> None:
-    """Write uniform shapes to the config (non-uniform plans keep the dense values; see the plan)."""
+    """Write uniform shapes to the config (non-uniform plans keep the dense values; see the plan) and
+    set Llama's bias flags where every layer carries those biases (see :func:`bias_blocks`)."""
     values = plan.uniform_values()
     if values is None:
         model.config.head_dim = int(plan.dense["head_dim"])
         return
     for key, value in values.items():
         setattr(model.config, key, value)
-    harmonise_biases(model)
+    if model.config.model_type in BIAS_FLAG_MODEL_TYPES:
+        for flag, names in (("attention_bias", ATTN_PROJ), ("mlp_bias", MLP_PROJ)):
+            if all(n in lp.biases for lp in plan.layers for n in names):
+                setattr(model.config, flag, True)
 
 
 def apply_plan_shapes(model: nn.Module, plan: PruningPlan) -> nn.Module:
