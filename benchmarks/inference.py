@@ -20,20 +20,27 @@ Measurements (``torch.inference_mode()``, ``--threads`` torch threads):
 - prefill: one forward of ``--prefill-batch`` x ``--prefill-seqlen`` tokens (default 8 x 128,
   ``use_cache=False``, logits for every position as in perplexity evaluation); tokens/s =
   batch * seqlen / seconds.
-- decode: ``model.generate`` (greedy, KV cache) of exactly ``--new-tokens`` (128) tokens after a
-  ``--prompt-len`` (16) token prompt at batch 1 (``min_new_tokens = max_new_tokens``, so no EOS
-  stop; the output length is checked); tokens/s = new tokens / seconds of the whole call (the
-  prompt's forward included).
+- decode: greedy decoding with the KV cache of exactly ``--new-tokens`` (128) tokens after a
+  ``--prompt-len`` (16) token prompt at batch 1: the prompt's forward (``logits_to_keep=1``)
+  yields the first token, then 127 cached single-token forwards, argmax after each — the
+  computation of ``model.generate(do_sample=False)``, written out so that the group's models can
+  take their k-th forward in turn (*lockstep*, order reversed every step): a burst of load from
+  another job then hits dense and pruned alike. No EOS stop can happen. tokens/s = new tokens /
+  seconds of all forwards (the prompt's included). The warm-up runs ``generate`` itself
+  (``--warmup-tokens``, ``min_new_tokens = max_new_tokens``) and the row records whether the loop
+  reproduced its tokens (``decode_matches_generate``).
 
 Variants are measured in *groups*, one per model and ratio (the dense model, the uniform and the
 AL-AM variant), so that every pruned figure has a dense figure from the same minutes: after one
-untimed warm-up of each member (one prefill, a ``--warmup-tokens`` decode), ``--repeats`` rounds
-run every member's prefill and decode, in list order on even rounds and reversed on odd ones.
-Throughput = work / median seconds; speedup = pruned throughput / dense throughput of the same
-group. Other estimators of the same comparison, recorded next to it because other jobs share the
-machine: ``*_speedup_per_round`` (median of the per-round ratios), ``*_speedup_best`` (fastest run of
-each) and ``*_speedup_cpu`` (median process CPU seconds, all threads). The 1-minute load average is
-recorded at the start of every round.
+untimed warm-up of each member (one prefill, a short ``generate``), ``--repeats`` rounds each run
+every member's prefill (list order on even rounds, reversed on odd ones), then one lockstep
+decode of all members. Throughput = work / median seconds; speedup = pruned throughput / dense
+throughput of the same group. Other estimators of the same comparison, recorded next to it
+because other jobs share the machine: ``*_speedup_per_round`` (median of the per-round ratios),
+``*_speedup_best`` (fastest run of each), ``*_speedup_cpu`` (median process CPU seconds, all
+threads) and ``decode_speedup_per_step`` (median over the cached decode forwards of dense /
+pruned seconds of the same step). The 1-minute load average is recorded at the start of every
+round.
 
 Ideal speedup. The matmul FLOPs per token at a mean context of ``L`` keys::
 
@@ -76,6 +83,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import inspect
 import logging
 import os
 import sys
@@ -103,7 +111,8 @@ class Settings:
     models: tuple[str, ...] = ("smollm2", "stack")
     ratios: tuple[float, ...] = (0.2, 0.3)
     structures: tuple[str, ...] = ("uniform", "al_am")
-    repeats: int = 5
+    repeats: int = 5  # decode rounds
+    prefill_repeats: int = 9  # prefill rounds (cheaper, noisier: more of them)
     threads: int = 2
     prefill_batch: int = 8
     prefill_seqlen: int = 128
@@ -117,15 +126,17 @@ class Settings:
     stack_compensation: str = "none"
     rounding: tuple[int, ...] = (8, 64)
     rounding_models: tuple[str, ...] = ("stack",)
+    rounding_ratios: tuple[float, ...] = (0.3,)
     gemm: bool = True
     gemm_repeats: int = 7
+    busy_window: float = 1.0  # seconds of /proc/stat sampling before each round (0: none)
     seed: int = 0
     data_dir: str | None = None
 
     def signature(self, model_id: str) -> str:
         """Settings a throughput depends on (part of every row key)."""
         sig = (f"prefill{self.prefill_batch}x{self.prefill_seqlen}|decode{self.prompt_len}+{self.new_tokens}"
-               f"|threads{self.threads}|rep{self.repeats}")
+               f"|threads{self.threads}|rep{self.repeats}/{self.prefill_repeats}")
         if model_id == "stack":
             sig += f"|layers{self.stack_layers}|vocab{self.stack_vocab}"
         return sig
@@ -204,6 +215,8 @@ class Variant:
     decode_s: list[float] = field(default_factory=list)
     prefill_cpu: list[float] = field(default_factory=list)  # process CPU seconds (all threads)
     decode_cpu: list[float] = field(default_factory=list)
+    decode_steps: list[float] = field(default_factory=list)  # wall seconds of every cached decode forward
+    matches_generate: bool | None = None
     attn_s: list[float] = field(default_factory=list)
     mlp_s: list[float] = field(default_factory=list)
 
@@ -362,44 +375,123 @@ def time_prefill(model, ids, parts: bool = False) -> tuple[float, float, dict[st
     return seconds, cpu, (timer.seconds if timer else None)
 
 
-def time_decode(model, prompt, new_tokens: int, pad_token_id: int) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of a greedy ``generate`` of exactly ``new_tokens`` tokens."""
+def time_generate(model, prompt, new_tokens: int, pad_token_id: int) -> tuple[float, Any]:
+    """(wall seconds, tokens [1, new_tokens]) of ``model.generate``, greedy, exactly ``new_tokens`` tokens."""
     import torch
 
     with torch.inference_mode():
-        c0, t0 = time.process_time(), time.perf_counter()
+        t0 = time.perf_counter()
         out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                              max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad_token_id)
-        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        seconds = time.perf_counter() - t0
     made = int(out.shape[1] - prompt.shape[1])
     if made != new_tokens:
         raise RuntimeError(f"generate made {made} tokens, expected {new_tokens}")
-    return seconds, cpu
+    return seconds, out[:, prompt.shape[1]:]
+
+
+def lockstep_decode(models: list, prompt, new_tokens: int) -> tuple[list[list[float]], list[list[float]], list[Any]]:
+    """Greedy KV-cached decoding of exactly ``new_tokens`` tokens by every model, one forward at a time in turn.
+
+    Forward 0 runs the prompt (``logits_to_keep=1``) and yields token 1; forward ``k`` feeds token ``k``
+    with the cache and yields token ``k + 1`` (what ``generate`` computes, without its Python
+    bookkeeping). The models take their ``k``-th forward one after another (order reversed on
+    odd ``k``), so a burst of load from other jobs hits all of them alike. Returns per-model lists
+    of wall and CPU seconds per forward (argmax included) and the generated tokens [1, new_tokens].
+    """
+    import torch
+
+    n = len(models)
+    # transformers >= 5.2x names the KV cache ``cache`` (argument and output), earlier ``past_key_values``
+    names = ["cache" if "cache" in inspect.signature(m.forward).parameters else "past_key_values" for m in models]
+    wall, cpu = [[] for _ in range(n)], [[] for _ in range(n)]
+    caches, tokens = [None] * n, [[] for _ in range(n)]
+    with torch.inference_mode():
+        for k in range(new_tokens):
+            for i in (range(n) if k % 2 == 0 else reversed(range(n))):
+                c0, t0 = time.process_time(), time.perf_counter()
+                if k == 0:
+                    out = models[i](input_ids=prompt, use_cache=True, logits_to_keep=1)
+                else:
+                    out = models[i](input_ids=tokens[i][-1], use_cache=True, **{names[i]: caches[i]})
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+                wall[i].append(time.perf_counter() - t0)
+                cpu[i].append(time.process_time() - c0)
+                caches[i] = out[names[i]]
+                if caches[i] is None:
+                    raise RuntimeError(f"the model returned no {names[i]!r}: decoding would run without the KV cache")
+                tokens[i].append(nxt)
+                del out
+    return wall, cpu, [torch.cat(t, dim=1) for t in tokens]
 
 
 def measure_group(bench: Bench, members: list[Variant], s: Settings, say: Callable[[str], None] = print) -> list[float]:
-    """Warm up every member, then ``s.repeats`` alternating rounds; returns the load average per round."""
+    """Warm up every member, then ``s.repeats`` rounds (prefills alternating, decodes in lockstep).
+
+    Returns the load average at the start of each round. The warm-up (untimed) runs one prefill and
+    a ``warmup_tokens`` ``generate`` per member and records whether the lockstep loop of the first
+    round reproduced ``generate``'s tokens (``Variant.matches_generate``).
+    """
+    warm = max(1, min(s.warmup_tokens, s.new_tokens))
+    reference = {}
     for v in members:  # untimed warm-up (allocator, first-call costs)
         time_prefill(v.model, bench.prefill_ids)
-        time_decode(v.model, bench.prompt, max(1, min(s.warmup_tokens, s.new_tokens)), bench.pad_token_id)
+        reference[v.id] = time_generate(v.model, bench.prompt, warm, bench.pad_token_id)[1]
     loads = []
-    for rep in range(s.repeats):
-        loads.append(round(os.getloadavg()[0], 2))
-        order = members if rep % 2 == 0 else members[::-1]
-        for v in order:
-            sec, cpu, parts = time_prefill(v.model, bench.prefill_ids, parts=True)
-            v.prefill_s.append(sec)
-            v.prefill_cpu.append(cpu)
-            v.attn_s.append(parts["attn"])
-            v.mlp_s.append(parts["mlp"])
-            sec, cpu = time_decode(v.model, bench.prompt, s.new_tokens, bench.pad_token_id)
-            v.decode_s.append(sec)
-            v.decode_cpu.append(cpu)
-        dense = members[0]
-        say(f"  round {rep + 1}/{s.repeats} (load {loads[-1]}): " + ", ".join(
-            f"{v.id} prefill {dense.prefill_s[-1] / v.prefill_s[-1]:.2f}x decode {dense.decode_s[-1] / v.decode_s[-1]:.2f}x"
-            for v in members[1:]) + f"; dense prefill {dense.prefill_s[-1]:.2f}s decode {dense.decode_s[-1]:.2f}s")
+    rounds = max(s.repeats, s.prefill_repeats)
+    for rep in range(rounds):
+        loads.append({"loadavg_1m": round(os.getloadavg()[0], 2),
+                      "others_busy_cores": others_busy_cores(s.busy_window) if s.busy_window > 0 else None})
+        msg = []
+        if rep < s.prefill_repeats:
+            for v in (members if rep % 2 == 0 else members[::-1]):
+                sec, cpu, parts = time_prefill(v.model, bench.prefill_ids, parts=True)
+                v.prefill_s.append(sec)
+                v.prefill_cpu.append(cpu)
+                v.attn_s.append(parts["attn"])
+                v.mlp_s.append(parts["mlp"])
+            msg.append(f"prefill dense {members[0].prefill_s[-1]:.2f}s, " + ", ".join(
+                f"{v.id} {members[0].prefill_s[-1] / v.prefill_s[-1]:.2f}x" for v in members[1:]))
+        if rep < s.repeats:
+            wall, cpu, tokens = lockstep_decode([v.model for v in members], bench.prompt, s.new_tokens)
+            for v, w, c, tok in zip(members, wall, cpu, tokens):
+                v.decode_s.append(sum(w))
+                v.decode_cpu.append(sum(c))
+                v.decode_steps.extend(w[1:])  # cached single-token forwards (the prompt's forward left out)
+                if rep == 0:
+                    v.matches_generate = bool(torch_equal(tok[:, :warm], reference[v.id]))
+            msg.append(f"decode dense {members[0].decode_s[-1]:.2f}s, " + ", ".join(
+                f"{v.id} {members[0].decode_s[-1] / v.decode_s[-1]:.2f}x" for v in members[1:]))
+        say(f"  round {rep + 1}/{rounds} (load {loads[-1]['loadavg_1m']}, others {loads[-1]['others_busy_cores']} "
+            f"cores): " + "; ".join(msg))
     return loads
+
+
+def others_busy_cores(window: float = 1.0) -> float | None:
+    """Cores busy with other processes: ``/proc/stat`` busy time over ``window`` seconds while this one sleeps."""
+    def sample():
+        with open("/proc/stat", encoding="ascii") as fh:
+            vals = [int(x) for x in fh.readline().split()[1:9]]
+        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
+
+    try:
+        (t0, i0), c0 = sample(), time.process_time()
+        time.sleep(window)
+        (t1, i1), c1 = sample(), time.process_time()
+    except OSError:
+        return None
+    total = t1 - t0
+    if total <= 0:
+        return None
+    ncpu, hz = os.cpu_count() or 1, os.sysconf("SC_CLK_TCK")
+    busy = ncpu * (total - (i1 - i0)) / total - (c1 - c0) * hz * ncpu / total
+    return round(max(busy, 0.0), 2)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and bool(torch.equal(a, b))
 
 
 # -- rows -----------------------------------------------------------------------------------------------
@@ -408,7 +500,7 @@ def row_key(model_id: str, variant_id: str, ratio: float, rounding_group: bool, 
     return f"{model_id}|{'rounding' if rounding_group else 'main'}|{variant_id}|{ratio:g}|{s.signature(model_id)}"
 
 
-def make_row(bench: Bench, dense: Variant, v: Variant, s: Settings, loads: list[float], group: str,
+def make_row(bench: Bench, dense: Variant, v: Variant, s: Settings, loads: list[dict], group: str,
              rounding_group: bool = False) -> dict:
     pre_tok, dec_tok = s.prefill_batch * s.prefill_seqlen, s.new_tokens
     L_pre, L_dec = prefill_ctx(s.prefill_seqlen), decode_ctx(s.prompt_len, s.new_tokens)
@@ -450,6 +542,10 @@ def make_row(bench: Bench, dense: Variant, v: Variant, s: Settings, loads: list[
         "decode_speedup_best": min(dense.decode_s) / min(v.decode_s),
         "prefill_speedup_cpu": md(dense.prefill_cpu) / md(v.prefill_cpu),  # median process CPU seconds
         "decode_speedup_cpu": md(dense.decode_cpu) / md(v.decode_cpu),
+        # median over decode steps of (dense forward k) / (pruned forward k): taken seconds apart at most
+        "decode_speedup_per_step": md([d / p for d, p in zip(dense.decode_steps, v.decode_steps)]),
+        "decode_step_ms": {"dense": 1e3 * md(dense.decode_steps), "pruned": 1e3 * md(v.decode_steps)},
+        "decode_matches_generate": {"dense": dense.matches_generate, "pruned": v.matches_generate},
         "ideal_speedup": ideal,
         "ideal_speedup_decode": ideal_dec,
         "flops_per_token": {"dense": sum(fd.values()), "pruned": sum(fp.values()), "ctx": L_pre,
@@ -468,9 +564,11 @@ def make_row(bench: Bench, dense: Variant, v: Variant, s: Settings, loads: list[
         "prefill_cpu_seconds": {"dense": dense.prefill_cpu, "pruned": v.prefill_cpu},
         "decode_cpu_seconds": {"dense": dense.decode_cpu, "pruned": v.decode_cpu},
         "settings": {"prefill_batch": s.prefill_batch, "prefill_seqlen": s.prefill_seqlen, "prompt_len": s.prompt_len,
-                     "new_tokens": s.new_tokens, "repeats": s.repeats, "warmup_tokens": s.warmup_tokens,
+                     "new_tokens": s.new_tokens, "repeats": s.repeats, "prefill_repeats": s.prefill_repeats,
+                     "warmup_tokens": s.warmup_tokens,
                      "calib_windows": int(bench.calib.shape[0]), "threads": s.threads},
-        "loadavg_rounds": loads,
+        "loadavg_rounds": [x["loadavg_1m"] for x in loads],
+        "others_busy_cores_rounds": [x["others_busy_cores"] for x in loads],
         "run": C.run_info(),
     }
     row["prefill_efficiency"] = row["prefill_speedup"] / ideal
@@ -525,7 +623,7 @@ def plan_groups(model_id: str, s: Settings) -> list[tuple[str, float, list[tuple
     groups = []
     for r in s.ratios:  # a ratio's rounding group right after its main group: one uniform prune kept alive
         groups.append((f"{model_id}@{r:g}", r, [methods[st] for st in s.structures], []))
-        if model_id in s.rounding_models and s.rounding:
+        if model_id in s.rounding_models and s.rounding and any(abs(r - x) < 1e-9 for x in s.rounding_ratios):
             groups.append((f"{model_id}@{r:g}/rounding", r, [methods["uniform"]], list(s.rounding)))
     return groups
 
@@ -555,11 +653,11 @@ def run(s: Settings, out: Path, say: Callable[[str], None] = print) -> C.RowStor
                     say(f"  pruned in {cached.prune_seconds:.1f}s: {kept_summary(layer_shapes(cached.model), layer_shapes(bench.model))}")
                 members.append(Variant(cached.id, cached.model, cached.method, cached.structure, cached.ratio,
                                        cached.compensation, prune_seconds=cached.prune_seconds))
-                if structure == "uniform" and model_id in s.rounding_models and s.rounding:
+                if structure == "uniform" and any(g[0] == f"{group}/rounding" for g in groups):
                     pruned_cache[(method, structure, ratio)] = cached  # the rounding group reuses it
             for k in rounding:
                 members.append(round_channels(members[1], k))
-            say(f"{group}: measuring {[v.id for v in members]}, {s.repeats} rounds")
+            say(f"{group}: measuring {[v.id for v in members]}, {s.prefill_repeats} prefill / {s.repeats} decode rounds")
             loads = measure_group(bench, members, s, say)
             for v in members[1:]:
                 row = make_row(bench, dense, v, s, loads, group, bool(rounding))
@@ -573,8 +671,9 @@ def run(s: Settings, out: Path, say: Callable[[str], None] = print) -> C.RowStor
         if model_id == "stack" and s.gemm:
             rows_now = [r for r in store if r.get("model_id") == "stack" and r.get("kind") in ("pruned", "rounded")
                         and r["key"].endswith(s.signature("stack"))]
-            channels = sorted({STACK["intermediate_size"]} | {lp["channels"] for r in rows_now if r["structure"] == "uniform"
-                                                                for lp in r["kept_per_layer"]}, reverse=True)
+            kept = {lp["channels"] for r in rows_now if r["structure"] == "uniform" for lp in r["kept_per_layer"]}
+            kept |= {c // k * k for c in kept for k in s.rounding}  # the rounded counts of every ratio
+            channels = sorted({STACK["intermediate_size"]} | kept, reverse=True)
             keys = {f"gemm|M{m}|I{n}|h{STACK['hidden_size']}|threads{s.threads}|rep{reps}" for n in channels
                     for m, reps in ((s.prefill_batch * s.prefill_seqlen, s.gemm_repeats), (1, s.gemm_repeats * 10))}
             if keys <= store.keys():
@@ -606,7 +705,8 @@ def settings_from_args(argv=None) -> tuple[Settings, Path]:
     p.add_argument("--models", default=None, help=f"comma-separated from {MODEL_IDS} (default smollm2,stack)")
     p.add_argument("--ratios", default=None, help="comma-separated pruning ratios (default 0.2,0.3)")
     p.add_argument("--structures", default=None, help="uniform and/or al_am (default both)")
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds per group (default 5, quick 3)")
+    p.add_argument("--repeats", type=int, default=None, help="decode rounds per group (default 5, quick 3)")
+    p.add_argument("--prefill-repeats", type=int, default=None, help="prefill rounds per group (default 9, quick 3)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prefill-batch", type=int, default=None)
     p.add_argument("--prefill-seqlen", type=int, default=128)
@@ -620,8 +720,11 @@ def settings_from_args(argv=None) -> tuple[Settings, Path]:
     p.add_argument("--stack-compensation", default="none", help="compensation of the stack's uniform RCPU prune")
     p.add_argument("--rounding", default=None, help="channel multiples for the rounding groups (default 8,64; '' = none)")
     p.add_argument("--rounding-models", default="stack")
+    p.add_argument("--rounding-ratios", default="0.3", help="ratios that get a rounding group")
     p.add_argument("--no-gemm", action="store_true", help="skip the stack's GEMM rows")
     p.add_argument("--gemm-repeats", type=int, default=7)
+    p.add_argument("--busy-window", type=float, default=1.0,
+                   help="seconds to sample the other processes' CPU use before each round (0: skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None)
@@ -632,6 +735,7 @@ def settings_from_args(argv=None) -> tuple[Settings, Path]:
         ratios=_floats(a.ratios) if a.ratios else ((0.3,) if q else (0.2, 0.3)),
         structures=_names(a.structures) if a.structures else (("uniform",) if q else ("uniform", "al_am")),
         repeats=a.repeats if a.repeats is not None else (3 if q else 5),
+        prefill_repeats=a.prefill_repeats if a.prefill_repeats is not None else (3 if q else 9),
         threads=a.threads,
         prefill_batch=a.prefill_batch if a.prefill_batch is not None else (2 if q else 8),
         prefill_seqlen=a.prefill_seqlen,
@@ -645,8 +749,10 @@ def settings_from_args(argv=None) -> tuple[Settings, Path]:
         stack_compensation=a.stack_compensation,
         rounding=_ints(a.rounding) if a.rounding is not None else ((64,) if q else (8, 64)),
         rounding_models=_names(a.rounding_models),
+        rounding_ratios=_floats(a.rounding_ratios),
         gemm=not (a.no_gemm or q),
         gemm_repeats=a.gemm_repeats,
+        busy_window=a.busy_window,
         seed=a.seed,
         data_dir=a.data_dir,
     )
@@ -656,8 +762,8 @@ def settings_from_args(argv=None) -> tuple[Settings, Path]:
     for st in s.structures:
         if st not in ("uniform", "al_am"):
             p.error(f"--structures: {st!r} is not uniform or al_am")
-    if s.repeats < 1:
-        p.error("--repeats must be >= 1")
+    if s.repeats < 1 or s.prefill_repeats < 1:
+        p.error("--repeats and --prefill-repeats must be >= 1")
     if s.rounding and "uniform" not in s.structures:
         s.rounding = ()  # rounding groups round the uniform variant
     out = Path(a.out) if a.out else C.RESULTS_DIR / ("inference_quick.json" if q else "inference.json")
@@ -666,8 +772,8 @@ def settings_from_args(argv=None) -> tuple[Settings, Path]:
 
 def main(argv=None) -> int:
     s, out = settings_from_args(argv)
-    if s.repeats < 5:
-        print(f"note: {s.repeats} repeats; the README's figures use medians of >= 5", file=sys.stderr)
+    if min(s.repeats, s.prefill_repeats) < 5:
+        print(f"note: {s.repeats} / {s.prefill_repeats} repeats; the README's figures use medians of >= 5", file=sys.stderr)
     C.setup_torch(s.threads)
     logging.getLogger("rcpu_lightning").setLevel(logging.WARNING)
     logging.getLogger("transformers").setLevel(logging.ERROR)

@@ -180,15 +180,20 @@ def inference_section(results: Path, readme: Path) -> str:
     st = main[0]["settings"]
     timed = [r for r in rows if r.get("kind") in ("pruned", "rounded")]
     loads = [x for r in timed for x in r.get("loadavg_rounds", [])]
+    others = [x for r in timed for x in r.get("others_busy_cores_rounds", []) if x is not None]
     lines = [f"### Inference speed: dense vs pruned{label}\n",
              f"From `{_rel(path, readme)}`. Prefill: one forward of {st['prefill_batch']} × {st['prefill_seqlen']} "
              f"tokens (logits at every position); decode: greedy `generate` of exactly {st['new_tokens']} tokens "
-             f"after a {st['prompt_len']}-token prompt, batch 1, KV cache. float32 on {st['threads']} threads; "
-             f"median of {st['repeats']} rounds in which dense and pruned models alternate, after an untimed warm-up; "
-             "the dense figures come from the same rounds as the pruned ones. *Speedup* = pruned / dense throughput; "
+             f"after a {st['prompt_len']}-token prompt, batch 1, KV cache, the models of a group taking their k-th "
+             f"forward in turn. float32 on {st['threads']} threads; medians of {st.get('prefill_repeats', st['repeats'])} "
+             f"prefill and {st['repeats']} decode rounds in which dense and pruned models alternate, after an untimed "
+             "warm-up; the dense figures come from the same rounds as the pruned ones. "
+             "*Speedup* = pruned / dense throughput; "
              "*ideal* = dense / pruned matmul FLOPs per token (projections, LM head, attention products at the "
              "measured length; formula in `benchmarks/inference.py`). "
-             f"1-minute load average during the rounds: {min(loads):.1f}–{max(loads):.1f} on 2 cores.\n",
+             f"1-minute load average during the rounds: {min(loads):.1f}–{max(loads):.1f} on 2 cores"
+             + (f"; other processes kept {min(others):.1f}–{max(others):.1f} cores busy (median "
+                f"{C.median(others):.1f}; sampled for 1 s before each round)" if others else "") + ".\n",
              "| model | pruning | ratio | kept per layer (heads, kv heads, MLP channels) | params M | weights MB | "
              "prefill tok/s dense → pruned | prefill speedup | decode tok/s dense → pruned | decode speedup | "
              "ideal | prefill / ideal | decode / ideal |",

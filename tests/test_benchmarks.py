@@ -376,22 +376,29 @@ def test_inference_flops_match_a_hand_count():
     assert inf.layer_shapes(wide)[0]["channels"] == 13  # the source model is untouched
 
 
-def test_inference_decode_makes_exactly_the_requested_tokens():
-    model = make_tiny_llama()
+def test_inference_decode_makes_exactly_the_requested_tokens_as_generate_does():
+    model, other = make_tiny_llama(), make_tiny_llama(num_heads=6, num_kv_heads=2, seed=1)
     prompt = torch.tensor([[1, 2, 3, 4]])
-    with torch.no_grad():
-        first = int(model(prompt).logits[0, -1].argmax())
-    model.generation_config.eos_token_id = first  # greedy decoding would stop after one token
+    # the lockstep loop: one forward per token and model, the same greedy tokens as generate
+    wall, cpu, made = inf.lockstep_decode([model, other], prompt, 6)
+    assert [len(w) for w in wall] == [6, 6] and [len(c) for c in cpu] == [6, 6]
+    for m, tokens in zip((model, other), made):
+        m.generation_config.eos_token_id = None  # (other's greedy choice includes the default EOS, 2)
+        assert torch.equal(tokens, inf.time_generate(m, prompt, 6, pad_token_id=0)[1])
+    assert not torch.equal(made[0], made[1])
+    # an EOS that greedy decoding picks first stops a plain generate; ours still makes exactly 6 tokens
+    model.generation_config.eos_token_id = int(made[0][0, 0])
     plain = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=6,
                            pad_token_id=0)
     assert plain.shape[1] - prompt.shape[1] == 1
-    wall, cpu = inf.time_decode(model, prompt, 6, pad_token_id=0)  # raises unless exactly 6 were made
-    assert wall > 0 and cpu > 0
+    assert inf.time_generate(model, prompt, 6, pad_token_id=0)[1].shape == (1, 6)  # raises unless exactly 6
+    assert inf.lockstep_decode([model], prompt, 6)[2][0].shape == (1, 6)
 
 
 def test_inference_script_end_to_end_on_a_tiny_llama(tmp_path):
     out = tmp_path / "inference.json"
-    argv = ["--models", "tiny", "--ratios", "0.3", "--repeats", "2", "--threads", "1", "--prefill-batch", "2",
+    argv = ["--models", "tiny", "--ratios", "0.3", "--repeats", "2", "--prefill-repeats", "3", "--threads", "1",
+            "--busy-window", "0", "--prefill-batch", "2",
             "--prefill-seqlen", "16", "--prompt-len", "4", "--new-tokens", "5", "--warmup-tokens", "2",
             "--calib-windows", "4", "--rounding-models", "tiny", "--rounding", "8", "--out", str(out)]
     assert inf.main(argv) == 0
@@ -401,7 +408,7 @@ def test_inference_script_end_to_end_on_a_tiny_llama(tmp_path):
         tokens = {"prefill": 2 * 16, "decode": 5}
         for phase in ("prefill", "decode"):
             secs, tps = r[f"{phase}_seconds"], r[f"{phase}_tokens_per_s"]
-            assert len(secs["dense"]) == len(secs["pruned"]) == 2
+            assert len(secs["dense"]) == len(secs["pruned"]) == {"prefill": 3, "decode": 2}[phase]
             for which in ("dense", "pruned"):  # throughput = work / median seconds
                 assert tps[which] == pytest.approx(tokens[phase] / C.median(secs[which]))
             assert r[f"{phase}_speedup"] == pytest.approx(tps["pruned"] / tps["dense"])
@@ -411,7 +418,9 @@ def test_inference_script_end_to_end_on_a_tiny_llama(tmp_path):
         assert r["prefill_efficiency"] == pytest.approx(r["prefill_speedup"] / r["ideal_speedup"])
         assert r["params"]["pruned"] < r["params"]["dense"] and r["weights_mb"]["pruned"] < r["weights_mb"]["dense"]
         assert r["hidden"] == 64 and r["layers"] == 2 and r["run"]["torch_threads"] == 1
-        assert len(r["loadavg_rounds"]) == 2
+        assert len(r["loadavg_rounds"]) == 3 and r["others_busy_cores_rounds"] == [None] * 3
+        assert r["decode_matches_generate"] == {"dense": True, "pruned": True}
+        assert r["decode_step_ms"]["dense"] > 0 and r["decode_speedup_per_step"] > 0
     uni, r8 = rows["main/rcpu_uniform"], rows["rounding/rcpu_uniform_round8"]
     assert uni["kept_per_layer"] == [{"heads": 2, "kv_heads": 2, "channels": 90}] * 2  # 30 % of 4 heads -> 2 (nearest)
     assert [lp["channels"] for lp in r8["kept_per_layer"]] == [88, 88] and r8["round_to"] == 8
