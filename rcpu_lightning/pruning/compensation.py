@@ -1,8 +1,20 @@
 """Error compensation of a pruned module, from the input statistics only (rcpu-method.md).
 
 Notation: ``W`` [d_out, d_in] the dense weight, ``K`` the kept input columns, ``D`` the dropped
-ones, ``G = Σ x xᵀ`` [d_in, d_in]. Target ``Y = W X``, pruned output ``Z = W_K X_K``. All the
-algebra runs in float64; :func:`compensate` casts the result back to the weight's dtype once.
+ones, ``G = Σ x xᵀ`` [d_in, d_in]. Target ``Y = W X``, pruned output ``Z = W_K X_K``.
+:func:`compensate` casts the result back to the weight's dtype once.
+
+Two ways to the same rotation (``PruningConfig.arithmetic``):
+
+* ``float64``: the equations as written, every product and the SVD in float64
+  (:func:`rotation_compensation`, :func:`rotation_scale_compensation`).
+* ``fast`` (:func:`fast_rotation`): the large product ``W G`` in float32; the polar factor of
+  ``M = A Bᵀ`` (``A = W G[:, K]``, ``B = W_K``) in float64 from the eigendecomposition of ``MᵀM``
+  (:func:`polar_factor`: several times cheaper than an SVD on a CPU, with an SVD fallback when
+  ``M`` is ill-conditioned). Where ``|K| < d_out`` (o_proj once heads go) ``M`` has rank ``|K|``:
+  with ``A = Q_A R_A`` and ``B = Q_B R_B`` (thin QR) the rotated weight ``Q W_K = Q_A P R_B`` where
+  ``P`` is the polar factor of the small ``R_A R_Bᵀ`` (:func:`thin_rotation`); the completion of
+  ``Q`` outside the row space of ``W_K`` never touches ``W_K``, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -43,9 +55,60 @@ def rotation_scale_compensation(weight: Tensor, G: Tensor, keep: Tensor) -> Tens
     """Rot.+Scale: ``W_K ← s Q W_K`` with ``s = trace(Σ) / ||Z||_F²``, ``||Z||_F² = trace(W_K G[K,K] W_Kᵀ)``."""
     w_k = weight[:, keep]  # [d_out, |K|]
     U, sigma, Vh = torch.linalg.svd(cross_gram(weight, G, keep).double())
-    z_norm2 = torch.trace(w_k @ G[keep][:, keep] @ w_k.T)
-    scale = sigma.sum() / z_norm2 if z_norm2 > 0 else sigma.new_ones(())
+    z = z_norm2(weight, G, keep)
+    scale = sigma.sum() / z if z > 0 else sigma.new_ones(())
     return scale * (U @ Vh @ w_k)
+
+
+def polar_factor(M: Tensor, rcond: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """Orthogonal polar factor ``Q = U Vᵀ`` of ``M = U Σ Vᵀ`` and the singular values ``Σ``, in float64.
+
+    From ``MᵀM = V Σ² Vᵀ``: ``Q = M V Σ⁻¹ Vᵀ``. Where ``σ_min < rcond · σ_max`` the squared
+    condition number would cost accuracy, so an SVD is used instead. Returns ``(Q [d, d], Σ [d])``.
+    """
+    M = M.double()
+    evals, V = torch.linalg.eigh(M.T @ M)  # ascending
+    sigma = evals.clamp_min(0).sqrt()
+    if sigma[0] < rcond * sigma[-1]:
+        U, S, Vh = torch.linalg.svd(M)
+        return U @ Vh, S
+    return (M @ (V / sigma)) @ V.T, sigma.flip(0)
+
+
+def thin_rotation(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
+    """``Q B`` for the Procrustes rotation ``Q`` of ``M = A Bᵀ`` when ``A``, ``B`` are [d, k] with ``k < d``.
+
+    ``A = Q_A R_A``, ``B = Q_B R_B`` (thin QR); ``M = Q_A (R_A R_Bᵀ) Q_Bᵀ``, so with ``P`` the polar
+    factor of the [k, k] core, ``Q B = Q_A P R_B``. Returns ``(Q B [d, k], Σ [k])`` in float64.
+    """
+    QA, RA = torch.linalg.qr(A.double())
+    QB, RB = torch.linalg.qr(B.double())
+    P, sigma = polar_factor(RA @ RB.T)
+    return QA @ (P @ RB), sigma
+
+
+def fast_rotation(weight: Tensor, G: Tensor, keep: Tensor, rcond32: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """The RCPU rotation of the ``fast`` arithmetic -> ``(Q W_K [d_out, |K|], Σ)`` in float64.
+
+    ``A = W G[:, K]`` is a float32 product when ``M = A Bᵀ`` has full rank and is well conditioned
+    (``σ_min >= rcond32 · σ_max``); otherwise, and always in the rank-deficient case (o_proj once
+    heads go, where ``M`` can have a condition number of 1e8 and a float32 ``A`` costs 1e-3 on the
+    weights), ``A`` is recomputed in float64 — cheap there, since o_proj is square.
+    """
+    B = weight[:, keep].double()  # W_K [d_out, |K|]
+    if B.shape[1] < B.shape[0]:
+        return thin_rotation((weight.double() @ G.double())[:, keep], B)
+    A = (weight.float() @ G.float())[:, keep].double()  # W G[:, K] [d_out, |K|]
+    Q, sigma = polar_factor(A @ B.T)  # M = Y Zᵀ [d_out, d_out]
+    if sigma[-1] < rcond32 * sigma[0]:
+        Q, sigma = polar_factor((weight.double() @ G.double())[:, keep] @ B.T)
+    return Q @ B, sigma
+
+
+def z_norm2(weight: Tensor, G: Tensor, keep: Tensor) -> Tensor:
+    """``||Z||_F² = trace(W_K G[K,K] W_Kᵀ)`` (float64 scalar)."""
+    w_k = weight[:, keep]
+    return torch.sum((w_k @ G[keep][:, keep]) * w_k, dtype=torch.float64)
 
 
 def least_squares_compensation(weight: Tensor, G: Tensor, keep: Tensor, lam: float) -> Tensor:
@@ -75,7 +138,8 @@ class Compensated:
 
 
 # -- the registry: one entry per ``PruningConfig.compensation`` value ------------------------------
-# Each entry maps (W [d_out, d_in] float64, stats, K, D, config) -> Compensated, in float64.
+# Each entry maps (W [d_out, d_in], stats, K, D, config) -> Compensated. W comes in float64 for the
+# float64 arithmetic and in float32 (at least) for the fast one; each entry casts what it needs.
 CompensationFn = Callable[[Tensor, ChannelStats, Tensor, Tensor, "PruningConfig"], Compensated]
 
 
@@ -91,20 +155,26 @@ def _none(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) ->
 
 
 def _rotation(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
-    return Compensated(rotation_compensation(w, stats.G.double(), keep))
+    if config.arithmetic == "float64":
+        return Compensated(rotation_compensation(w.double(), stats.G.double(), keep))
+    return Compensated(fast_rotation(w, stats.G, keep)[0])
 
 
 def _rotation_scale(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
-    return Compensated(rotation_scale_compensation(w, stats.G.double(), keep))
+    if config.arithmetic == "float64":
+        return Compensated(rotation_scale_compensation(w.double(), stats.G.double(), keep))
+    rotated, sigma = fast_rotation(w, stats.G, keep)
+    z = z_norm2(w.float(), stats.G.float(), keep)  # float32 products, float64 sum
+    return Compensated((sigma.sum() / z if z > 0 else 1.0) * rotated)
 
 
 def _least_squares(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
     mean_gram = stats.G.double() / stats.n.double()  # λ independent of the token count
-    return Compensated(least_squares_compensation(w, mean_gram, keep, config.ls_lambda))
+    return Compensated(least_squares_compensation(w.double(), mean_gram, keep, config.ls_lambda))
 
 
 def _bias(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
-    return Compensated(w[:, keep], bias_compensation(w, stats.mean().double(), drop))
+    return Compensated(w[:, keep], bias_compensation(w.double(), stats.mean().double(), drop))
 
 
 COMPENSATIONS: dict[str, Compensator] = {
@@ -129,7 +199,8 @@ def compensate(kind: str, weight: Tensor, stats: ChannelStats, keep: list[int], 
     if stats.diag_only and entry.needs_gram:
         raise ValueError(f"compensation={kind!r} needs the full Gram matrix, got diagonal statistics")
     dev, dtype = weight.device, weight.dtype
-    w = weight.detach().to(device=stats.G.device, dtype=torch.float64)  # [d_out, d_in]
+    work = torch.float64 if config.arithmetic == "float64" else torch.promote_types(dtype, torch.float32)
+    w = weight.detach().to(device=stats.G.device, dtype=work)  # [d_out, d_in]
     k = torch.as_tensor(keep, dtype=torch.long, device=w.device)
     drop_mask = torch.ones(w.shape[1], dtype=torch.bool, device=w.device)
     drop_mask[k] = False

@@ -67,7 +67,7 @@ class PruningConfig:
         arithmetic: ``fast``: each batch's Gram product in float32, summed in float64, and the
             Procrustes rotation from a float64 eigendecomposition (a thin one where the cross matrix
             is rank-deficient); ``float64``: every product and an SVD in float64 (the reference
-            math; slower). The two agree to ~1e-6 relative on the weights.
+            math; slower). The two agree to a few 1e-6 relative on the weights.
     """
 
     method: Method = "rcpu"

@@ -130,13 +130,18 @@ def layer_stats(
 ) -> dict[str, ChannelStats]:
     """Reduced input statistics of ``modules`` while ``layer`` runs on ``batches`` (outputs dropped)."""
     dtype = getattr(torch, config.stats_dtype)
-    with collect_input_stats(modules, dtype, diag_only) as local:
+    with collect_input_stats(modules, dtype, diag_only, product_dtype(config)) as local:
         run_layer(layer, batches, config.offload_inputs, replace=False)
     names = list(local)
     stats = dict(zip(names, reduce_stats([local[n] for n in names], reduce)))
     for name, s in stats.items():
         check_stats(s, f"layer {layer_idx} {name} {where}".rstrip())
     return stats
+
+
+def product_dtype(config: PruningConfig) -> torch.dtype | None:
+    """Per-batch product dtype of the statistics: float32 in ``fast`` arithmetic, else the accumulator's."""
+    return torch.float32 if config.arithmetic == "fast" else None
 
 
 def check_stats(stats: ChannelStats, where: str) -> None:

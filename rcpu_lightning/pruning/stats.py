@@ -54,15 +54,19 @@ class ChannelStats:
     def diag_only(self) -> bool:
         return self.G.dim() == 1
 
-    def update(self, x: Tensor) -> None:
-        """Add the tokens of ``x`` [..., d] (any leading shape) to the sums."""
+    def update(self, x: Tensor, product_dtype: torch.dtype | None = None) -> None:
+        """Add the tokens of ``x`` [..., d] (any leading shape) to the sums.
+
+        ``product_dtype`` (e.g. float32): compute this batch's sums and Gram product in that dtype and
+        add them to the accumulators (their dtype) once; default: the accumulators' dtype throughout.
+        """
         if x.shape[-1] != self.dim:
             raise ValueError(f"x has {x.shape[-1]} features, these statistics have {self.dim}")
-        x = x.detach().reshape(-1, self.dim).to(device=self.s1.device, dtype=self.s1.dtype)  # [N, d]
+        x = x.detach().reshape(-1, self.dim).to(device=self.s1.device, dtype=product_dtype or self.s1.dtype)  # [N, d]
         self.n += x.shape[0]
         self.s1 += x.sum(0)
         self.sabs += x.abs().sum(0)
-        self.G += (x * x).sum(0) if self.diag_only else x.T @ x
+        self.G += (x * x).sum(0) if self.diag_only else x.T @ x  # [d, d] in the product dtype, summed in G's
 
     def merge(self, other: "ChannelStats") -> "ChannelStats":
         """Sum of two statistics (new object)."""
@@ -135,6 +139,7 @@ def collect_input_stats(
     modules: dict[str, nn.Module],
     dtype: torch.dtype = torch.float64,
     diag_only: bool = False,
+    product_dtype: torch.dtype | None = None,
 ) -> Iterator[dict[str, ChannelStats]]:
     """Forward hooks accumulating each module's input statistics while the context is open.
 
@@ -148,7 +153,7 @@ def collect_input_stats(
     def make_hook(name: str):
         def hook(module, args, kwargs):
             x = args[0] if args else kwargs["input"]
-            stats[name].update(x)
+            stats[name].update(x, product_dtype)
 
         return hook
 
