@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,13 @@ def _dense_config(config, plan: PruningPlan):
             setattr(config, key, value)
 
 
+def checkpoint_config(config, plan: PruningPlan):
+    """The config values a saved checkpoint gets: the pruned ones when plain ``from_pretrained`` can
+    reload them (:func:`plain_loadable`), else the dense ones (plain loading then fails loudly on the
+    size mismatch, and :func:`load_pruned` rebuilds the shapes from the plan). A context manager."""
+    return nullcontext() if plain_loadable(plan, config) else _dense_config(config, plan)
+
+
 def save_pruned(model: nn.Module, plan: PruningPlan, path: str | os.PathLike, overwrite: bool = False,
                 **save_kwargs: Any) -> Path:
     """Write ``model`` (pruned by ``plan``) as an HF checkpoint plus ``pruning_plan.json`` at ``path``.
@@ -76,11 +83,8 @@ def save_pruned(model: nn.Module, plan: PruningPlan, path: str | os.PathLike, ov
     as a whole). ``save_kwargs`` go to ``save_pretrained``. Returns the path.
     """
     with atomic_dir(path, overwrite, "save_pruned path") as staged:
-        if plain_loadable(plan, model.config):
+        with checkpoint_config(model.config, plan):
             model.save_pretrained(staged, **save_kwargs)
-        else:
-            with _dense_config(model.config, plan):
-                model.save_pretrained(staged, **save_kwargs)
         write_json_atomic(staged / PLAN_FILE, plan.to_dict(), indent=1)
     return Path(path)
 

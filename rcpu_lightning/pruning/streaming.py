@@ -1,0 +1,246 @@
+"""Out-of-core pruning: a checkpoint larger than memory, one decoder layer at a time, disk to disk.
+
+:func:`prune_checkpoint` reads a Hugging Face checkpoint folder (safetensors, sharded or not) and
+writes the pruned checkpoint to another folder, holding at most one decoder layer (its dense and
+pruned weights during the surgery) plus the calibration activations and statistics:
+
+1. a *skeleton* of the model is built on the ``meta`` device (no weight allocated); only the token
+   embeddings and the rotary embedding are materialised, to capture what enters decoder layer 0;
+2. for each layer: its tensors are read from the shards onto the execution device
+   (:class:`SafetensorsLayers`), the engine prunes it exactly as in memory (same code,
+   :func:`~rcpu_lightning.pruning.prune_model`), the pruned layer is written to its own shard of the
+   new checkpoint and dropped back to ``meta`` before the next layer is read;
+3. the other tensors (embeddings, final norm, LM head) are copied one by one, then the index, the
+   config, ``pruning_plan.json`` and the tokenizer files.
+
+Everything is written into a hidden staging folder renamed into place at the end
+(:func:`rcpu_lightning.files.atomic_dir`): a crash leaves no half checkpoint under the target name.
+Distributed callers run it on every process with their share of the calibration batches and a
+``reduce``; only the process with ``write=True`` writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from ..files import atomic_dir, check_output_path
+from ..models.adapter import check_supported, decoder_layers
+from .config import PruningConfig
+from .engine import PruningReport, prune_model
+from .inputs import capture_layer_inputs
+from .io import PLAN_FILE, checkpoint_config
+from .progress import ProgressFn
+from .stats import Reduce
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CheckpointSource", "SafetensorsLayers", "ShardWriter", "build_skeleton", "prune_checkpoint"]
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+#: Files of a checkpoint folder that are rewritten, not copied, by :func:`prune_checkpoint`.
+_REWRITTEN = (INDEX_FILE, "config.json", PLAN_FILE)
+
+
+class CheckpointSource:
+    """A Hugging Face checkpoint folder read tensor by tensor (safetensors only)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        from transformers import AutoConfig
+
+        self.path = Path(path).expanduser()
+        if not (self.path / "config.json").is_file():
+            raise FileNotFoundError(f"{str(self.path)!r} is not a Hugging Face checkpoint folder (no config.json)")
+        if (self.path / PLAN_FILE).is_file():
+            raise ValueError(f"{str(self.path)!r} holds a pruned model ({PLAN_FILE}); prune the dense checkpoint")
+        self.config = AutoConfig.from_pretrained(self.path)
+        check_supported(self.config)
+        self.files = self._weight_map()
+
+    def _weight_map(self) -> dict[str, Path]:
+        """tensor name -> the shard that holds it."""
+        if (self.path / INDEX_FILE).is_file():
+            weight_map = json.loads((self.path / INDEX_FILE).read_text())["weight_map"]
+            return {name: self.path / file for name, file in weight_map.items()}
+        if (self.path / SINGLE_FILE).is_file():
+            with safe_open(self.path / SINGLE_FILE, framework="pt") as fh:
+                return {name: self.path / SINGLE_FILE for name in fh.keys()}
+        raise FileNotFoundError(
+            f"{str(self.path)!r} has no safetensors weights ({SINGLE_FILE} or {INDEX_FILE}); out-of-core pruning "
+            "reads safetensors only: re-save the model with save_pretrained(..., safe_serialization=True)")
+
+    def tensors(self, names: Iterable[str], device: torch.device, dtype: torch.dtype | None) -> dict[str, Tensor]:
+        """The named tensors, read shard by shard onto ``device`` (cast to ``dtype`` if given)."""
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            if name not in self.files:
+                raise KeyError(f"tensor {name!r} is not in the checkpoint {str(self.path)!r}")
+            by_file.setdefault(self.files[name], []).append(name)
+        out = {}
+        for file, wanted in by_file.items():
+            with safe_open(file, framework="pt", device=str(device)) as fh:
+                for name in wanted:
+                    t = fh.get_tensor(name)
+                    out[name] = t if dtype is None or not t.is_floating_point() else t.to(dtype)
+        return out
+
+    def layer_prefix(self, index: int) -> str:
+        return f"model.layers.{index}."
+
+    def other_names(self) -> list[str]:
+        """Tensors that belong to no decoder layer (embeddings, final norm, LM head), in file order."""
+        return [n for n in self.files if not n.startswith("model.layers.")]
+
+    def side_files(self) -> list[Path]:
+        """Files copied unchanged into the pruned checkpoint (tokenizer, generation config, ...)."""
+        weights = set(self.files.values())
+        return sorted(p for p in self.path.iterdir()
+                      if p.is_file() and p not in weights and p.name not in _REWRITTEN and not p.name.startswith("."))
+
+
+def build_skeleton(source: CheckpointSource, dtype: torch.dtype) -> nn.Module:
+    """The model on the ``meta`` device, with its token and rotary embeddings materialised on CPU (what a
+    forward needs to reach decoder layer 0); decoder layers, final norm and LM head hold no memory."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(source.config, dtype=dtype)
+    emb = model.get_input_embeddings()
+    name = next(n for n, m in model.named_modules() if m is emb) + ".weight"
+    weight = source.tensors([name], torch.device("cpu"), dtype)[name]
+    emb.weight = nn.Parameter(weight, requires_grad=False)
+    rotary = getattr(model.model, "rotary_emb", None)
+    if rotary is not None:  # buffers computed at construction: build it again, on CPU
+        model.model.rotary_emb = type(rotary)(config=model.config)
+    return model.eval()
+
+
+class ShardWriter:
+    """Writes a checkpoint as one safetensors shard per decoder layer, plus one per other tensor."""
+
+    def __init__(self, folder: Path, source: CheckpointSource) -> None:
+        self.folder = folder
+        self.layers = int(source.config.num_hidden_layers)
+        self.total = self.layers + len(source.other_names())
+        self.weight_map: dict[str, str] = {}
+        self.size = 0
+        self._next = 1
+
+    def write(self, tensors: dict[str, Tensor]) -> None:
+        file = f"model-{self._next:05d}-of-{self.total:05d}.safetensors"
+        self._next += 1
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        save_file(tensors, str(self.folder / file), metadata={"format": "pt"})
+        self.weight_map.update(dict.fromkeys(tensors, file))
+        self.size += sum(t.numel() * t.element_size() for t in tensors.values())
+
+    def write_layer(self, index: int, layer: nn.Module) -> None:
+        self.write({f"model.layers.{index}.{k}": v for k, v in layer.state_dict().items()})
+
+    def finish(self) -> None:
+        if self._next != self.total + 1:
+            raise RuntimeError(f"wrote {self._next - 1} of {self.total} shards")
+        index = {"metadata": {"total_size": self.size}, "weight_map": dict(sorted(self.weight_map.items()))}
+        (self.folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+
+class SafetensorsLayers:
+    """A :class:`~rcpu_lightning.pruning.layer_store.LayerStore` reading layers from a checkpoint and
+    writing the pruned ones to a :class:`ShardWriter` (or nowhere, on processes that do not write)."""
+
+    def __init__(self, source: CheckpointSource, writer: ShardWriter | None, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.source, self.writer, self.device, self.dtype = source, writer, device, dtype
+
+    def load(self, index: int, layer: nn.Module) -> None:
+        prefix = self.source.layer_prefix(index)
+        names = [prefix + k for k in layer.state_dict()]
+        tensors = self.source.tensors(names, self.device, self.dtype)
+        layer.to_empty(device=self.device)
+        with torch.no_grad():
+            for key, value in layer.state_dict(keep_vars=True).items():
+                value.copy_(tensors.pop(prefix + key))
+
+    def unload(self, index: int, layer: nn.Module) -> None:
+        layer.to("meta")
+
+    def save(self, index: int, layer: nn.Module) -> None:
+        if self.writer is not None:
+            self.writer.write_layer(index, layer)
+        layer.to("meta")
+
+
+def prune_checkpoint(
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    config: PruningConfig,
+    batches: Iterable[Any],
+    reduce: Reduce | None = None,
+    progress: bool | ProgressFn | None = True,
+    overwrite: bool = False,
+    calibration: dict[str, Any] | None = None,
+    dtype: torch.dtype | str | None = None,
+    write: bool = True,
+) -> PruningReport:
+    """Prune the checkpoint folder ``source`` into ``target`` without ever holding the whole model.
+
+    ``batches``: this process's calibration batches (``input_ids`` [B, T] or dicts, as for
+    :func:`~rcpu_lightning.pruning.capture_layer_inputs`). Layers run on ``config.execution_device``
+    (default CPU) in ``dtype`` (default: the checkpoint's). ``target`` must not exist or be empty
+    unless ``overwrite``. ``write=False`` (the other processes of a distributed run) writes nothing.
+    Returns the engine's report; the pruned model is only on disk (``load_pruned(target)``).
+    """
+    src = CheckpointSource(source)
+    dtype = _dtype(dtype, src.config)
+    if write:
+        check_output_path(target, overwrite, "target", "overwrite=True")
+    model = build_skeleton(src, dtype)
+    inputs = capture_layer_inputs(model, batches, offload=config.offload_inputs)
+    device = torch.device(config.execution_device or "cpu")
+    with atomic_dir(target, overwrite, "target", "overwrite=True") if write else nullcontext() as staged:
+        writer = ShardWriter(staged, src) if write else None
+        store = SafetensorsLayers(src, writer, device, dtype)
+        report = prune_model(model, inputs, config, reduce=reduce, progress=progress, release_inputs=True,
+                             calibration=calibration, store=store)
+        if writer is not None:
+            _finish(src, writer, model, report, dtype)
+    return report
+
+
+def _finish(src: CheckpointSource, writer: ShardWriter, model: nn.Module, report: PruningReport,
+            dtype: torch.dtype) -> None:
+    for name in src.other_names():  # one tensor at a time: the LM head of a 70B model is ~2 GB
+        writer.write(src.tensors([name], torch.device("cpu"), dtype))
+    writer.finish()
+    model.config.dtype = dtype
+    with checkpoint_config(model.config, report.plan):
+        model.config.save_pretrained(writer.folder)
+    (writer.folder / PLAN_FILE).write_text(json.dumps(report.plan.to_dict(), indent=1))
+    for file in src.side_files():
+        shutil.copy2(file, writer.folder / file.name)
+    log.info("pruned checkpoint written: %d shards, %.1f MB", writer.total, writer.size / 2**20)
+
+
+def _dtype(dtype: torch.dtype | str | None, config) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = dtype or getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    if isinstance(name, torch.dtype):
+        return name
+    return getattr(torch, str(name).replace("torch.", ""))
+
+
+def count_resident_layers(model: nn.Module) -> int:
+    """Decoder layers whose weights are materialised (not on ``meta``): what out-of-core pruning bounds."""
+    return sum(any(p.device.type != "meta" for p in layer.parameters()) for layer in decoder_layers(model))

@@ -1,0 +1,142 @@
+"""Out-of-core pruning (prune_checkpoint): disk to disk, one decoder layer at a time, equal to in-memory."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+from conftest import make_tiny_llama
+from rcpu_lightning.pruning import PruningConfig, capture_layer_inputs, load_pruned, prune_model
+from rcpu_lightning.pruning import streaming
+from rcpu_lightning.pruning.streaming import count_resident_layers, prune_checkpoint
+
+GQA = dict(num_heads=6, num_kv_heads=2)
+SCRIPT = Path(__file__).parent / "scripts" / "stream_prune_dist.py"
+
+
+def _batches(seed: int = 1) -> list[torch.Tensor]:
+    return list(torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(seed)).split(2))
+
+
+def _checkpoint(folder: Path, shard: str | None = "30KB", num_layers: int = 3, **shape) -> Path:
+    model = make_tiny_llama(num_layers=num_layers, **(shape or GQA))
+    model.save_pretrained(folder, **({"max_shard_size": shard} if shard else {}))
+    return folder
+
+
+def _in_memory(folder: Path, config: PruningConfig):
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    report = prune_model(model, capture_layer_inputs(model, _batches()), config, progress=False, release_inputs=True)
+    return model, report
+
+
+@pytest.mark.parametrize("shard", ["30KB", None], ids=["sharded", "single-file"])
+@pytest.mark.parametrize("config", [
+    PruningConfig(ratio=0.34, head_rounding="nearest"),
+    PruningConfig(method="flap", structure="al_am", ratio=0.3),  # per-layer shapes, added biases
+    PruningConfig(ratio=0.5, compensation="rotation_scale", gqa_mode="whole_group"),
+], ids=["rcpu-uniform", "flap-al-am", "rot-scale-whole-group"])
+def test_streamed_prune_equals_in_memory_prune(tmp_path, shard, config):
+    source = _checkpoint(tmp_path / "dense", shard)
+    assert shard is None or len(list(source.glob("*.safetensors"))) > 1
+    expected, report = _in_memory(source, config)
+    streamed = prune_checkpoint(source, tmp_path / "pruned", config, _batches(), progress=False)
+    assert streamed.plan.layers == report.plan.layers
+    loaded = load_pruned(tmp_path / "pruned")
+    assert loaded.state_dict().keys() == expected.state_dict().keys()
+    for name, value in expected.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value, atol=1e-6, rtol=0, msg=name)
+    ids = _batches(5)[0]
+    with torch.no_grad():
+        assert (loaded(ids).logits - expected(ids).logits).abs().max() < 1e-4
+    index = json.loads((tmp_path / "pruned" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) == 3 + 3  # one shard per layer + embeddings, norm, LM head
+    if report.plan.uniform_values() is not None:  # uniform: a plain checkpoint
+        plain = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
+        with torch.no_grad():
+            assert (plain(ids).logits - expected(ids).logits).abs().max() < 1e-4
+
+
+def test_at_most_one_decoder_layer_is_materialised_at_any_moment(tmp_path, monkeypatch):
+    source = _checkpoint(tmp_path / "dense", num_layers=4)
+    seen, skeletons = [], []
+    build, load = streaming.build_skeleton, streaming.SafetensorsLayers.load
+
+    def build_and_keep(*args, **kwargs):
+        skeletons.append(build(*args, **kwargs))
+        return skeletons[-1]
+
+    def load_and_count(self, index, layer):
+        load(self, index, layer)
+        seen.append(count_resident_layers(skeletons[0]))
+
+    monkeypatch.setattr(streaming, "build_skeleton", build_and_keep)
+    monkeypatch.setattr(streaming.SafetensorsLayers, "load", load_and_count)
+    prune_checkpoint(source, tmp_path / "pruned", PruningConfig(method="flap", structure="al_am", ratio=0.3),
+                     _batches(), progress=False)
+    assert seen == [1] * 8  # AL-AM: a dense pass, then the pruning pass; never two layers
+    assert count_resident_layers(skeletons[0]) == 0
+
+
+def test_an_interrupted_run_leaves_no_half_checkpoint(tmp_path, monkeypatch):
+    source = _checkpoint(tmp_path / "dense")
+    write = streaming.ShardWriter.write_layer
+
+    def crash_on_layer_1(self, index, layer):
+        if index == 1:
+            raise KeyboardInterrupt
+        write(self, index, layer)
+
+    monkeypatch.setattr(streaming.ShardWriter, "write_layer", crash_on_layer_1)
+    with pytest.raises(KeyboardInterrupt):
+        prune_checkpoint(source, tmp_path / "pruned", PruningConfig(ratio=0.34), _batches(), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dense"]  # neither target nor staging folder
+
+
+def test_an_existing_target_is_refused_before_any_work(tmp_path, monkeypatch):
+    source = _checkpoint(tmp_path / "dense")
+    (tmp_path / "pruned").mkdir()
+    (tmp_path / "pruned" / "keep.txt").write_text("mine")
+    monkeypatch.setattr(streaming, "build_skeleton", lambda *a: pytest.fail("work started"))
+    with pytest.raises(FileExistsError, match="already exists"):
+        prune_checkpoint(source, tmp_path / "pruned", PruningConfig(), _batches(), progress=False)
+    assert (tmp_path / "pruned" / "keep.txt").read_text() == "mine"
+
+
+def test_clear_errors_for_folders_that_cannot_be_streamed(tmp_path):
+    bins = tmp_path / "bins"  # an old-style pytorch_model.bin checkpoint
+    model = make_tiny_llama()
+    model.config.save_pretrained(bins)
+    torch.save(model.state_dict(), bins / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match="no safetensors weights"):
+        prune_checkpoint(bins, tmp_path / "a", PruningConfig(), _batches(), progress=False)
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64)).save_pretrained(gpt2)
+    with pytest.raises(ValueError, match=r"unsupported architecture GPT2LMHeadModel.*'llama', 'mistral', 'qwen2'"):
+        prune_checkpoint(gpt2, tmp_path / "b", PruningConfig(), _batches(), progress=False)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        prune_checkpoint(tmp_path / "nothing", tmp_path / "c", PruningConfig(), _batches(), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bins", "gpt2"]
+
+
+def test_two_gloo_processes_stream_the_same_checkpoint_as_one(tmp_path):
+    source = _checkpoint(tmp_path / "dense")
+    config = PruningConfig(ratio=0.34, head_rounding="nearest")
+    prune_checkpoint(source, tmp_path / "one", config, _batches(), progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                                                  str(Path(__file__).parent)])}
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(source), str(tmp_path / "two")], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = load_pruned(tmp_path / "one"), load_pruned(tmp_path / "two")
+    for name, value in one.state_dict().items():
+        torch.testing.assert_close(two.state_dict()[name], value, atol=1e-5, rtol=1e-5, msg=name)
+    assert json.loads((tmp_path / "two" / "pruning_plan.json").read_text())["calibration"]["tokens"] == 8 * 16
