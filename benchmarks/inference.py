@@ -40,7 +40,9 @@ because other jobs share the machine: ``*_speedup_per_round`` (median of the per
 ``*_speedup_best`` (fastest run of each), ``*_speedup_cpu`` (median process CPU seconds, all
 threads) and ``decode_speedup_per_step`` (median over the cached decode forwards of dense /
 pruned seconds of the same step). The 1-minute load average is recorded at the start of every
-round.
+round, and for every round's prefills and decode the cores taken from this virtual machine by the
+hypervisor (``steal`` in ``/proc/stat``: our threads runnable but not running) and by other
+processes (``cpu_share_rounds``).
 
 Ideal speedup. The matmul FLOPs per token at a mean context of ``L`` keys::
 
@@ -129,7 +131,6 @@ class Settings:
     rounding_ratios: tuple[float, ...] = (0.3,)
     gemm: bool = True
     gemm_repeats: int = 7
-    busy_window: float = 1.0  # seconds of /proc/stat sampling before each round (0: none)
     seed: int = 0
     data_dir: str | None = None
 
@@ -440,20 +441,23 @@ def measure_group(bench: Bench, members: list[Variant], s: Settings, say: Callab
     loads = []
     rounds = max(s.repeats, s.prefill_repeats)
     for rep in range(rounds):
-        loads.append({"loadavg_1m": round(os.getloadavg()[0], 2),
-                      "others_busy_cores": others_busy_cores(s.busy_window) if s.busy_window > 0 else None})
+        loads.append({"loadavg_1m": round(os.getloadavg()[0], 2)})
         msg = []
         if rep < s.prefill_repeats:
-            for v in (members if rep % 2 == 0 else members[::-1]):
-                sec, cpu, parts = time_prefill(v.model, bench.prefill_ids, parts=True)
-                v.prefill_s.append(sec)
-                v.prefill_cpu.append(cpu)
-                v.attn_s.append(parts["attn"])
-                v.mlp_s.append(parts["mlp"])
+            with CpuShare() as share:
+                for v in (members if rep % 2 == 0 else members[::-1]):
+                    sec, cpu, parts = time_prefill(v.model, bench.prefill_ids, parts=True)
+                    v.prefill_s.append(sec)
+                    v.prefill_cpu.append(cpu)
+                    v.attn_s.append(parts["attn"])
+                    v.mlp_s.append(parts["mlp"])
+            loads[-1]["prefill"] = share.result
             msg.append(f"prefill dense {members[0].prefill_s[-1]:.2f}s, " + ", ".join(
                 f"{v.id} {members[0].prefill_s[-1] / v.prefill_s[-1]:.2f}x" for v in members[1:]))
         if rep < s.repeats:
-            wall, cpu, tokens = lockstep_decode([v.model for v in members], bench.prompt, s.new_tokens)
+            with CpuShare() as share:
+                wall, cpu, tokens = lockstep_decode([v.model for v in members], bench.prompt, s.new_tokens)
+            loads[-1]["decode"] = share.result
             for v, w, c, tok in zip(members, wall, cpu, tokens):
                 v.decode_s.append(sum(w))
                 v.decode_cpu.append(sum(c))
@@ -462,30 +466,43 @@ def measure_group(bench: Bench, members: list[Variant], s: Settings, say: Callab
                     v.matches_generate = bool(torch_equal(tok[:, :warm], reference[v.id]))
             msg.append(f"decode dense {members[0].decode_s[-1]:.2f}s, " + ", ".join(
                 f"{v.id} {members[0].decode_s[-1] / v.decode_s[-1]:.2f}x" for v in members[1:]))
-        say(f"  round {rep + 1}/{rounds} (load {loads[-1]['loadavg_1m']}, others {loads[-1]['others_busy_cores']} "
-            f"cores): " + "; ".join(msg))
+        say(f"  round {rep + 1}/{rounds} (load {loads[-1]['loadavg_1m']}; cores stolen / other processes: "
+            + ", ".join(f"{k} {x['steal_cores']} / {x['others_cores']}" for k in ("prefill", "decode")
+                        if (x := loads[-1].get(k))) + "): " + "; ".join(msg))
     return loads
 
 
-def others_busy_cores(window: float = 1.0) -> float | None:
-    """Cores busy with other processes: ``/proc/stat`` busy time over ``window`` seconds while this one sleeps."""
-    def sample():
+def _proc_stat() -> tuple[int, int, int] | None:
+    """(total, idle + iowait, steal) jiffies of all CPUs, from ``/proc/stat``."""
+    try:
         with open("/proc/stat", encoding="ascii") as fh:
             vals = [int(x) for x in fh.readline().split()[1:9]]
-        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
+    except (OSError, ValueError):
+        return None
+    return sum(vals), vals[3] + vals[4], vals[7]
 
-    try:
-        (t0, i0), c0 = sample(), time.process_time()
-        time.sleep(window)
-        (t1, i1), c1 = sample(), time.process_time()
-    except OSError:
-        return None
-    total = t1 - t0
-    if total <= 0:
-        return None
-    ncpu, hz = os.cpu_count() or 1, os.sysconf("SC_CLK_TCK")
-    busy = ncpu * (total - (i1 - i0)) / total - (c1 - c0) * hz * ncpu / total
-    return round(max(busy, 0.0), 2)
+
+class CpuShare:
+    """Where the machine's CPU time went while the block ran, in cores (``/proc/stat`` deltas).
+
+    ``steal``: taken by the hypervisor for other virtual machines (our threads runnable but not
+    running); ``others``: other processes of this machine (busy time less steal less our own CPU).
+    """
+
+    def __enter__(self) -> "CpuShare":
+        self.a, self.c = _proc_stat(), time.process_time()
+        self.result: dict[str, float] | None = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        b, c = _proc_stat(), time.process_time()
+        if self.a is None or b is None or b[0] <= self.a[0]:
+            return
+        total, idle, steal = (y - x for x, y in zip(self.a, b))
+        ncpu, hz = os.cpu_count() or 1, os.sysconf("SC_CLK_TCK")
+        ours = (c - self.c) * hz
+        self.result = {"steal_cores": round(ncpu * steal / total, 2),
+                       "others_cores": round(max(ncpu * (total - idle - steal - ours) / total, 0.0), 2)}
 
 
 def torch_equal(a, b) -> bool:
@@ -568,7 +585,8 @@ def make_row(bench: Bench, dense: Variant, v: Variant, s: Settings, loads: list[
                      "warmup_tokens": s.warmup_tokens,
                      "calib_windows": int(bench.calib.shape[0]), "threads": s.threads},
         "loadavg_rounds": [x["loadavg_1m"] for x in loads],
-        "others_busy_cores_rounds": [x["others_busy_cores"] for x in loads],
+        # per round and phase: cores taken by the hypervisor (steal) and by other processes while timing
+        "cpu_share_rounds": [{k: x.get(k) for k in ("prefill", "decode")} for x in loads],
         "run": C.run_info(),
     }
     row["prefill_efficiency"] = row["prefill_speedup"] / ideal
@@ -723,8 +741,6 @@ def settings_from_args(argv=None) -> tuple[Settings, Path]:
     p.add_argument("--rounding-ratios", default="0.3", help="ratios that get a rounding group")
     p.add_argument("--no-gemm", action="store_true", help="skip the stack's GEMM rows")
     p.add_argument("--gemm-repeats", type=int, default=7)
-    p.add_argument("--busy-window", type=float, default=1.0,
-                   help="seconds to sample the other processes' CPU use before each round (0: skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None)
@@ -752,7 +768,6 @@ def settings_from_args(argv=None) -> tuple[Settings, Path]:
         rounding_ratios=_floats(a.rounding_ratios),
         gemm=not (a.no_gemm or q),
         gemm_repeats=a.gemm_repeats,
-        busy_window=a.busy_window,
         seed=a.seed,
         data_dir=a.data_dir,
     )

@@ -180,7 +180,8 @@ def inference_section(results: Path, readme: Path) -> str:
     st = main[0]["settings"]
     timed = [r for r in rows if r.get("kind") in ("pruned", "rounded")]
     loads = [x for r in timed for x in r.get("loadavg_rounds", [])]
-    others = [x for r in timed for x in r.get("others_busy_cores_rounds", []) if x is not None]
+    shares = [x[k] for r in timed for x in r.get("cpu_share_rounds", []) for k in ("prefill", "decode") if x.get(k)]
+    steal, others = [x["steal_cores"] for x in shares], [x["others_cores"] for x in shares]
     lines = [f"### Inference speed: dense vs pruned{label}\n",
              f"From `{_rel(path, readme)}`. Prefill: one forward of {st['prefill_batch']} × {st['prefill_seqlen']} "
              f"tokens (logits at every position); decode: greedy `generate` of exactly {st['new_tokens']} tokens "
@@ -192,8 +193,9 @@ def inference_section(results: Path, readme: Path) -> str:
              "*ideal* = dense / pruned matmul FLOPs per token (projections, LM head, attention products at the "
              "measured length; formula in `benchmarks/inference.py`). "
              f"1-minute load average during the rounds: {min(loads):.1f}–{max(loads):.1f} on 2 cores"
-             + (f"; other processes kept {min(others):.1f}–{max(others):.1f} cores busy (median "
-                f"{C.median(others):.1f}; sampled for 1 s before each round)" if others else "") + ".\n",
+             + (f"; while timing, the hypervisor took {min(steal):.1f}–{max(steal):.1f} of the 2 cores (steal, median "
+                f"{C.median(steal):.1f}) and other processes {min(others):.1f}–{max(others):.1f} (median "
+                f"{C.median(others):.1f})" if shares else "") + ".\n",
              "| model | pruning | ratio | kept per layer (heads, kv heads, MLP channels) | params M | weights MB | "
              "prefill tok/s dense → pruned | prefill speedup | decode tok/s dense → pruned | decode speedup | "
              "ideal | prefill / ideal | decode / ideal |",
@@ -209,14 +211,23 @@ def inference_section(results: Path, readme: Path) -> str:
     lines += inference_target(main)
     lines += ["\n#### The same comparison by other estimators\n",
               "Medians of the wall times (as above), the median of the per-round ratios, the fastest run of each "
-              "model, and process CPU seconds (all threads; less sensitive to the other jobs on the machine).\n",
+              "model, process CPU seconds (all threads), and for decode the median over the cached steps of the "
+              "dense / pruned seconds of the same step (taken a fraction of a second apart). *Cores stolen*: CPU "
+              "time the hypervisor gave to other virtual machines while the round ran (`steal` in `/proc/stat`), "
+              "in cores of 2.\n",
               "| model | pruning | ratio | prefill: median / per round / fastest / CPU | "
-              "decode: median / per round / fastest / CPU | ideal (decode) |",
-              "|---|---|---|---|---|---|"]
+              "decode: median / per round / fastest / CPU / per step | ideal (decode) | decode ms per step dense → pruned | "
+              "cores stolen, prefill / decode (median) |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in main:
-        est = lambda k: " / ".join(f"{r[f'{k}_speedup{s}']:.2f}" for s in ("", "_per_round", "_best", "_cpu"))  # noqa: E731
+        est = lambda k, extra=(): " / ".join(f"{r[f'{k}_speedup{s}']:.2f}"  # noqa: E731
+                                             for s in ("", "_per_round", "_best", "_cpu") + extra)
+        stolen = [C.fmt(C.median(v) if v else None, ".2f") for v in (
+            [x[k]["steal_cores"] for x in r.get("cpu_share_rounds", []) if x.get(k)] for k in ("prefill", "decode"))]
         lines.append(f"| {_inf_model(r)} | {_PRUNING.get((r['method'], r['structure']), r['method'])} | "
-                     f"{r['ratio']:.0%} | {est('prefill')} | {est('decode')} | {r['ideal_speedup_decode']:.2f}× |")
+                     f"{r['ratio']:.0%} | {est('prefill')} | {est('decode', ('_per_step',))} | "
+                     f"{r['ideal_speedup_decode']:.2f}× | {r['decode_step_ms']['dense']:.1f} → {r['decode_step_ms']['pruned']:.1f} | "
+                     f"{stolen[0]} / {stolen[1]} |")
     lines += ["\n#### Where the prefill time goes\n",
               "Wall time inside the layers' `self_attn` (SDPA included) and `mlp` modules during the timed prefills "
               "(forward hooks), medians; *rest* = embeddings, norms, LM head. Each part's speedup next to its FLOP "

@@ -398,7 +398,7 @@ def test_inference_decode_makes_exactly_the_requested_tokens_as_generate_does():
 def test_inference_script_end_to_end_on_a_tiny_llama(tmp_path):
     out = tmp_path / "inference.json"
     argv = ["--models", "tiny", "--ratios", "0.3", "--repeats", "2", "--prefill-repeats", "3", "--threads", "1",
-            "--busy-window", "0", "--prefill-batch", "2",
+            "--prefill-batch", "2",
             "--prefill-seqlen", "16", "--prompt-len", "4", "--new-tokens", "5", "--warmup-tokens", "2",
             "--calib-windows", "4", "--rounding-models", "tiny", "--rounding", "8", "--out", str(out)]
     assert inf.main(argv) == 0
@@ -418,7 +418,8 @@ def test_inference_script_end_to_end_on_a_tiny_llama(tmp_path):
         assert r["prefill_efficiency"] == pytest.approx(r["prefill_speedup"] / r["ideal_speedup"])
         assert r["params"]["pruned"] < r["params"]["dense"] and r["weights_mb"]["pruned"] < r["weights_mb"]["dense"]
         assert r["hidden"] == 64 and r["layers"] == 2 and r["run"]["torch_threads"] == 1
-        assert len(r["loadavg_rounds"]) == 3 and r["others_busy_cores_rounds"] == [None] * 3
+        assert len(r["loadavg_rounds"]) == len(r["cpu_share_rounds"]) == 3
+        assert [x["decode"] is None for x in r["cpu_share_rounds"]] == [False, False, True]  # 2 decode rounds
         assert r["decode_matches_generate"] == {"dense": True, "pruned": True}
         assert r["decode_step_ms"]["dense"] > 0 and r["decode_speedup_per_step"] > 0
     uni, r8 = rows["main/rcpu_uniform"], rows["rounding/rcpu_uniform_round8"]
