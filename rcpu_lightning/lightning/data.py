@@ -1,5 +1,15 @@
-"""`RCPUDataModule`: calibration windows (predict), WikiText-2 perplexity windows and zero-shot tasks
-(validate / test), optionally training windows (fit).
+"""`RCPUDataModule`: calibration windows (predict), training and held-out validation windows (fit,
+validate), WikiText-2 test perplexity windows and zero-shot tasks (test).
+
+Which tokens serve what, so that no number is measured on data a decision was made on:
+
+* **calibration**: ``calibration.nsamples`` random windows of the calibration split (WikiText-2
+  train, or the valid split where no train split exists, as offline);
+* **training** (fit): ``train_nsamples`` windows of the calibration split that overlap no
+  calibration window;
+* **validation** (fit, validate): ``val_nsamples`` windows of the calibration split that overlap
+  neither a calibration nor a training window (:func:`~rcpu_lightning.data.heldout_windows`);
+* **test**: the WikiText-2 test split (perplexity) and the zero-shot tasks; never used above.
 
 Distributed evaluation must see every sample exactly once. Lightning's ``DistributedSampler`` pads
 with duplicates for validate/test, so every evaluation and calibration loader here carries its own
@@ -20,7 +30,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..data.calibration import CalibrationConfig, calibration_windows
+from ..data.calibration import CalibrationConfig, calibration_windows, heldout_windows
 from ..data.wikitext import calibration_split, find_split_file, perplexity_windows, resolve_data_dir
 from ..eval.tasks import ALL_TASKS, TASK_SPECS, load_items
 from ..eval import MultipleChoiceDataset
@@ -73,16 +83,20 @@ class RCPUDataModule(LightningDataModule):
         calibration: the calibration windows fed to the pruning engine (the paper: 128 x 128).
         eval_seqlen: perplexity window length ``L`` (FLAP/LLM-Pruner: 128).
         eval_batch_size: perplexity windows per forward.
-        ppl_split: WikiText-2 split for perplexity (``test``).
-        ppl_max_windows: evaluate only the first N windows (quick checks; ``None`` = all). Recorded.
+        ppl_split: WikiText-2 split for test perplexity (``test``).
+        ppl_max_windows: test on the first N windows only (quick checks; ``None`` = all). Recorded.
         tasks: zero-shot tasks (``boolq``, ``piqa``, ``hellaswag``, ``winogrande``, ``arc_easy``,
-            ``arc_challenge``, ``openbookqa``); each is one more eval dataloader after perplexity.
+            ``arc_challenge``, ``openbookqa``); each is one more test dataloader after perplexity.
         task_limit: first N documents per task (``None`` = full split).
         bos: zero-shot BOS switch: ``None`` tokenizer default, ``False`` never, ``True`` always.
         task_batch_size: items per zero-shot batch.
-        perplexity: include the perplexity dataloader in validate/test.
-        train_nsamples: random training windows of ``calibration.seqlen`` tokens for ``fit`` (seed + 1).
+        perplexity: include the perplexity dataloader in test (``False``: also no validation).
+        train_nsamples: training windows of ``calibration.seqlen`` tokens for ``fit``: random windows of
+            the calibration split that overlap no calibration window (seed ``calibration.seed + 1``).
         train_batch_size: windows per training step.
+        val_nsamples: validation windows (fit, validate) of ``calibration.seqlen`` tokens: windows of the
+            calibration split that overlap no calibration or training window (seed ``calibration.seed + 2``);
+            scored with ``eval_batch_size`` windows per forward.
         num_workers: DataLoader workers.
     """
 
@@ -102,6 +116,7 @@ class RCPUDataModule(LightningDataModule):
         perplexity: bool = True,
         train_nsamples: int = 256,
         train_batch_size: int = 4,
+        val_nsamples: int = 64,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
@@ -109,7 +124,7 @@ class RCPUDataModule(LightningDataModule):
             raise TypeError(f"calibration must be a CalibrationConfig, got {type(calibration).__name__}")
         for name, value in (("eval_seqlen", eval_seqlen), ("eval_batch_size", eval_batch_size),
                             ("task_batch_size", task_batch_size), ("train_nsamples", train_nsamples),
-                            ("train_batch_size", train_batch_size)):
+                            ("train_batch_size", train_batch_size), ("val_nsamples", val_nsamples)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} is invalid; allowed: an int >= 1")
         if eval_seqlen < 2:
@@ -157,9 +172,10 @@ class RCPUDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         h = self.hparams
-        self.check_local_data(self.data_dir, calibration=stage in ("fit", "predict"),
-                              evaluation=stage in ("fit", "validate", "test"), ppl_split=h.ppl_split,
-                              perplexity=h.perplexity, tasks=self.tasks)
+        # fit and validate read training/validation windows of the calibration split; test reads the test split
+        self.check_local_data(self.data_dir, calibration=stage in ("fit", "validate", "predict"),
+                              evaluation=stage == "test", ppl_split=h.ppl_split, perplexity=h.perplexity,
+                              tasks=self.tasks)
 
     # -- helpers -----------------------------------------------------------------------------
     @property
@@ -217,8 +233,33 @@ class RCPUDataModule(LightningDataModule):
             self._cache[key] = MultipleChoiceDataset(load_items(task, data_dir=self.data_dir, limit=self.hparams.task_limit))
         return self._cache[key]
 
-    def describe(self) -> dict[str, Any]:
-        """Settings that belong in a results file."""
+    # fit: training and validation windows, disjoint from the calibration windows and from each other
+    def _heldout(self, kind: str) -> tuple[torch.Tensor, list[int]]:
+        """``train`` or ``val`` windows of the calibration split (see the module docstring); cached."""
+        if kind not in self._cache:
+            h, c = self.hparams, self.calibration
+            if kind == "train":
+                n, offset, avoid = h.train_nsamples, 1, None
+            else:
+                n, offset, avoid = h.val_nsamples, 2, self._heldout("train")[1]
+            self._cache[kind] = heldout_windows(self.tokenizer, n, c, self.data_dir, seed_offset=offset, avoid=avoid)
+            split = calibration_split(self.data_dir)
+            what = ("training on %d windows of %d tokens of the WikiText-2 %s split that overlap no calibration window"
+                    if kind == "train" else "validating on %d windows of %d tokens of the WikiText-2 %s split that "
+                    "overlap no calibration or training window (the test split is kept for testing)")
+            log.info(what, n, c.seqlen, split)
+        return self._cache[kind]
+
+    def train_rows(self) -> torch.Tensor:
+        """``[train_nsamples, calibration.seqlen]`` training windows (cached)."""
+        return self._heldout("train")[0]
+
+    def val_rows(self) -> torch.Tensor:
+        """``[val_nsamples, calibration.seqlen]`` validation windows (cached)."""
+        return self._heldout("val")[0]
+
+    def describe(self, evaluation: Optional[str] = None) -> dict[str, Any]:
+        """Settings that belong in a results file (``evaluation="validate"``: the validation windows')."""
         h = self.hparams
         c = self.calibration
         out = {"calib_samples": c.nsamples, "calib_seqlen": c.seqlen, "calib_seed": c.seed, "seqlen": h.eval_seqlen,
@@ -226,6 +267,12 @@ class RCPUDataModule(LightningDataModule):
                "task_limit": h.task_limit, "bos": h.bos, "data_dir": self.data_dir}
         if "ppl" in self._cache:
             out["ppl_windows"] = int(self._cache["ppl"].shape[0])
+        if "train" in self._cache:
+            out["train_windows"] = int(self._cache["train"][0].shape[0])
+        if evaluation == "validate":
+            split = calibration_split(self.data_dir)
+            out.update(ppl_split=f"{split} (held out: no calibration or training window)", seqlen=c.seqlen,
+                       ppl_max_windows=None, ppl_windows=h.val_nsamples, task_names=[])
         return out
 
     # -- loaders -----------------------------------------------------------------------------
@@ -236,7 +283,8 @@ class RCPUDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self.calibration_dataloader()
 
-    def _eval_dataloaders(self) -> list[DataLoader]:
+    def test_dataloader(self) -> list[DataLoader]:
+        """Test perplexity windows, then one loader per zero-shot task."""
         loaders = []
         if self.hparams.perplexity:
             loaders.append(self._loader(TensorRows(self.perplexity_rows()), self.hparams.eval_batch_size))
@@ -245,17 +293,14 @@ class RCPUDataModule(LightningDataModule):
             loaders.append(self._loader(self.task_dataset(task), self.hparams.task_batch_size, collate))
         return loaders
 
-    def val_dataloader(self):
-        return self._eval_dataloaders()
-
-    def test_dataloader(self):
-        return self._eval_dataloaders()
+    def val_dataloader(self) -> list[DataLoader]:
+        """Held-out perplexity windows (see the module docstring); none with ``perplexity=False``."""
+        if not self.hparams.perplexity:
+            return []
+        return [self._loader(TensorRows(self.val_rows()), self.hparams.eval_batch_size)]
 
     def train_dataloader(self) -> DataLoader:
         h = self.hparams
-        if "train" not in self._cache:
-            c = self.calibration
-            self._cache["train"] = calibration_windows(self.tokenizer, h.train_nsamples, c.seqlen, c.seed + 1, self.data_dir)
         # Lightning's own DistributedSampler (padded, shuffled per epoch) is right for training.
-        return DataLoader(TensorRows(self._cache["train"]), batch_size=h.train_batch_size, shuffle=True,
+        return DataLoader(TensorRows(self.train_rows()), batch_size=h.train_batch_size, shuffle=True,
                           num_workers=h.num_workers)

@@ -201,6 +201,10 @@ class CausalLMModule(PruningPlanMixin):
         tasks: dict[str, Any] = {}
         for task in sorted(self.task_metrics):
             metric = self.task_metrics[task]
+            # a loop without this task's items (validation holds perplexity windows only): not a result
+            if not self.trainer.strategy.reduce_boolean_decision(bool(metric.count > 0), all=False):
+                metric.reset()
+                continue
             out = metric.compute()
             entry = {k: float(v) for k, v in out.items()}
             entry["n"] = int(entry["n"])

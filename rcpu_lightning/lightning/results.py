@@ -15,6 +15,7 @@ before any work: an existing file is only replaced with ``overwrite=True``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import platform
@@ -120,7 +121,7 @@ class RCPUResultsWriter(Callback):
         rec["params"] = params
         dm = getattr(trainer, "datamodule", None)
         if dm is not None and callable(getattr(dm, "describe", None)):
-            rec.update(dm.describe())
+            rec.update(_describe(dm, evaluation))
         rec.update(dict(getattr(pl_module, "eval_results", {}) or {}))
         if self.dense is not None:
             rec["dense"] = self.dense
@@ -167,7 +168,7 @@ class RCPUResultsWriter(Callback):
             self.write(trainer, pl_module, None)  # the pruning facts, even if a later evaluation dies
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.stage == "prune" and not self._pruned(trainer):  # ``prune --evaluate_dense``: the baseline
+        if self.stage == "prune" and not self._pruned(trainer):  # ``prune_evaluate_dense``: the baseline
             self.dense = dict(getattr(pl_module, "eval_results", {}) or {})
             return
         self.write(trainer, pl_module, "test")
@@ -175,6 +176,16 @@ class RCPUResultsWriter(Callback):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
             self.write(trainer, pl_module, "validate")
+
+
+def _describe(dm: Any, evaluation: Optional[str]) -> dict[str, Any]:
+    """The DataModule's settings for this record (``describe(evaluation)`` when it takes the evaluation:
+    validation and test read different windows)."""
+    try:
+        takes = len(inspect.signature(dm.describe).parameters) >= 1
+    except (TypeError, ValueError):
+        takes = False
+    return dm.describe(evaluation) if takes else dm.describe()
 
 
 def _saved_report(pl_module: LightningModule) -> dict[str, Any]:
