@@ -7,6 +7,7 @@ The tiny WikiText test split has 9 perplexity windows: an odd number over 2 rank
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -77,3 +78,38 @@ def test_fewer_calibration_samples_than_processes_fail_on_every_rank_before_any_
     message = "1 calibration samples for 2 processes: 1 process(es) would get no calibration batch"
     assert proc.returncode == 2 and proc.stderr.count(message) == 2, proc.stderr[-3000:]  # one line per rank
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+CONFIGURE_MODEL_SCRIPT = Path(__file__).parent / "scripts" / "ddp_configure_model.py"
+
+
+def test_ddp_prunes_a_model_built_in_configure_model_once_before_wrapping_then_steps_and_rewraps(tmp_path):
+    """Issue #15: the LM exists only after configure_model; it is pruned once per schedule step on every rank,
+    before DDP wraps it and the optimizer is built (first step), and DDP is rebuilt over the new parameters
+    with the optimizer kept (second step); both ranks end with the same weights, and the first step's
+    decisions equal one process pruning on all calibration batches."""
+    from ddp_configure_model import CONFIG, SCHEDULE, calibration_batches, tiny_llama
+
+    from rcpu_lightning.pruning import capture_layer_inputs, prune_model
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run([sys.executable, str(CONFIGURE_MODEL_SCRIPT), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for seen in ranks:
+        assert seen["world_size"] == 2 and seen["configure_model_calls"] == 1, seen
+        assert seen["prune_calls"] == 2 and seen["steps"] == [0, 1] and seen["global_step"] == 8, seen
+        assert seen["heads_at_optimizers"] == 4, seen  # the optimizer was built over the pruned model
+        assert all(v["ddp"] and v["ddp_params"] and v["optimizer_params"] for v in seen["probe"].values()), seen
+        assert seen["probe"]["fit_start"]["heads"] == [4, 4] and seen["probe"]["epoch1"]["heads"] == [2, 2]
+
+    saved = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert saved[0]["state"].keys() == saved[1]["state"].keys()
+    for name, value in saved[0]["state"].items():
+        torch.testing.assert_close(saved[1]["state"][name], value, rtol=0, atol=0, msg=name)
+
+    reference = tiny_llama()
+    first = prune_model(reference, capture_layer_inputs(reference, calibration_batches()),
+                        dataclasses.replace(CONFIG, ratio=SCHEDULE[0]), progress=False)
+    assert saved[0]["first_plan"]["layers"] == first.plan.to_dict()["layers"]

@@ -1,4 +1,5 @@
-"""The callback inside a user's training: prune in setup("fit") or at an epoch, train, checkpoint, resume."""
+"""The callback inside a user's training: prune before training, train, checkpoint, resume without
+re-pruning, checkpoint hooks that compose with the user's, models built in configure_model, errors."""
 
 from __future__ import annotations
 
@@ -95,26 +96,14 @@ def test_prune_in_setup_then_train_and_resume(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.net(input_ids=ids).logits, module.net(input_ids=ids).logits)
 
-    # Resume a plain module (no mixin) that is still dense when the restore starts (prune_at_epoch:
-    # nothing is pruned in setup): the callback's instance hooks rebuild the shapes in time.
+    # Resume a plain module (no mixin), dense when the restore starts: the callback's instance hooks
+    # rebuild the shapes in time, and the callback does not prune again.
     resumed = UserLM()
-    trainer2 = _trainer(tmp_path, max_epochs=3, callbacks=[_pruning(prune_at_epoch=0)])
+    trainer2 = _trainer(tmp_path, max_epochs=3, callbacks=[_pruning()])
     trainer2.fit(resumed, train_dataloaders=_train_loader(), ckpt_path=last)
     assert trainer2.global_step == 3 * 8 and _params(resumed) == _params(module)
     assert resumed.pruning_plan == module.pruning_plan
     assert resumed.losses[-1] < module.losses[0]
-
-
-def test_prune_at_epoch_rebuilds_optimizers(tmp_path):
-    module = UserLM()
-    dense = _params(module)
-    trainer = _trainer(tmp_path, max_epochs=3, enable_checkpointing=False, callbacks=[_pruning(prune_at_epoch=1)])
-    trainer.fit(module, train_dataloaders=_train_loader())
-    assert _params(module) < 0.85 * dense and trainer.global_step == 3 * 8
-    opt_params = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
-    assert opt_params == {id(p) for p in module.parameters()}  # no stale (dense) parameters
-    after_pruning = module.losses[8:]
-    assert all(torch.isfinite(torch.tensor(after_pruning))) and after_pruning[-1] < after_pruning[0]
 
 
 def test_model_pruned_in_predict_loop_can_be_finetuned_and_reloaded(tmp_path):
@@ -168,7 +157,7 @@ def test_checkpoint_carries_the_plan_once_and_resumes_under_another_world_size(t
     assert ckpt["rcpu_pruning_plan"] == module.pruning_plan  # once: not among the hyper-parameters too
     assert "pruning_plan" not in ckpt["hyper_parameters"] and "rcpu_world_size" not in ckpt
     [state] = [v for k, v in ckpt["callbacks"].items() if k.startswith("RCPUPruningCallback")]
-    assert state["pruned"] and state["config"]["ratio"] == 0.34
+    assert [s["epoch"] for s in state["steps"]] == [0] and state["config"]["ratio"] == 0.34
     # The pruning decisions are sums over all calibration samples, whatever their split over processes:
     # another world size, or other callback settings, do not change the checkpoint's pruned model.
     other = _pruning(ratio=0.5)
@@ -182,8 +171,15 @@ def test_checkpoint_carries_the_plan_once_and_resumes_under_another_world_size(t
 @pytest.mark.parametrize("make, message", [
     (lambda: RCPUPruningCallback(PruningConfig(ratio=1.5)), r"ratio=1.5 is out of range"),
     (lambda: RCPUPruningCallback(PruningConfig(method="sparsegpt")), r"method='sparsegpt' is not supported"),
-    (lambda: RCPUPruningCallback(prune_at_epoch=-1), r"prune_at_epoch=-1"),
     (lambda: RCPUPruningCallback(save_dir="out/{methd}"), r"unknown placeholder 'methd'"),
+    (lambda: RCPUPruningCallback(export_dir="out/{ratoi}"), r"unknown placeholder 'ratoi'"),
+    (lambda: RCPUPruningCallback(schedule={0: 0.3, 2: 0.2}), r"decreases"),
+    (lambda: RCPUPruningCallback(schedule={-1: 0.3}), r"schedule epoch -1"),
+    (lambda: RCPUPruningCallback(schedule={0: 1.0}), r"schedule\[0\]=1.0 is out of range"),
+    (lambda: RCPUPruningCallback(schedule=[0.1, 0.2]), r"schedule=\[0.1, 0.2\] is invalid"),
+    (lambda: RCPUPruningCallback(PruningConfig(attn_ratio=0.5), schedule={0: 0.3}), r"attn_ratio"),
+    (lambda: RCPUPruningCallback(PruningConfig(method="flap", structure="al_am"), schedule={0: 0.1, 1: 0.2}),
+     r"needs structure='uniform'"),
 ])
 def test_bad_callback_arguments_fail_at_construction(make, message):
     with pytest.raises(ValueError, match=message):
@@ -201,12 +197,22 @@ def test_readme_example_runs(tmp_path):
     from callback_example import run
     from tiny_setup import save_tiny_llama, write_tiny_wikitext
 
+    from rcpu_lightning.data import CalibrationConfig
+    from rcpu_lightning.pruning import load_pruned
+
     model = save_tiny_llama(tmp_path / "model")
     data = write_tiny_wikitext(tmp_path / "data")
-    results = run(str(model), str(data), save_dir=str(tmp_path / "pruned"), max_steps=3,
-                  eval_seqlen=16, train_nsamples=16)
+    module, results = run(str(model), str(data), save_dir=str(tmp_path / "pruned"),
+                          export_dir=str(tmp_path / "finetuned"), max_steps=3,
+                          calibration=CalibrationConfig(nsamples=16, seqlen=16), eval_seqlen=16, train_nsamples=16)
     assert results["ppl"] > 1 and results["tokens"] == 9 * 15
     assert (tmp_path / "pruned" / "pruning_plan.json").is_file()
+    # save_dir: before fine-tuning; export_dir: after it (the module's weights now)
+    ids = _pattern(2, seed=3)
+    with torch.no_grad():
+        now = module.model.eval()(input_ids=ids).logits
+        torch.testing.assert_close(load_pruned(tmp_path / "finetuned").eval()(input_ids=ids).logits, now)
+        assert not torch.allclose(load_pruned(tmp_path / "pruned").eval()(input_ids=ids).logits, now)
 
 
 def test_predict_loop_pruning_equals_the_engine_and_skips_the_lm_head(tmp_path):
@@ -236,3 +242,266 @@ def test_an_empty_calibration_loader_fails_clearly_in_the_predict_loop(tmp_path)
         trainer.predict(module, dataloaders=DataLoader(TensorRows(torch.zeros(0, 16, dtype=torch.long))),
                         return_predictions=False)
     assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
+
+
+# -- resume: the checkpoint's pruned model, no calibration, no pruning, save_dir untouched (issue #15) --------
+@pytest.fixture
+def engine_calls(monkeypatch):
+    """Count what the callback calls of the engine: calibration captures and prunes."""
+    import rcpu_lightning.lightning.callback as cb
+
+    calls = {"capture": 0, "catcher": 0, "prune": 0}
+    real_capture, real_prune, real_catcher = cb.capture_layer_inputs, cb.prune_model, cb.LayerInputCatcher
+
+    def capture(*args, **kwargs):
+        calls["capture"] += 1
+        return real_capture(*args, **kwargs)
+
+    def prune(*args, **kwargs):
+        calls["prune"] += 1
+        return real_prune(*args, **kwargs)
+
+    class Catcher(real_catcher):
+        def __init__(self, *args, **kwargs):
+            calls["catcher"] += 1
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(cb, "capture_layer_inputs", capture)
+    monkeypatch.setattr(cb, "prune_model", prune)
+    monkeypatch.setattr(cb, "LayerInputCatcher", Catcher)
+    return calls
+
+
+class EvalLM(UserLM):
+    """The user module with evaluation and predict steps (for validate/test/predict(ckpt_path=...))."""
+
+    def validation_step(self, batch, batch_idx):
+        return self.net(input_ids=batch, labels=batch).loss
+
+    test_step = validation_step
+
+    def predict_step(self, batch, batch_idx):
+        return self.net(input_ids=batch).logits
+
+
+class WeightsAtStart(L.Callback):
+    """The module's weights when each loop starts (after any checkpoint restore)."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def _grab(self, stage, pl_module):
+        self.seen[stage] = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    def on_fit_start(self, trainer, pl_module):
+        self._grab("fit", pl_module)
+
+    def on_validation_start(self, trainer, pl_module):
+        if not trainer.sanity_checking and trainer.state.fn == "validate":
+            self._grab("validate", pl_module)
+
+    def on_test_start(self, trainer, pl_module):
+        self._grab("test", pl_module)
+
+    def on_predict_start(self, trainer, pl_module):
+        self._grab("predict", pl_module)
+
+
+def _assert_same_weights(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_resume_restores_the_pruned_model_without_calibrating_or_pruning(tmp_path, engine_calls):
+    save_dir = tmp_path / "pruned"
+    trainer = _trainer(tmp_path, max_epochs=1, callbacks=[
+        _pruning(save_dir=str(save_dir)), ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)])
+    module = EvalLM()
+    trainer.fit(module, train_dataloaders=_train_loader())
+    assert engine_calls == {"capture": 1, "catcher": 0, "prune": 1}
+    last = tmp_path / "ckpt" / "last.ckpt"
+    saved = torch.load(last, weights_only=False)["state_dict"]
+    written = {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in save_dir.iterdir()}
+    engine_calls.update(capture=0, catcher=0, prune=0)
+
+    # fit(ckpt_path=...): a fresh dense module, the same callback settings (save_dir exists, no overwrite)
+    probe = WeightsAtStart()
+    resumed = EvalLM()
+    trainer = _trainer(tmp_path, max_epochs=2, callbacks=[_pruning(save_dir=str(save_dir)), probe])
+    trainer.fit(resumed, train_dataloaders=_train_loader(), ckpt_path=last)
+    assert engine_calls == {"capture": 0, "catcher": 0, "prune": 0}
+    _assert_same_weights(probe.seen["fit"], saved)  # the checkpoint's pruned weights, as saved
+    assert trainer.global_step == 2 * 8 and resumed.pruning_plan == module.pruning_plan
+    assert {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in save_dir.iterdir()} == written
+
+    # validate / test / predict(ckpt_path=...) with the callback attached: the same, for every loop
+    rows = DataLoader(TensorRows(_pattern(8, seed=4)), batch_size=4)
+    for loop in ("validate", "test", "predict"):
+        probe = WeightsAtStart()
+        getattr(_trainer(tmp_path, callbacks=[_pruning(), probe]), loop)(EvalLM(), rows, ckpt_path=last)
+        assert engine_calls == {"capture": 0, "catcher": 0, "prune": 0}, loop
+        _assert_same_weights(probe.seen[loop], saved)
+
+
+# -- checkpoint hooks that compose with the user's own (issue #15, item 2) -----------------------------------
+class UserBase(L.LightningModule):
+    """A user's base class with its own checkpoint hooks (they do not call super())."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = make_tiny_llama(num_heads=6, num_kv_heads=2)
+        self.heads_seen_on_load = None
+        self.user_state = None
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["user_key"] = {"tokens_seen": 1234}
+
+    def on_load_checkpoint(self, checkpoint):
+        self.user_state = checkpoint.get("user_key")
+        attn = self.net.model.layers[0].self_attn
+        self.heads_seen_on_load = attn.q_proj.out_features // attn.head_dim  # the LM as the hook sees it
+
+    def training_step(self, batch, batch_idx):
+        return self.net(input_ids=batch, labels=batch).loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+class UserBaseWithSuper(UserBase):
+    """The same hooks, calling super() as Lightning's docs suggest."""
+
+    def on_save_checkpoint(self, checkpoint):
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["user_key"]["super"] = True
+
+    def on_load_checkpoint(self, checkpoint):
+        super().on_load_checkpoint(checkpoint)
+
+
+class MixinFirst(PruningPlanMixin, UserBase):
+    pass
+
+
+class MixinLast(UserBase, PruningPlanMixin):
+    pass
+
+
+class SuperMixinFirst(PruningPlanMixin, UserBaseWithSuper):
+    pass
+
+
+class SuperMixinLast(UserBaseWithSuper, PruningPlanMixin):
+    pass
+
+
+@pytest.mark.parametrize("cls", [MixinFirst, MixinLast, SuperMixinFirst, SuperMixinLast], ids=lambda c: c.__name__)
+def test_checkpoint_hooks_compose_with_the_users_in_both_base_orders(tmp_path, cls):
+    module = cls()
+    trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=False, callbacks=[_pruning()])
+    trainer.fit(module, train_dataloaders=_train_loader())
+    path = tmp_path / "pruned.ckpt"
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=False)
+    want = {"tokens_seen": 1234, **({"super": True} if issubclass(cls, UserBaseWithSuper) else {})}
+    assert ckpt["user_key"] == want  # the user's keys are kept
+    assert ckpt["rcpu_pruning_plan"] == module.pruning_plan  # and the plan added
+
+    loaded = cls.load_from_checkpoint(path)
+    assert loaded.user_state == want and loaded.heads_seen_on_load == 4  # the user's hook ran on the pruned LM
+    ids = _pattern(2, seed=9)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.net.eval()(input_ids=ids).logits, module.net.eval()(input_ids=ids).logits)
+
+    # The user's own base class without the mixin: the callback's instance hooks give a resumed fit the same.
+    plain = UserBaseWithSuper() if issubclass(cls, UserBaseWithSuper) else UserBase()
+    _trainer(tmp_path, max_epochs=2, enable_checkpointing=False, callbacks=[_pruning()]).fit(
+        plain, train_dataloaders=_train_loader(), ckpt_path=path)
+    assert plain.user_state == want and plain.heads_seen_on_load == 4 and plain.pruning_plan == module.pruning_plan
+
+
+# -- a LightningModule that builds its LM in configure_model (issue #15, item 3) ------------------------------
+class LazyLM(PruningPlanMixin):
+    """Builds the LM in configure_model (the usual pattern for large models); records what the optimizer got."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = None
+        self.built = 0
+        self.heads_at_optimizers = None
+
+    def configure_model(self):
+        if self.net is None:
+            self.net = make_tiny_llama(num_heads=6, num_kv_heads=2)
+            self.built += 1
+
+    def training_step(self, batch, batch_idx):
+        return self.net(input_ids=batch, labels=batch).loss
+
+    def configure_optimizers(self):
+        attn = self.net.model.layers[0].self_attn
+        self.heads_at_optimizers = attn.q_proj.out_features // attn.head_dim
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def test_a_model_built_in_configure_model_is_pruned_once_before_the_optimizers(tmp_path, engine_calls):
+    module = LazyLM()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    trainer = _trainer(tmp_path, max_epochs=1, callbacks=[_pruning(), ckpt])
+    trainer.fit(module, train_dataloaders=_train_loader())
+    assert module.built == 1 and engine_calls["prune"] == 1
+    assert module.heads_at_optimizers == 4  # the optimizer was built over the pruned model
+    opt_params = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert opt_params == {id(p) for p in module.parameters()}
+    loaded = LazyLM.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt")  # Lightning calls configure_model first
+    ids = _pattern(2, seed=11)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.net.eval()(input_ids=ids).logits, module.net.eval()(input_ids=ids).logits)
+
+
+def test_an_unprunable_configure_model_fails_before_any_calibration(tmp_path, engine_calls):
+    module = LazyLM()
+    trainer = _trainer(tmp_path, max_epochs=1, callbacks=[_pruning(ratio=0.99)])
+    with pytest.raises(ValueError, match="would remove all"):
+        trainer.fit(module, train_dataloaders=_train_loader())
+    assert engine_calls == {"capture": 0, "catcher": 0, "prune": 0} and module.built == 1
+
+
+# -- errors: architecture and strategy named (issue #15, items 7 and 3) -------------------------------------
+def test_a_non_llama_model_is_refused_naming_its_architecture_and_the_supported_ones(tmp_path, engine_calls):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    class GPTUser(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=64, n_positions=32))
+
+        def training_step(self, batch, batch_idx):
+            return self.net(input_ids=batch, labels=batch).loss
+
+        def predict_step(self, batch, batch_idx):
+            return self.net(input_ids=batch).logits
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters())
+
+    module = GPTUser()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    for run in (lambda t: t.fit(module, train_dataloaders=_train_loader()),
+                lambda t: t.predict(module, dataloaders=_train_loader(), return_predictions=False)):
+        with pytest.raises(ValueError, match=r"unsupported architecture .*model_type='gpt2'.*\['llama', 'mistral', 'qwen2'\]"):
+            run(_trainer(tmp_path, max_epochs=1, callbacks=[_pruning()]))
+    assert engine_calls == {"capture": 0, "catcher": 0, "prune": 0}
+    _assert_same_weights(module.state_dict(), before)
+
+
+def test_sharded_strategies_are_refused_with_the_way_round(tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    trainer = SimpleNamespace(strategy=FSDPStrategy(), datamodule=None, world_size=1, is_global_zero=True)
+    with pytest.raises(ValueError, match=r"pruning inside fit needs a single-device or DDP strategy, not FSDPStrategy"
+                                         r".*Prune first \(cli.py prune"):
+        _pruning().setup(trainer, UserLM(), "fit")

@@ -1,29 +1,55 @@
-"""`RCPUPruningCallback`: calibrate, prune (RCPU, WANDA-sp, FLAP, magnitude) and save, from Lightning loops.
+"""`RCPUPruningCallback`: calibrate, prune (RCPU, WANDA-sp, FLAP, magnitude), save and export, from Lightning loops.
 
 When it prunes
 --------------
 * **Predict loop** (``trainer.predict``, the CLI's ``prune``): ``on_predict_start`` installs a
   :class:`~rcpu_lightning.pruning.LayerInputCatcher` on the LM; every calibration batch of this rank
-  is recorded as it enters decoder layer 0; ``on_predict_end`` prunes. Every rank needs at least one
-  calibration batch: with the DataModule's calibration windows this is checked in ``setup``;
-  otherwise the first collective of the pruning (a rank without batches reaches it in ``teardown``,
-  since Lightning skips an empty predict loop) makes every rank fail with the same message. Statistics are summed over ranks (``trainer.strategy.reduce``, float64),
-  so every rank takes the same decision and ends with the same weights as a single process.
-* **Fit, before training** (default in ``fit``): ``setup("fit")`` captures the calibration data
-  (``calibration_dataloader``, else the DataModule's ``calibration_dataloader()``) and prunes before
-  optimizers and DDP exist, so training fine-tunes the smaller model.
-* **Fit, later** (``prune_at_epoch=N``): at the start of epoch N, then the optimizers/schedulers are
-  rebuilt over the new parameters and a DDP module is re-wrapped.
+  is recorded as it enters decoder layer 0; ``on_predict_end`` prunes, once, at ``config``'s ratio.
+  Every rank needs at least one calibration batch: with the DataModule's calibration windows this is
+  checked in ``setup``; otherwise the first collective of the pruning (a rank without batches reaches
+  it in ``teardown``, since Lightning skips an empty predict loop) makes every rank fail with the same
+  message. Statistics are summed over ranks (``trainer.strategy.reduce``, float64), so every rank
+  takes the same decision and ends with the same weights as a single process. A model that already
+  carries a pruning plan (e.g. restored by ``predict(ckpt_path=...)``) is left as it is.
+* **Fit**: the ``schedule`` (default ``{0: config.ratio}``: one-shot before training) says which
+  cumulative fraction of the *dense* model's heads and channels is removed from which epoch on.
 
-Everything that can be checked is checked in ``setup``, before any work: the pruning settings
-against the model's architecture (a ratio that would empty a layer), and ``save_dir`` (it must be
-writable, and an existing non-empty folder is only replaced with ``overwrite=True``).
+  - The step of epoch 0 happens after the checkpoint (if any) was restored and before the strategy
+    moves the model, wraps it (DDP) and builds the optimizers. Lightning restores a checkpoint after
+    ``setup`` and ``configure_model`` and right before ``strategy.setup``, and no public hook sits
+    between, so ``setup("fit")`` only checks (calibration data present, settings feasible) and
+    installs a one-shot wrapper on this trainer's ``strategy.setup`` (removed when it runs, and in
+    ``teardown``/``on_exception`` if it never ran). When it runs: if the module now carries a
+    pruning plan restored from a checkpoint, nothing is calibrated or pruned (this callback's own
+    state, restored from the same checkpoint, says which steps are done) and ``save_dir`` is left
+    alone; otherwise the outputs are checked, the LM (built in ``__init__`` or ``configure_model``)
+    is calibrated and pruned, then the original ``strategy.setup`` runs.
+  - Later steps happen at ``on_train_epoch_start`` of their epoch, re-calibrated on the current
+    (pruned, fine-tuned) model. The optimizer object is kept: its ``param_groups`` get the new
+    parameters in place, and its state is carried over, sliced to the kept rows/columns (Adam's
+    moments of the surviving units are unchanged, those of removed units dropped; a bias added by
+    compensation starts with fresh state), so LR schedulers continue as they were. A DDP wrapper is
+    rebuilt over the new parameters.
+  - A module that arrives with a plan this callback did not make (a pruned folder, a checkpoint
+    without this callback's state) is fine-tuned as it is, never pruned again.
+
+Everything that can be checked is checked before any work: the pruning settings against the
+model's architecture (a ratio that would empty a layer, a model that is not Llama-family), the
+strategy (single device or DDP), and the outputs (``save_dir``, ``export_dir``: writable; an
+existing non-empty folder is only replaced with ``overwrite=True``).
+
+Outputs (Hugging Face checkpoints plus ``pruning_plan.json`` and ``pruning_report.json``, rank 0,
+atomic; ``load_pruned`` or ``from_pretrained`` reload them):
+
+* ``save_dir``: the model **right after pruning**, before any fine-tuning (with a schedule:
+  after the latest step, before the fine-tuning that follows it).
+* ``export_dir``: the model **at the end of fit**: pruned *and* fine-tuned (also: ``cli.py export``
+  from any checkpoint).
 
 Pruning runs outside inference mode, so the new parameters are ordinary trainable tensors even
 when the predict loop ran with ``inference_mode=True``. The plan is recorded on the LightningModule
-(``pruning_plan``) and travels with its checkpoints (:mod:`.checkpointing`). With ``save_dir``, rank 0
-writes a Hugging Face checkpoint (``save_pruned`` + tokenizer + ``pruning_report.json``) atomically;
-all ranks learn whether it worked.
+(``pruning_plan``; several steps compose into one plan) and travels with its checkpoints
+(:mod:`.checkpointing`).
 """
 
 from __future__ import annotations
@@ -31,29 +57,39 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import math
+import numbers
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.utils.data import DistributedSampler
 
 from ..files import atomic_dir, check_output_path, format_output_path, write_json_atomic
-from ..models.adapter import decoder_layers
+from ..models.adapter import decoder_layers, layer_parts
 from ..pruning.config import PruningConfig
 from ..pruning.engine import PruningReport, check_feasible, prune_model
 from ..pruning.inputs import LayerInputCatcher, LayerInputs, StopForward, capture_layer_inputs, model_inputs
 from ..pruning.io import save_pruned
+from ..pruning.plan import LayerPlan, PruningPlan
 from ..pruning.progress import default_progress
-from .checkpointing import find_causal_lm, install_plan_hooks, set_plan
+from ..pruning.selection import feasible_count, head_layout
+from ..pruning.surgery import ATTN_PROJ, MLP_PROJ, head_rows
+from .checkpointing import as_plan, find_causal_lm, install_plan_hooks, set_plan
 from .logs import configure_logging
 
 log = logging.getLogger(__name__)
 
 CalibrationSource = Union[Iterable, Callable[..., Iterable], None]
+#: epoch -> cumulative fraction of the dense model's heads and channels removed from that epoch on,
+#: or a function of the epoch returning that fraction.
+Schedule = Union[dict[int, float], Callable[[int], float], None]
 REPORT_FILE = "pruning_report.json"
+_OVERWRITE_FLAG = "overwrite=True (CLI: --pruning.overwrite true)"
+_MISSING = object()
 
 
 class RCPUPruningCallback(Callback):
@@ -62,17 +98,28 @@ class RCPUPruningCallback(Callback):
     Args:
         config: the engine's settings (method, ratio, compensation, structure, ...): see
             :class:`~rcpu_lightning.pruning.PruningConfig`. In YAML: ``pruning.config.ratio`` etc.
-        save_dir: write the pruned model here as a Hugging Face checkpoint (rank 0, atomic). May use
-            ``{method}``, ``{compensation}``, ``{structure}``, ``{targets}``, ``{ratio}``,
-            ``{ratio_pct}``, ``{nsamples}`` (e.g. ``outputs/llama-7b/{method}-{ratio_pct}``).
-        overwrite: replace an existing non-empty ``save_dir``. Without it such a folder is refused
-            before any work starts; nothing of it is touched.
+        schedule: gradual pruning in ``fit``: ``{epoch: ratio}``, the cumulative fraction of the
+            *dense* model's attention heads and MLP channels removed from that epoch on (e.g.
+            ``{0: 0.1, 2: 0.2, 4: 0.3}``; values may not decrease), or a function ``epoch -> ratio``.
+            Each step re-calibrates on the current model and removes what the new ratio adds. With a
+            schedule its values replace ``config.ratio`` (``attn_ratio``/``mlp_ratio`` must be unset);
+            ``None`` (default) is ``{0: config.ratio}``: one-shot, before training. Uniform structure
+            only for more than one step; the predict loop prunes once and accepts only ``{0: ratio}``.
+        save_dir: write the model right after pruning (before fine-tuning; with a schedule: after the
+            latest step) as a Hugging Face checkpoint (rank 0, atomic). May use ``{method}``,
+            ``{compensation}``, ``{structure}``, ``{targets}``, ``{ratio}``, ``{ratio_pct}``,
+            ``{nsamples}`` (e.g. ``outputs/llama-7b/{method}-{ratio_pct}``). A resumed fit does not
+            rewrite it.
+        export_dir: at the end of ``fit``, write the pruned and fine-tuned model there as a Hugging
+            Face checkpoint (rank 0, atomic; same placeholders). ``cli.py export`` writes the same
+            from any Lightning checkpoint.
+        overwrite: replace an existing non-empty ``save_dir`` / ``export_dir``. Without it such a
+            folder is refused before any work starts; nothing of it is touched.
         calibration_dataloader: Python API, for ``fit``: an iterable of calibration batches (``input_ids``
             [B, T] tensors or dicts with ``input_ids``), or a callable returning one (called with no
             argument, or with ``(trainer, pl_module)`` if it takes two). Default: the DataModule's
             ``calibration_dataloader()``. Without a ``DistributedSampler`` the batches are split
-            over ranks by index (batch ``i`` goes to rank ``i % world_size``).
-        prune_at_epoch: in ``fit``, prune at the start of this epoch instead of before training.
+            over ranks by index (batch ``i`` goes to rank ``i % world_size``); every rank needs one.
         model_attr: dotted attribute path of the LM inside the LightningModule (default: its
             ``pruned_lm()``, else its ``model`` attribute, else the first Llama-family submodule).
         progress: report per-layer progress on rank 0 (a bar on a terminal, log lines otherwise).
@@ -81,63 +128,84 @@ class RCPUPruningCallback(Callback):
     def __init__(
         self,
         config: PruningConfig = PruningConfig(),
+        schedule: Schedule = None,
         save_dir: Optional[str] = None,
+        export_dir: Optional[str] = None,
         overwrite: bool = False,
         calibration_dataloader: CalibrationSource = None,
-        prune_at_epoch: Optional[int] = None,
         model_attr: Optional[str] = None,
         progress: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(config, PruningConfig):
             raise TypeError(f"config must be a PruningConfig, got {type(config).__name__}")
-        if prune_at_epoch is not None and (isinstance(prune_at_epoch, bool) or not isinstance(prune_at_epoch, int)
-                                           or prune_at_epoch < 0):
-            raise ValueError(f"prune_at_epoch={prune_at_epoch!r} is invalid; allowed: an int >= 0 or None")
         if calibration_dataloader is not None and not (callable(calibration_dataloader)
                                                        or hasattr(calibration_dataloader, "__iter__")):
             raise TypeError("calibration_dataloader must be an iterable of batches or a callable returning one")
         self.config = dataclasses.replace(config)  # a copy: the default instance is shared
+        self.schedule = _check_schedule(schedule, self.config)
         self._calibration: dict[str, Any] = {}  # what the calibration data is (from the DataModule)
         self.save_dir = None if save_dir is None else str(save_dir)
-        if self.save_dir is not None:  # a placeholder typo fails now, not after hours of calibration
-            format_output_path(self.save_dir, self.output_fields())
+        self.export_dir = None if export_dir is None else str(export_dir)
+        for template in (self.save_dir, self.export_dir):  # a placeholder typo fails now, not after hours
+            if template is not None:
+                format_output_path(template, self.output_fields())
         self.overwrite = bool(overwrite)
         self.calibration_dataloader = calibration_dataloader
-        self.prune_at_epoch = prune_at_epoch
         self.model_attr = model_attr
         self.progress = progress
-        self.report: Optional[PruningReport] = None
-        self.pruned = False
+        # what was pruned (plain data; restored from checkpoints): one entry per step
+        self.steps: list[dict[str, Any]] = []
+        self.last_epoch = -1  # the latest epoch whose schedule entry was handled
+        self.report: Optional[PruningReport] = None  # the latest step's report, in this process
         self.saved_to: Optional[str] = None
-        self._world_size: Optional[int] = None  # at pruning time
+        self.exported_to: Optional[str] = None
         self._catcher: Optional[LayerInputCatcher] = None
         self._stop_handle = None
         self._pending = False  # predict: this run prunes, and has not yet
+        self._active = False  # fit: this run may prune (the module carries no plan made elsewhere)
+        self._restored = False  # fit: a checkpoint was restored before strategy.setup
+        self._deferred_check = False  # the LM did not exist in setup (configure_model): check later
+        self._wrapped: Optional[tuple] = None  # (strategy, what strategy.__dict__["setup"] was, our wrapper)
+
+    @property
+    def pruned(self) -> bool:
+        """Whether the module holds a model this callback pruned (in this run or before a resume)."""
+        return bool(self.steps)
 
     # -- what the results writer reads (plain data, no reference to this class needed) --------
     def output_fields(self) -> dict[str, Any]:
         """Values for output path placeholders (``{method}``, ``{ratio_pct}``, ``{nsamples}``, ...)."""
-        return output_fields(self.config, self._calibration.get("nsamples"))
+        return output_fields(self.config, self._calibration.get("nsamples"), self.schedule)
 
     def results_summary(self) -> Optional[dict[str, Any]]:
-        """What this run's pruning did, as plain data (None before it pruned)."""
-        if self.report is None:
+        """What this callback's pruning did, all steps together, as plain data (None before it pruned)."""
+        if not self.steps:
             return None
-        r, cfg = self.report, self.config
-        return {
-            "method": cfg.method, "ratio": cfg.ratio, "attn_ratio": cfg.head_ratio, "mlp_ratio": cfg.channel_ratio,
+        cfg, last = self.config, self.steps[-1]
+        ratio = (cfg.ratio, cfg.head_ratio, cfg.channel_ratio) if self.schedule is None else (last["ratio"],) * 3
+        out: dict[str, Any] = {
+            "method": cfg.method, "ratio": ratio[0], "attn_ratio": ratio[1], "mlp_ratio": ratio[2],
             "compensation": cfg.compensation, "structure": cfg.structure, "targets": cfg.targets,
             "head_rounding": cfg.head_rounding, "gqa_mode": cfg.gqa_mode,
-            "decoder_params_removed": r.decoder_params_removed, "model_params_removed": r.model_params_removed,
-            "layer_params_removed": r.layer_params_removed, "params_before": r.params_before,
-            "params_after": r.params_after, "prune_seconds": r.seconds, "calibration": r.plan.calibration,
-            "prune_world_size": self._world_size, "save_dir": self.saved_to, "notes": r.notes,
         }
+        out.update(_combine_steps(self.steps))
+        out.update(calibration=last.get("calibration"), prune_world_size=last.get("world_size"),
+                   save_dir=self.saved_to, export_dir=self.exported_to,
+                   notes=[n for s in self.steps for n in s.get("notes") or []])
+        if self.schedule is not None:
+            out["schedule"] = _describe_schedule(self.schedule)
+        out["pruning_steps"] = [{k: s.get(k) for k in ("epoch", "ratio", "params_before", "params_after",
+                                                       "decoder_params_removed", "seconds")} for s in self.steps]
+        return out
 
     def output_dir(self) -> Optional[str]:
         """``save_dir`` with its placeholders filled."""
         return None if self.save_dir is None else format_output_path(self.save_dir, self.output_fields())
+
+    def export_path(self) -> Optional[str]:
+        """``export_dir`` with its placeholders filled."""
+        return None if self.export_dir is None else format_output_path(self.export_dir, self.output_fields())
 
     # -- hooks: setup ------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -146,42 +214,91 @@ class RCPUPruningCallback(Callback):
         dm = getattr(trainer, "datamodule", None)
         if callable(getattr(dm, "calibration_info", None)) and self.calibration_dataloader is None:
             self._calibration = dm.calibration_info()
-        if not self._prunes_in(stage, pl_module):
+        if stage == "fit":
+            self._setup_fit(trainer, pl_module)
+        elif stage == "predict":
+            self._setup_predict(trainer, pl_module)
+
+    def _setup_predict(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._pending = False
+        if self.schedule is not None and (callable(self.schedule) or set(self.schedule) != {0}):
+            raise ValueError(
+                f"schedule={_describe_schedule(self.schedule)} prunes step by step during fit; the predict loop "
+                "(cli.py prune) prunes once: set pruning.config.ratio and leave pruning.schedule unset")
+        if getattr(pl_module, "pruning_plan", None) is not None:
+            rank_zero_info("the LightningModule already carries a pruning plan: the predict loop runs without pruning")
             return
-        self._check_before_work(trainer, pl_module, stage)
-        self._pending = stage == "predict"
-        if stage == "fit" and self.prune_at_epoch is None:
-            lm = self.lm(pl_module)
-            lm.to(trainer.strategy.root_device)  # strategy.setup would move it next anyway
-            self._prune_from_loader(trainer, pl_module, lm, self._calibration_source(trainer))
+        self._check_strategy(trainer, "pruning in a predict loop")
+        self._check_data(trainer, stage="predict")
+        self._check_model(trainer, pl_module, self._first_config(), defer=False)
+        self._check_outputs(trainer, save=True, export=False)
+        self._pending = True
 
-    def _prunes_in(self, stage: str, pl_module: LightningModule) -> bool:
-        if stage not in ("fit", "predict") or self.pruned:
-            return False
-        if getattr(pl_module, "pruning_plan", None) is None:
-            return True
-        if stage == "predict":
-            raise ValueError("the model already carries a pruning plan: pruning a pruned model again is not "
-                             "supported; start from the dense model")
-        rank_zero_info("the LightningModule already carries a pruning plan (resumed run?): not pruning again")
-        self.pruned = True
-        return False
+    def _setup_fit(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._restored = self._active = self._deferred_check = False
+        if self.export_dir is not None:
+            self._check_strategy(trainer, "export_dir (the model written at the end of fit)",
+                                 "Write it from the fit's checkpoint instead: cli.py export --ckpt_path CKPT")
+        # A module that carries a plan made elsewhere is not pruned (decided, and said, before strategy.setup).
+        if getattr(pl_module, "pruning_plan", None) is None or self.steps:
+            self._check_strategy(trainer, "pruning inside fit")
+            self._check_data(trainer, stage="fit")
+            self._deferred_check = not self.steps and not self._check_model(trainer, pl_module, self._check_config(),
+                                                                            defer=True)
+        self._wrap_strategy_setup(trainer, pl_module)
 
-    def _check_before_work(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Refuse on every rank, before any calibration, what would fail or destroy something later."""
+    def _check_strategy(self, trainer: Trainer, what: str, advice: Optional[str] = None) -> None:
+        from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
+
+        strategy = trainer.strategy
+        if isinstance(strategy, SingleDeviceStrategy) or (isinstance(strategy, DDPStrategy)
+                                                          and not isinstance(strategy, DeepSpeedStrategy)):
+            return
+        raise ValueError(
+            f"{what} needs a single-device or DDP strategy, not {type(strategy).__name__}: sharded strategies "
+            "(FSDP, DeepSpeed) split the weight matrices and the optimizer state across processes and restore "
+            "checkpoints after wrapping the model, so the pruned shapes cannot be rebuilt in time. " + (advice or
+            "Prune first (cli.py prune, or trainer.predict with this callback, on one process or DDP), then "
+            "fine-tune the saved folder (--model.model SAVE_DIR) under any strategy"))
+
+    def _check_data(self, trainer: Trainer, stage: str) -> None:
         if stage == "fit":
             self._calibration_source(trainer)  # there is calibration data
         nsamples = self._calibration.get("nsamples")
         if nsamples is not None and nsamples < trainer.world_size:  # the same answer on every rank
             raise ValueError(_too_few(nsamples, trainer.world_size))
+
+    def _check_model(self, trainer: Trainer, pl_module: LightningModule, config: PruningConfig,
+                     defer: bool) -> bool:
+        """Refuse (on every rank) settings the model cannot take; False when the LM does not exist yet
+        (``defer``: a module that builds it in ``configure_model``; checked again before pruning)."""
+        error, missing = None, False
+        if trainer.is_global_zero:
+            try:
+                check_feasible(self.lm(pl_module), config)
+            except ValueError as exc:
+                if defer and _builds_in_configure_model(pl_module) and "holds no Llama-family" in str(exc):
+                    missing = True
+                else:
+                    error = (ValueError, str(exc))
+            except AttributeError as exc:  # model_attr names nothing
+                error = (ValueError, f"model_attr={self.model_attr!r}: {exc}")
+        error, missing = trainer.strategy.broadcast((error, missing), src=0)
+        if error is not None:
+            raise error[0](error[1])
+        return not missing
+
+    def _check_outputs(self, trainer: Trainer, save: bool, export: bool) -> None:
+        """Refuse (on every rank) outputs that cannot be written or would replace something unasked.
+        A ``save_dir`` this callback wrote before a resume is its own output, not the user's."""
         error = None
         if trainer.is_global_zero:
             try:
-                check_feasible(self.lm(pl_module), self.config)
-                if self.save_dir is not None:
-                    check_output_path(self.output_dir(), self.overwrite, "pruning.save_dir", "overwrite=True "
-                                      "(CLI: --pruning.overwrite true)")
-            except (ValueError, OSError) as exc:
+                if save and self.save_dir is not None and self.output_dir() != self.saved_to:
+                    check_output_path(self.output_dir(), self.overwrite, "pruning.save_dir", _OVERWRITE_FLAG)
+                if export and self.export_dir is not None:
+                    check_output_path(self.export_path(), self.overwrite, "pruning.export_dir", _OVERWRITE_FLAG)
+            except OSError as exc:
                 error = (type(exc), str(exc))
         error = trainer.strategy.broadcast(error, src=0)
         if error is not None:
@@ -190,13 +307,149 @@ class RCPUPruningCallback(Callback):
     def lm(self, pl_module: LightningModule) -> nn.Module:
         return find_causal_lm(pl_module, self.model_attr)
 
-    # -- fit ---------------------------------------------------------------------------------
+    # -- fit: the wrapper of strategy.setup --------------------------------------------------
+    def _wrap_strategy_setup(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._unwrap_strategy_setup()
+        strategy = trainer.strategy
+        original = strategy.setup
+
+        def setup(*args: Any, **kwargs: Any) -> Any:
+            self._unwrap_strategy_setup()
+            self._before_strategy_setup(trainer, pl_module)
+            return original(*args, **kwargs)
+
+        self._wrapped = (strategy, strategy.__dict__.get("setup", _MISSING), setup)
+        strategy.setup = setup
+
+    def _unwrap_strategy_setup(self) -> None:
+        if self._wrapped is None:
+            return
+        strategy, before, ours = self._wrapped
+        self._wrapped = None
+        if strategy.__dict__.get("setup") is not ours:
+            return  # someone wrapped it after us: leave theirs in place
+        if before is _MISSING:
+            del strategy.setup
+        else:
+            strategy.setup = before
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._restored = True
+
+    def _before_strategy_setup(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """After ``configure_model`` and the checkpoint restore, before the model is moved and wrapped
+        and the optimizers exist (see the module docstring)."""
+        if getattr(pl_module, "pruning_plan", None) is not None and not self.steps:
+            rank_zero_info(
+                "the LightningModule carries a pruning plan this callback did not make (a pruned folder, or a "
+                "checkpoint without this callback's state): it is trained as it is and not pruned again")
+            self._check_outputs(trainer, save=False, export=True)
+            return
+        self._active = True
+        self._check_outputs(trainer, save=True, export=True)
+        if self._deferred_check:  # the LM was built in configure_model
+            self._deferred_check = False
+            self._check_model(trainer, pl_module, self._check_config(), defer=False)
+        if self._restored:
+            if self.steps:
+                rank_zero_info(f"resumed with {len(self.steps)} pruning step(s) done (last at epoch "
+                               f"{self.steps[-1].get('epoch')}): not calibrating or pruning again")
+            return  # the restored optimizer state must match the shapes: any due step runs at the epoch start
+        self._fit_step(trainer, pl_module, trainer.current_epoch, before_setup=True)
+
+    # -- fit: the steps ----------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.prune_at_epoch is None or self.pruned or trainer.current_epoch != self.prune_at_epoch:
+        if self._active and trainer.current_epoch > self.last_epoch:
+            self._fit_step(trainer, pl_module, trainer.current_epoch, before_setup=False)
+
+    def _due(self, epoch: int) -> Optional[float]:
+        """The cumulative ratio due at ``epoch`` (None: no step), given the entries handled so far."""
+        if self.schedule is None:
+            return self.config.ratio if self.last_epoch < 0 <= epoch else None
+        if callable(self.schedule):
+            value = _check_ratio_value(self.schedule(epoch), f"schedule({epoch})")
+            return value or None
+        due = [e for e in self.schedule if self.last_epoch < e <= epoch]
+        return self.schedule[max(due)] if due else None
+
+    def _fit_step(self, trainer: Trainer, pl_module: LightningModule, epoch: int, before_setup: bool) -> None:
+        target = self._due(epoch)
+        self.last_epoch = max(self.last_epoch, epoch)
+        if target is None:
             return
         lm = self.lm(pl_module)
-        self._prune_from_loader(trainer, pl_module, lm, self._calibration_source(trainer))
-        self._rebuild_training(trainer, pl_module)
+        step_config = self._step_config(lm, target, self._plan_of(pl_module))
+        if step_config is None:
+            rank_zero_info(f"epoch {epoch}: the model already has ratio {target:g} removed; no pruning step")
+            return
+        rank_zero_info(f"epoch {epoch}: pruning to ratio {target:g} of the dense model"
+                       + ("" if before_setup else " (re-calibrated on the current model)"))
+        if before_setup:
+            lm.to(trainer.strategy.root_device)  # strategy.setup would move it next anyway
+            self._prune_from_loader(trainer, pl_module, lm, step_config, epoch, target)
+            return
+        old = _projection_params(lm)
+        self._prune_from_loader(trainer, pl_module, lm, step_config, epoch, target)
+        _carry_optimizer_state(trainer.optimizers, old, lm, self.report.plan)
+        self._rewrap(trainer, pl_module)
+
+    def _check_config(self) -> PruningConfig:
+        """The settings checked against the model before any work: the largest ratio the schedule reaches."""
+        if callable(self.schedule):  # not known in advance: the architecture only, each step checks its ratio
+            return dataclasses.replace(self.config, ratio=0.0)
+        if isinstance(self.schedule, dict):
+            return dataclasses.replace(self.config, ratio=max(self.schedule.values()))
+        return self.config
+
+    def _first_config(self) -> PruningConfig:
+        if self.schedule is None:
+            return self.config
+        ratio = self.schedule[min(self.schedule)] if isinstance(self.schedule, dict) else self.config.ratio
+        return dataclasses.replace(self.config, ratio=ratio)
+
+    def _step_config(self, lm: nn.Module, target: float, plan: Optional[PruningPlan]) -> Optional[PruningConfig]:
+        """The engine's settings for a step to ``target`` (a cumulative ratio of the dense model); None
+        when the model has that much removed already. On an unpruned model that is ``config`` at that
+        ratio; on a model this callback pruned before, ``attn_ratio``/``mlp_ratio`` of the *current*
+        shapes that remove exactly (dense count at ``target``) - (already removed)."""
+        if plan is None:
+            return self.config if self.schedule is None else dataclasses.replace(self.config, ratio=target)
+        cfg, dense = self.config, plan.dense
+        heads_target, channels_target = (cfg.head_ratio, cfg.channel_ratio) if self.schedule is None else (target, target)
+        unit = head_layout(dense["num_attention_heads"], dense["num_key_value_heads"], cfg.gqa_mode).unit_size
+        want_heads = feasible_count(heads_target, dense["num_attention_heads"], unit, cfg.head_rounding)
+        want_channels = feasible_count(channels_target, dense["intermediate_size"], 1, "floor")
+        shapes = {(p.num_heads, p.intermediate_size) for p in map(layer_parts, decoder_layers(lm))}
+        if len(shapes) != 1:
+            raise ValueError("gradual pruning needs the same shapes in every decoder layer (uniform structure); "
+                             f"the model has {sorted(shapes)} (heads, channels)")
+        heads, channels = shapes.pop()
+        need_heads = max(0, want_heads - (dense["num_attention_heads"] - heads))
+        need_channels = max(0, want_channels - (dense["intermediate_size"] - channels))
+        if need_heads == 0 and need_channels == 0:
+            return None
+        if need_heads >= heads or need_channels >= channels:
+            raise ValueError(f"ratio {target:g} would remove every attention head or MLP channel of a layer")
+        step = dataclasses.replace(cfg, ratio=target, attn_ratio=need_heads / heads, mlp_ratio=need_channels / channels)
+        # the per-step ratios give exactly the counts wanted (feasible_count's epsilon sees to it; tested)
+        if (feasible_count(step.attn_ratio, heads, unit, cfg.head_rounding), feasible_count(
+                step.mlp_ratio, channels, 1, "floor")) != (need_heads, need_channels):
+            raise RuntimeError(f"per-step ratios {step.attn_ratio!r}/{step.mlp_ratio!r} do not give "
+                               f"{need_heads} heads / {need_channels} channels")
+        return step
+
+    def _plan_of(self, pl_module: LightningModule) -> Optional[PruningPlan]:
+        """The plan of the model this callback pruned so far (None before its first step)."""
+        return as_plan(getattr(pl_module, "pruning_plan", None)) if self.steps else None
+
+    def _rewrap(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A DDP wrapper registered the old parameters: wrap the module again."""
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = trainer.strategy
+        if isinstance(strategy, DDPStrategy):
+            strategy.model = pl_module
+            strategy.configure_ddp()
 
     def _calibration_source(self, trainer: Trainer) -> Callable[[], Iterable]:
         src = self.calibration_dataloader
@@ -218,37 +471,26 @@ class RCPUPruningCallback(Callback):
         return lambda: src
 
     def _prune_from_loader(self, trainer: Trainer, pl_module: LightningModule, lm: nn.Module,
-                           source: Callable[[], Iterable]) -> None:
-        loader = source()
+                           config: PruningConfig, epoch: Optional[int], target: float) -> None:
+        loader = self._calibration_source(trainer)()
         sharded = isinstance(getattr(loader, "sampler", None), DistributedSampler)
         world, rank = trainer.world_size, trainer.global_rank
         batches = [model_inputs(b) for i, b in enumerate(loader) if sharded or world <= 1 or i % world == rank]
         was_training = lm.training
         lm.eval()
         try:
-            inputs = capture_layer_inputs(lm, batches, offload=self.config.offload_inputs) if batches else LayerInputs()
-            self._prune(trainer, pl_module, lm, inputs)
+            inputs = capture_layer_inputs(lm, batches, offload=config.offload_inputs) if batches else LayerInputs()
+            self._prune(trainer, pl_module, lm, inputs, config, epoch, target)
         finally:
             lm.train(was_training)
-
-    def _rebuild_training(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """After pruning mid-fit: new optimizers/schedulers over the new parameters, DDP re-wrapped."""
-        from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
-
-        strategy = trainer.strategy
-        if isinstance(strategy, DDPStrategy):
-            strategy.model = pl_module  # drop the old wrapper (it registered the old parameters)
-            strategy.configure_ddp()
-        elif not isinstance(strategy, SingleDeviceStrategy):
-            raise RuntimeError(
-                f"prune_at_epoch is supported with single-device and DDP strategies, not {type(strategy).__name__}"
-            )
-        strategy.setup_optimizers(trainer)
-        rank_zero_info("optimizers and LR schedulers rebuilt over the pruned parameters (fresh optimizer state)")
 
     # -- predict -----------------------------------------------------------------------------
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._pending:
+            return
+        if getattr(pl_module, "pruning_plan", None) is not None:  # restored by predict(ckpt_path=...)
+            self._pending = False
+            rank_zero_info("the checkpoint holds a pruned model: the predict loop runs without pruning")
             return
         lm = self.lm(pl_module)
         self._catcher = LayerInputCatcher(lm, offload=self.config.offload_inputs, stop=False)
@@ -269,9 +511,11 @@ class RCPUPruningCallback(Callback):
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         catcher = self._remove_hooks()
         if catcher is not None:
-            self._prune(trainer, pl_module, self.lm(pl_module), catcher.inputs)
+            config = self._first_config()
+            self._prune(trainer, pl_module, self.lm(pl_module), catcher.inputs, config, None, config.ratio)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._unwrap_strategy_setup()
         # Lightning skips the whole predict loop (on_predict_start/end included) on a process whose
         # loader is empty; that process meets the others' first collective here and fails with them.
         if stage == "predict" and self._pending:
@@ -279,6 +523,26 @@ class RCPUPruningCallback(Callback):
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._remove_hooks()
+        self._unwrap_strategy_setup()
+
+    # -- export ------------------------------------------------------------------------------
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.export_dir is not None:
+            self.export(trainer, pl_module, source=f"end of fit (epoch {trainer.current_epoch}, "
+                                                   f"step {trainer.global_step})")
+
+    def export(self, trainer: Trainer, pl_module: LightningModule, source: str) -> Optional[str]:
+        """Write the module's LM as it is now (pruned and fine-tuned) to ``export_dir`` (rank 0, atomic;
+        every rank learns whether it worked). ``source`` says where the weights come from."""
+        path = self.export_path()
+        if path is None:
+            raise ValueError("export needs pruning.export_dir (CLI: --pruning.export_dir DIR)")
+        info = {**(_report_fields(self.results_summary()) if self.steps else {}),
+                "weights": f"pruned and fine-tuned: {source}"}
+        self._write(trainer, pl_module, path, info, what="pruning.export_dir", overwrite=self.overwrite)
+        self.exported_to = path
+        rank_zero_info(f"pruned, fine-tuned model exported to {path}")
+        return path
 
     # -- the work ----------------------------------------------------------------------------
     @staticmethod
@@ -315,7 +579,8 @@ class RCPUPruningCallback(Callback):
             record["source"] = "the dataloader given to the trainer or the callback"
         return record
 
-    def _prune(self, trainer: Trainer, pl_module: LightningModule, lm: nn.Module, inputs: LayerInputs) -> None:
+    def _prune(self, trainer: Trainer, pl_module: LightningModule, lm: nn.Module, inputs: LayerInputs,
+               config: PruningConfig, epoch: Optional[int], target: float) -> None:
         reduce = self._reduce(trainer)
         with torch.inference_mode(False):
             # Captured in an inference-mode loop the inputs may be inference tensors: make ordinary
@@ -325,80 +590,302 @@ class RCPUPruningCallback(Callback):
                     inputs.batches[k] = (h.clone(), kw)
             calibration = self._calibration_record(trainer, inputs)
             progress = default_progress() if self.progress and trainer.is_global_zero else False
-            report = prune_model(lm, inputs, self.config, reduce=reduce, progress=progress, release_inputs=True,
+            report = prune_model(lm, inputs, config, reduce=reduce, progress=progress, release_inputs=True,
                                  calibration=calibration)
-        self.report, self.pruned, self._world_size = report, True, trainer.world_size
-        set_plan(pl_module, report.plan, lm, reshape=False)
-        self._log_summary(trainer, report)
-        self._save(trainer, pl_module, lm, report)
+        previous = self._plan_of(pl_module)
+        plan = report.plan if previous is None else previous.then(report.plan)
+        # the settings recorded with the plan: the user's, at the ratio reached (not a step's own ratios)
+        plan.config = self.config.to_dict() if self.schedule is None else \
+            {**self.config.to_dict(), "ratio": target, "attn_ratio": None, "mlp_ratio": None}
+        self.report = report
+        self.steps.append(_step_record(report, epoch, target, trainer.world_size))
+        set_plan(pl_module, plan, lm, reshape=False)
+        self._log_summary(trainer, report, epoch, target)
+        self._save(trainer, pl_module, epoch)
 
-    def _log_summary(self, trainer: Trainer, report: PruningReport) -> None:
+    def _log_summary(self, trainer: Trainer, report: PruningReport, epoch: Optional[int], target: float) -> None:
+        total = _combine_steps(self.steps)
+        when = "" if epoch is None else f" (epoch {epoch}, step {len(self.steps)})"
         rank_zero_info(
-            f"pruned with {self.config.method} ({self.config.compensation}, {self.config.structure}) at ratio "
-            f"{self.config.ratio:g}: parameters {report.params_before:,} -> {report.params_after:,}; decoder-layer "
-            f"params removed {100 * report.decoder_params_removed:.1f}%, whole-model params removed "
-            f"{100 * report.model_params_removed:.1f}%; {report.seconds:.1f} s")
+            f"pruned with {self.config.method} ({self.config.compensation}, {self.config.structure}) to ratio "
+            f"{target:g}{when}: parameters {report.params_before:,} -> {report.params_after:,}; decoder-layer "
+            f"params removed {100 * total['decoder_params_removed']:.1f}%, whole-model params removed "
+            f"{100 * total['model_params_removed']:.1f}%; {report.seconds:.1f} s")
         if trainer.logger is not None:
             metrics = {"prune/params_before": report.params_before, "prune/params_after": report.params_after,
-                       "prune/decoder_params_removed": report.decoder_params_removed,
-                       "prune/model_params_removed": report.model_params_removed, "prune/seconds": report.seconds}
-            metrics.update({f"prune/layer_{i:02d}_params_removed": r for i, r in enumerate(report.layer_params_removed)})
+                       "prune/decoder_params_removed": total["decoder_params_removed"],
+                       "prune/model_params_removed": total["model_params_removed"], "prune/seconds": report.seconds}
+            metrics.update({f"prune/layer_{i:02d}_params_removed": r
+                            for i, r in enumerate(total["layer_params_removed"])})
             trainer.logger.log_metrics(metrics, step=trainer.global_step)
 
-    def _save(self, trainer: Trainer, pl_module: LightningModule, lm: nn.Module, report: PruningReport) -> None:
+    def _save(self, trainer: Trainer, pl_module: LightningModule, epoch: Optional[int]) -> None:
         if self.save_dir is None:
             return
-        error: Optional[str] = None
         path = self.output_dir()
+        when = "" if epoch is None else f" at epoch {epoch}"
+        info = {**_report_fields(self.results_summary()),
+                "weights": f"right after pruning{when}, before the fine-tuning that follows"}
+        # a folder this run wrote at an earlier step is its own output
+        self._write(trainer, pl_module, path, info, what="pruning.save_dir",
+                    overwrite=self.overwrite or path == self.saved_to)
+        self.saved_to = path
+        rank_zero_info(f"pruned model saved to {path}")
+
+    def _write(self, trainer: Trainer, pl_module: LightningModule, path: str, info: dict[str, Any], what: str,
+               overwrite: bool) -> None:
+        error: Optional[str] = None
         if trainer.is_global_zero:
             try:
-                save_hf_checkpoint(lm, report, path, getattr(pl_module, "tokenizer", None), overwrite=self.overwrite,
-                                   extra={"world_size": trainer.world_size})
-                rank_zero_info(f"pruned model saved to {path}")
+                save_hf_checkpoint(self.lm(pl_module), getattr(pl_module, "pruning_plan", None), path,
+                                   getattr(pl_module, "tokenizer", None), overwrite=overwrite, extra=info, what=what)
             except Exception as exc:  # every rank must learn about it, not wait at the barrier forever
                 error = f"{type(exc).__name__}: {exc}"
         error = trainer.strategy.broadcast(error, src=0)
         if error is not None:
-            raise RuntimeError(f"saving the pruned model to {path} failed on rank 0: {error}")
-        self.saved_to = path
+            raise RuntimeError(f"writing {what} {path} failed on rank 0: {error}")
 
     # -- checkpoints of the callback itself ----------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"pruned": self.pruned, "config": self.config.to_dict(), "prune_at_epoch": self.prune_at_epoch}
+        return {"steps": self.steps, "last_epoch": self.last_epoch, "config": self.config.to_dict(),
+                "schedule": _describe_schedule(self.schedule), "save_dir": self.saved_to}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.pruned = bool(state_dict.get("pruned", False)) or self.pruned
+        steps = state_dict.get("steps")
+        if steps is None and state_dict.get("pruned"):  # rcpu-lightning <= 0.2: one step, no record
+            steps = [{"epoch": state_dict.get("prune_at_epoch") or 0, "ratio": (state_dict.get("config") or {}).get("ratio")}]
+        self.steps = [dict(s) for s in steps or []]
+        self.last_epoch = int(state_dict.get("last_epoch", max([s.get("epoch") or 0 for s in self.steps], default=-1)))
+        self.saved_to = state_dict.get("save_dir")
         saved = state_dict.get("config")
-        if saved and saved != self.config.to_dict():
+        if self.steps and saved and (saved != self.config.to_dict()
+                                     or state_dict.get("schedule") != _describe_schedule(self.schedule)):
             rank_zero_info(
-                f"the checkpoint was pruned with {saved}, this callback is configured with {self.config.to_dict()}: "
-                "the checkpoint's pruned model is kept as it is and is not pruned again")
+                f"the checkpoint was pruned with {saved} (schedule {state_dict.get('schedule')}), this callback is "
+                f"configured with {self.config.to_dict()} (schedule {_describe_schedule(self.schedule)}): the "
+                "checkpoint's pruned model is kept as it is and is not pruned again; schedule entries after epoch "
+                f"{self.last_epoch} follow this callback")
 
 
+# -- schedules --------------------------------------------------------------------------------------
+def _check_ratio_value(value: Any, name: str) -> Optional[float]:
+    if value is None:
+        return None
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) \
+            or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}={value!r} is out of range; allowed: a number in [0, 1)")
+    return float(value)
+
+
+def _check_schedule(schedule: Schedule, config: PruningConfig) -> Schedule:
+    if schedule is None:
+        return None
+    if config.attn_ratio is not None or config.mlp_ratio is not None:
+        raise ValueError("a schedule sets the ratio of heads and channels at each step: leave config.attn_ratio "
+                         "and config.mlp_ratio unset (or use no schedule)")
+    if callable(schedule):
+        if config.structure != "uniform":
+            raise ValueError(f"a schedule function prunes in several steps, which needs structure='uniform', "
+                             f"not {config.structure!r}")
+        return schedule
+    if not isinstance(schedule, dict) or not schedule:
+        raise ValueError(f"schedule={schedule!r} is invalid; allowed: a non-empty {{epoch: ratio}} mapping, a "
+                         "function epoch -> ratio, or null")
+    checked: dict[int, float] = {}
+    for epoch, ratio in schedule.items():
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"schedule epoch {epoch!r} is invalid; allowed: an int >= 0")
+        checked[epoch] = _check_ratio_value(ratio, f"schedule[{epoch}]")
+        if checked[epoch] is None:
+            raise ValueError(f"schedule[{epoch}] is null; allowed: a number in [0, 1)")
+    checked = dict(sorted(checked.items()))
+    values = list(checked.values())
+    if any(b < a for a, b in zip(values, values[1:])):
+        raise ValueError(f"schedule={checked} decreases; its ratios are cumulative (of the dense model) and may "
+                         "not go down")
+    if len(checked) > 1 and config.structure != "uniform":
+        raise ValueError(f"a schedule of {len(checked)} steps needs structure='uniform', not {config.structure!r} "
+                         "(the adaptive structure decides per-layer counts for one global ratio)")
+    return checked
+
+
+def _describe_schedule(schedule: Schedule) -> Any:
+    if schedule is None or isinstance(schedule, dict):
+        return None if schedule is None else {int(k): v for k, v in schedule.items()}
+    return getattr(schedule, "__qualname__", repr(schedule))
+
+
+def _builds_in_configure_model(pl_module: LightningModule) -> bool:
+    return type(pl_module).configure_model is not LightningModule.configure_model
+
+
+# -- what a step did, as plain data ----------------------------------------------------------------
+def _step_record(report: PruningReport, epoch: Optional[int], target: float, world_size: int) -> dict[str, Any]:
+    return {"epoch": epoch, "ratio": target, "params_before": report.params_before, "params_after": report.params_after,
+            "decoder_params_removed": report.decoder_params_removed, "layer_params_removed": report.layer_params_removed,
+            "seconds": report.seconds, "world_size": world_size, "calibration": report.plan.calibration,
+            "layers": report.layers, "notes": report.notes}
+
+
+def _combine_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fractions removed by all steps together (each step's fraction is of the model before it)."""
+    out: dict[str, Any] = {}
+    if all("decoder_params_removed" in s for s in steps):
+        out["decoder_params_removed"] = 1 - math.prod(1 - s["decoder_params_removed"] for s in steps)
+        out["layer_params_removed"] = [1 - math.prod(1 - r for r in per_layer)
+                                       for per_layer in zip(*(s["layer_params_removed"] for s in steps))]
+    if all("params_before" in s for s in steps):
+        out.update(params_before=steps[0]["params_before"], params_after=steps[-1]["params_after"],
+                   model_params_removed=1 - steps[-1]["params_after"] / steps[0]["params_before"],
+                   prune_seconds=sum(s["seconds"] for s in steps))
+    return out
+
+
+def _report_fields(summary: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """A results summary under the keys of ``pruning_report.json`` (what the results writer reads back)."""
+    if not summary:
+        return {}
+    out = {k: summary[k] for k in ("params_before", "params_after", "decoder_params_removed", "model_params_removed",
+                                   "layer_params_removed", "notes", "pruning_steps", "schedule") if k in summary}
+    if "prune_seconds" in summary:
+        out["seconds"] = summary["prune_seconds"]
+    out["world_size"] = summary.get("prune_world_size")
+    return out
+
+
+# -- optimizer state across a pruning step ---------------------------------------------------------
+def _projection_params(lm: nn.Module) -> dict[tuple[int, str], dict[str, Optional[nn.Parameter]]]:
+    """The projections' parameters before a step: (layer, projection) -> {"weight": p, "bias": p or None}."""
+    out = {}
+    for i, layer in enumerate(decoder_layers(lm)):
+        parts = layer_parts(layer)
+        for name in ATTN_PROJ + MLP_PROJ:
+            lin = getattr(parts, name)
+            out[(i, name)] = {"weight": lin.weight, "bias": lin.bias}
+    return out
+
+
+def _kept_index(lp: LayerPlan, name: str, kind: str, head_dim: int) -> Optional[tuple[int, torch.Tensor]]:
+    """(dim, indices) of a projection parameter's kept slices, from the step's plan (indices refer to
+    the layer before the step); None: the parameter keeps its shape (o_proj/down_proj biases)."""
+    if name == "q_proj":
+        return 0, head_rows(lp.kept_heads, head_dim)
+    if name in ("k_proj", "v_proj"):
+        return 0, head_rows(lp.kept_kv_heads, head_dim)
+    if name in ("gate_proj", "up_proj"):
+        return 0, torch.as_tensor(lp.kept_channels, dtype=torch.long)
+    if kind == "bias":
+        return None
+    if name == "o_proj":
+        return 1, head_rows(lp.kept_heads, head_dim)
+    return 1, torch.as_tensor(lp.kept_channels, dtype=torch.long)  # down_proj
+
+
+def _slice_state(state: dict[str, Any], old: nn.Parameter, where: Optional[tuple[int, torch.Tensor]]) -> Optional[dict]:
+    """``state`` with every tensor shaped like ``old`` cut to the kept slices; None when some tensor
+    cannot be (an optimizer with factored or flattened state): the parameter then starts fresh."""
+    out = {}
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.dim() > 0:
+            if value.shape != old.shape:
+                return None
+            value = value if where is None else value.index_select(where[0], where[1].to(value.device))
+        out[key] = value
+    return out
+
+
+def _carry_optimizer_state(optimizers: list[torch.optim.Optimizer], old: dict, lm: nn.Module,
+                           step: PruningPlan) -> None:
+    """Give the optimizers the step's new parameters in place of the old ones (same optimizer objects,
+    same param groups, so LR schedulers continue) with their state sliced to the kept rows/columns;
+    parameters added by the step (compensation biases) join the group of their weight with fresh state."""
+    new: dict[tuple[int, str], nn.Module] = {}
+    for i, layer in enumerate(decoder_layers(lm)):
+        parts = layer_parts(layer)
+        for name in ATTN_PROJ + MLP_PROJ:
+            new[(i, name)] = getattr(parts, name)
+    where = {id(p): (key, kind, p) for key, params in old.items() for kind, p in params.items() if p is not None}
+    for (i, name), params in old.items():  # frozen stays frozen
+        for kind, p in params.items():
+            q = getattr(new[(i, name)], kind)
+            if p is not None and q is not None and q is not p:
+                q.requires_grad_(p.requires_grad)
+    fresh_warned = False
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            params = []
+            for p in group["params"]:
+                found = where.get(id(p))
+                if found is None:
+                    params.append(p)
+                    continue
+                (i, name), kind, _ = found
+                lin = new[(i, name)]
+                q = getattr(lin, kind)
+                params.append(q)
+                state = optimizer.state.pop(p, None)
+                if q is p:
+                    if state is not None:
+                        optimizer.state[q] = state
+                    continue
+                if state:
+                    sliced = _slice_state(state, p, _kept_index(step.layers[i], name, kind, _head_dim(lm, i)))
+                    if sliced is None:
+                        if not fresh_warned:
+                            rank_zero_warn("optimizer state that is not shaped like its parameter cannot be sliced: "
+                                           "pruned parameters of this optimizer start with fresh state")
+                            fresh_warned = True
+                    else:
+                        optimizer.state[q] = sliced
+                if kind == "weight":  # a bias the step added to this projection
+                    bias = lin.bias
+                    if bias is not None and old[(i, name)]["bias"] is None:
+                        params.append(bias)
+            group["params"][:] = params
+
+
+def _head_dim(lm: nn.Module, layer: int) -> int:
+    return layer_parts(decoder_layers(lm)[layer]).head_dim
+
+
+# -- small helpers ---------------------------------------------------------------------------------
 def _too_few(nsamples: int, world_size: int, empty: Optional[int] = None) -> str:
     empty = world_size - nsamples if empty is None else empty
     return (f"{nsamples} calibration samples for {world_size} processes: {empty} process(es) would get no calibration "
             "batch, and every process needs at least one; use more calibration samples or fewer processes")
 
 
-def output_fields(config: PruningConfig, nsamples: Optional[int]) -> dict[str, Any]:
-    """Placeholder values of a pruning run's output paths: the engine settings and the calibration size."""
-    return {**config.to_dict(), "nsamples": nsamples}
+def output_fields(config: PruningConfig, nsamples: Optional[int], schedule: Schedule = None) -> dict[str, Any]:
+    """Placeholder values of a pruning run's output paths: the engine settings (``ratio``: where a
+    schedule ends) and the calibration size."""
+    fields = {**config.to_dict(), "nsamples": nsamples}
+    if isinstance(schedule, dict) and schedule:
+        fields["ratio"] = schedule[max(schedule)]
+    return fields
 
 
 def _stop_forward(module, args, kwargs):
     raise StopForward
 
 
-def save_hf_checkpoint(lm: nn.Module, report: PruningReport, path: str | Path, tokenizer: Any = None,
-                       overwrite: bool = False, extra: Optional[dict] = None) -> Path:
-    """``save_pruned`` + tokenizer + ``pruning_report.json`` into ``path``, atomically (see
-    :func:`rcpu_lightning.files.atomic_dir`; an existing non-empty ``path`` needs ``overwrite``)."""
-    with atomic_dir(path, overwrite, "pruning.save_dir", "overwrite=True (CLI: --pruning.overwrite true)") as staged:
-        save_pruned(lm, report.plan, staged, overwrite=True)
+def save_hf_checkpoint(lm: nn.Module, plan: Union[PruningReport, PruningPlan, dict, None], path: str | Path,
+                       tokenizer: Any = None, overwrite: bool = False, extra: Optional[dict] = None,
+                       what: str = "pruning.save_dir") -> Path:
+    """``save_pruned`` (``save_pretrained`` for a model without a plan) + tokenizer + ``pruning_report.json``
+    into ``path``, atomically (see :func:`rcpu_lightning.files.atomic_dir`; an existing non-empty ``path``
+    needs ``overwrite``). ``plan``: a :class:`PruningReport` (its summary is written too), a plan, or None."""
+    summary: dict[str, Any] = {}
+    if isinstance(plan, PruningReport):
+        summary = plan.to_dict()
+        summary.pop("plan")
+        plan = plan.plan
+    plan = as_plan(plan)
+    with atomic_dir(path, overwrite, what, _OVERWRITE_FLAG) as staged:
+        if plan is not None:
+            save_pruned(lm, plan, staged, overwrite=True)
+        else:
+            lm.save_pretrained(staged)
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(staged)
-        summary = report.to_dict()
-        summary.pop("plan")
         write_json_atomic(staged / REPORT_FILE, {**summary, **(extra or {})}, indent=1)
     return Path(path)

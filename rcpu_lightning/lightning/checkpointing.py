@@ -29,7 +29,7 @@ from typing import Any, Optional, Union
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from ..models.adapter import decoder_layers, layer_parts
+from ..models.adapter import check_supported, decoder_layers, layer_parts
 from ..pruning.plan import PruningPlan
 from ..pruning.surgery import ATTN_PROJ, MLP_PROJ, apply_plan_shapes
 
@@ -59,13 +59,18 @@ def find_causal_lm(module: nn.Module, model_attr: Optional[str] = None) -> nn.Mo
 def search_causal_lm(module: nn.Module) -> nn.Module:
     """The first submodule with a ``config`` whose decoder layers the adapter recognises."""
     candidates = [getattr(module, "model", None)] + [m for _, m in module.named_modules()]
+    others = []  # models of other architectures: named in the error
     for cand in candidates:
         if isinstance(cand, nn.Module) and hasattr(cand, "config"):
             try:
                 decoder_layers(cand)
             except (ValueError, AttributeError):
+                if getattr(cand.config, "model_type", None) is not None:
+                    others.append(cand)
                 continue
             return cand
+    if others:
+        check_supported(others[0])  # "unsupported architecture X (model_type=...); ... supported: [...]"
     raise ValueError(
         f"{type(module).__name__} holds no Llama-family causal LM yet (a submodule with .config and "
         "model.layers). A module that builds its LM in configure_model is pruned after that has run; "

@@ -7,11 +7,14 @@ from rcpu_lightning.lightning import CausalLMModule, RCPUDataModule, RCPUPruning
 from rcpu_lightning.pruning import PruningConfig
 
 
-def run(model="smollm2-135m", data_dir=None, save_dir="outputs/pruned-finetuned", max_steps=100, **data_options):
+def run(model="smollm2-135m", data_dir=None, save_dir="outputs/pruned", export_dir="outputs/pruned-finetuned",
+        max_steps=100, calibration=CalibrationConfig(nsamples=128, seqlen=128), **data_options):
     module = CausalLMModule(model, lr=1e-5)  # hub id, local folder, .gguf file or a transformers model
-    data = RCPUDataModule(data_dir=data_dir, calibration=CalibrationConfig(nsamples=128, seqlen=128), **data_options)
-    pruning = RCPUPruningCallback(PruningConfig(method="rcpu", ratio=0.2, head_rounding="nearest"), save_dir=save_dir)
+    data = RCPUDataModule(data_dir=data_dir, calibration=calibration, **data_options)  # WikiText-2 windows
+    pruning = RCPUPruningCallback(PruningConfig(method="rcpu", ratio=0.2, head_rounding="nearest"),
+                                  save_dir=save_dir,      # the model right after pruning, before fine-tuning
+                                  export_dir=export_dir)  # the model at the end of fit: pruned and fine-tuned
     trainer = L.Trainer(max_steps=max_steps, callbacks=[pruning], logger=False, enable_checkpointing=False)
-    trainer.fit(module, datamodule=data)   # prunes in setup("fit"), before optimizers exist; then fine-tunes
-    trainer.test(module, datamodule=data)  # WikiText-2 perplexity of the pruned, fine-tuned model
-    return module.eval_results             # {"ppl": ..., "tokens": ...}
+    trainer.fit(module, datamodule=data)   # prunes before the optimizers exist, fine-tunes, exports
+    trainer.test(module, datamodule=data)  # WikiText-2 test perplexity of the pruned, fine-tuned model
+    return module, module.eval_results     # eval_results: {"ppl": ..., "tokens": ...}
