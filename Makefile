@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 # The demo's own outputs (outputs/demo/) are replaced on every run: hence the explicit overwrite flags.
 demo: setup
 	$(RUN) $(BIN)/python cli.py prune -c configs/smollm2-rcpu.yaml -c configs/smollm2-demo.yaml \
-		--evaluate_dense true --pruning.overwrite true --results.overwrite true
+		--trainer.prune_evaluate_dense true --pruning.overwrite true --results.overwrite true
 
 test: setup
 	$(RUN) $(BIN)/python -m pytest -q

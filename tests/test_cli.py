@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
@@ -81,19 +82,76 @@ def test_test_with_zero_shot_task(pruned_run, tmp_path):
     assert res["ppl"] == pytest.approx(json.loads((out / "results.json").read_text())["ppl"], rel=1e-9)
 
 
-def test_fit_prunes_then_finetunes_and_test_reloads_the_lightning_checkpoint(tiny, tmp_path):
+def _starts(stream: torch.Tensor, row: torch.Tensor) -> list[int]:
+    """Every position of ``row`` in the token stream."""
+    windows = stream.unfold(0, row.numel(), 1)  # [N - L + 1, L]
+    return (windows == row).all(1).nonzero().flatten().tolist()
+
+
+def test_fit_prunes_finetunes_validates_on_held_out_windows_exports_and_resumes(tiny, tmp_path, caplog, monkeypatch):
+    from rcpu_lightning.data import calibration_stream, window_starts
+    from rcpu_lightning.pruning import load_pruned
+
     _, model, data = tiny
-    cfg = tiny_config(tmp_path / "fit.yaml", model, data, tmp_path / "out")
-    cli = main(["fit", "-c", str(cfg), "--trainer.max_steps", "4", "--trainer.enable_checkpointing", "true",
-                "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.limit_val_batches", "0",
-                "--data.train_nsamples", "16", "--model.lr", "0.003", "--results.path", "null"])
+    cfg = tiny_config(tmp_path / "fit.yaml", model, data, tmp_path / "out",
+                      pruning__export_dir=str(tmp_path / "out" / "finetuned"))
+    args = ["--trainer.enable_checkpointing", "true", "--trainer.default_root_dir", str(tmp_path / "run"),
+            "--data.train_nsamples", "16", "--data.val_nsamples", "8", "--model.lr", "0.003"]
+    with caplog.at_level("INFO", logger="rcpu_lightning"):
+        cli = main(["fit", "-c", str(cfg), "--trainer.max_steps", "4", *args,
+                    "--results.path", str(tmp_path / "out" / "{stage}.json")])
     pruned_params = cli.model.num_parameters()
     assert cli.model.pruning_plan is not None and (tmp_path / "out" / "pruned" / "pruning_plan.json").is_file()
+
+    # training and validation windows: of the calibration split, overlapping no calibration window nor each other
+    assert "overlap no calibration or training window" in caplog.text
+    stream, _ = calibration_stream(cli.model.tokenizer, data)
+    calibration = window_starts(stream.numel(), 16, 16, 0)
+    train = [s for row in cli.datamodule.train_rows() for s in _starts(stream, row)]
+    val = [s for row in cli.datamodule.val_rows() for s in _starts(stream, row)]
+    assert len(train) >= 16 and len(val) >= 8  # every window found in the calibration split (not the test split)
+    assert all(abs(v - c) >= 16 for v in val for c in calibration + train)
+    assert all(abs(t - c) >= 16 for t in train for c in calibration)
+    record = json.loads((tmp_path / "out" / "fit.json").read_text())
+    assert record["evaluation"] == "validate" and record["ppl_windows"] == 8 and "held out" in record["ppl_split"]
+
+    # the fine-tuned model: exported at the end of fit, and again by `export` from the checkpoint
     [ckpt] = list((tmp_path / "run").rglob("*.ckpt"))
+    main(["export", "-c", str(cfg), "--ckpt_path", str(ckpt), "--pruning.export_dir", str(tmp_path / "exported")])
+    ids = torch.arange(32).view(2, 16)
+    with torch.no_grad():
+        want = cli.model.model.eval()(input_ids=ids).logits
+        for folder in (tmp_path / "out" / "finetuned", tmp_path / "exported"):
+            torch.testing.assert_close(load_pruned(folder).eval()(input_ids=ids).logits, want, msg=str(folder))
+
     res_path = tmp_path / "test.json"
     main(["test", "-c", str(cfg), "--ckpt_path", str(ckpt), "--results.path", str(res_path)])
     res = json.loads(res_path.read_text())
     assert res["params"] == pruned_params and res["method"] == "rcpu" and res["ppl"] > 1
+
+    # resume: no calibration, no pruning, save_dir and the fit's export untouched without any overwrite flag
+    import rcpu_lightning.lightning.callback as callback_module
+
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    calls = []
+    monkeypatch.setattr(callback_module, "capture_layer_inputs", lambda *a, **k: calls.append("capture"))
+    monkeypatch.setattr(callback_module, "prune_model", lambda *a, **k: calls.append("prune"))
+    again = main(["fit", "-c", str(cfg), "--trainer.max_steps", "8", *args, "--ckpt_path", str(ckpt),
+                  "--pruning.export_dir", str(tmp_path / "export2"), "--results.path", "null"])
+    assert calls == [] and again.trainer.global_step == 8 and again.model.num_parameters() == pruned_params
+    assert {p: p.stat().st_mtime_ns for p in written} == written and (tmp_path / "export2" / "config.json").is_file()
+
+
+def test_a_users_own_lightning_module_plugs_in_through_class_path(tiny, tmp_path):
+    _, model, data = tiny
+    cfg = tiny_config(tmp_path / "user.yaml", model, data, tmp_path / "out",
+                      model={"class_path": "user_classes.PlainLM", "init_args": {"path": str(model)}})
+    cli = main(["fit", "-c", str(cfg), "--trainer.max_steps", "4", "--data.train_nsamples", "16",
+                "--data.val_nsamples", "8", "--results.path", "null"])
+    assert type(cli.model).__name__ == "PlainLM" and cli.model.pruning_plan is not None
+    assert (tmp_path / "out" / "pruned" / "pruning_plan.json").is_file() and len(cli.model.losses) == 4
+    main(["prune", "-c", str(cfg), "--pruning.save_dir", str(tmp_path / "p2"), "--model.lr", "0.01"])
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["method"] == "rcpu"
 
 
 def test_dense_test_differs_from_pruned(pruned_run, tiny, tmp_path):
@@ -104,18 +162,34 @@ def test_dense_test_differs_from_pruned(pruned_run, tiny, tmp_path):
     assert dense["method"] == "dense" and dense["ppl"] != pytest.approx(json.loads((out / "results.json").read_text())["ppl"])
 
 
-def test_print_config_round_trips(pruned_run, tmp_path, capsys):
+def test_print_config_round_trips_across_subcommands(pruned_run, tmp_path, capsys):
     cfg, _ = pruned_run
     with pytest.raises(SystemExit):
-        main(["prune", "-c", str(cfg), "--pruning.config.ratio", "0.25", "--print_config"])
+        main(["prune", "-c", str(cfg), "--pruning.config.ratio", "0.25", "--trainer.prune_evaluate_dense", "true",
+              "--pruning.schedule", "{0: 0.25}", "--print_config"])
     printed = capsys.readouterr().out
     dumped = yaml.safe_load(printed)
     assert dumped["pruning"]["config"]["ratio"] == 0.25 and dumped["pruning"]["config"]["head_rounding"] == "nearest"
+    assert dumped["trainer"]["prune_evaluate_dense"] is True and dumped["model"]["class_path"].endswith("CausalLMModule")
     again = tmp_path / "again.yaml"
     again.write_text(printed)
     with pytest.raises(SystemExit):
         main(["prune", "-c", str(again), "--print_config"])
     assert yaml.safe_load(capsys.readouterr().out) == dumped
+    for sub in ("fit", "test", "validate", "predict", "export"):  # prune's config loads everywhere, and back
+        with pytest.raises(SystemExit) as exit_info:
+            main([sub, "-c", str(again), "--print_config"])
+        assert exit_info.value.code in (0, None), (sub, capsys.readouterr().err)
+        other = yaml.safe_load(capsys.readouterr().out)
+        assert {k: other[k] for k in ("trainer", "model", "data", "pruning")} == \
+            {k: dumped[k] for k in ("trainer", "model", "data", "pruning")}, sub
+        if sub == "fit":  # and fit's back into prune and export (validate/test/predict add their own loop flags)
+            (tmp_path / "fit.yaml").write_text(yaml.safe_dump(other))
+            for back in ("prune", "export"):
+                with pytest.raises(SystemExit) as exit_info:
+                    main([back, "-c", str(tmp_path / "fit.yaml"), "--print_config"])
+                assert exit_info.value.code in (0, None), (back, capsys.readouterr().err)
+                capsys.readouterr()
 
 
 def test_bad_ratio_fails_before_anything_is_written(tiny, tmp_path, capsys):
@@ -165,7 +239,7 @@ def _bases_and_overrides() -> list[tuple[Path, ...]]:
 
 
 @pytest.mark.parametrize("files", _bases_and_overrides(), ids=lambda files: "+".join(f.stem for f in files))
-@pytest.mark.parametrize("subcommand", ["prune", "fit", "test", "validate"])
+@pytest.mark.parametrize("subcommand", ["prune", "fit", "test", "validate", "predict", "export"])
 def test_every_config_loads_for_every_subcommand(files, subcommand, capsys):
     args = [subcommand] + [a for f in files for a in ("-c", str(f))] + ["--print_config"]
     with pytest.raises(SystemExit) as exit_info:
@@ -174,7 +248,7 @@ def test_every_config_loads_for_every_subcommand(files, subcommand, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     _assert_contains(printed, yaml.safe_load(files[-1].read_text()), files[-1].name)
     if files[0].parent.name == "paper":  # the paper's protocol: seven tasks, no BOS
-        assert len(printed["data"]["tasks"]) == 7 and printed["data"]["bos"] is False
+        assert len(printed["data"]["init_args"]["tasks"]) == 7 and printed["data"]["init_args"]["bos"] is False
 
 
 def test_paper_methods_cover_the_tables():
@@ -187,13 +261,16 @@ def test_smollm2_config_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["prune", "-c", str(CONFIGS / "smollm2-rcpu.yaml"), "--print_config"])
     cfg = yaml.safe_load(capsys.readouterr().out)
-    assert cfg["model"]["model"] == "smollm2-135m" and cfg["pruning"]["config"]["head_rounding"] == "nearest"
-    calibration = cfg["data"]["calibration"]
+    assert cfg["model"]["init_args"]["model"] == "smollm2-135m" and cfg["pruning"]["config"]["head_rounding"] == "nearest"
+    calibration = cfg["data"]["init_args"]["calibration"]
     assert (calibration["nsamples"], calibration["seqlen"], cfg["pruning"]["config"]["ratio"]) == (128, 128, 0.2)
 
 
 def _assert_contains(config: dict, override: dict, where: str) -> None:
-    """Every (nested) value of ``override`` is in ``config``."""
+    """Every (nested) value of ``override`` is in ``config`` (a class's arguments given without ``init_args``
+    are its ``init_args``)."""
+    if "init_args" in config and "init_args" not in override and "class_path" not in override:
+        config = config["init_args"]
     for key, value in override.items():
         if isinstance(value, dict):
             _assert_contains(config[key], value, where)
@@ -268,7 +345,7 @@ def test_evaluating_a_pruned_folder_never_replaces_its_prune_record(tiny, tmp_pa
     _, model, data = tiny
     template = str(tmp_path / "out" / "{method}-{ratio_pct}.{stage}.json")
     cfg = tiny_config(tmp_path / "c.yaml", model, data, tmp_path / "out", results__path=template)
-    main(["prune", "-c", str(cfg), "--evaluate_dense", "true"])
+    main(["prune", "-c", str(cfg), "--trainer.prune_evaluate_dense", "true"])
     printed = capsys.readouterr().out
     record = tmp_path / "out" / "rcpu-34.prune.json"
     before = record.read_text()
@@ -309,9 +386,38 @@ def test_prune_help_is_readable(capsys):
         main(["prune", "--help"])
     text = capsys.readouterr().out
     for option in ("--pruning.config.attn_ratio", "--pruning.config.mlp_ratio", "--pruning.overwrite",
-                   "--evaluate_dense", "--data.calibration.nsamples"):
+                   "--pruning.schedule", "--pruning.export_dir", "--trainer.prune_evaluate_dense",
+                   "--data.calibration.nsamples", "--model.model", "--model.help CausalLMModule"):
         assert option in text
     attn = text[text.index("  --pruning.config.attn_ratio"):]
     assert "fraction of attention heads" in attn[:300]  # every knob has its description
-    model = text[text.index("  --model.model MODEL"):text.index("  --model.dtype")]
-    assert "torch.nn." not in model and len(text.splitlines()) < 900  # no catalogue of torch modules
+    assert "torch.nn." not in text and len(text.splitlines()) < 900  # no catalogue of torch modules
+    with pytest.raises(SystemExit):  # the module's own options, one flag away
+        main(["prune", "--model.help", "CausalLMModule"])
+    model = capsys.readouterr().out
+    model = model[model.index("  --model.model MODEL"):model.index("  --model.dtype")]
+    assert "hub id" in model and "torch.nn." not in model
+
+
+def test_a_non_llama_model_is_named_in_one_line_before_it_loads(tiny, tmp_path, capsys, no_model_load):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, _, data = tiny
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=64, n_positions=32)).save_pretrained(folder)
+    cfg = tiny_config(tmp_path / "c.yaml", folder, data, tmp_path / "out")
+    capsys.readouterr()  # save_pretrained's progress bar
+    for sub in ("prune", "fit", "predict"):
+        err = _fails([sub, "-c", str(cfg)], capsys)
+        assert "unsupported architecture GPT2LMHeadModel (model_type='gpt2')" in err, err
+        assert "['llama', 'mistral', 'qwen2']" in err and err.count("\n") == 2  # the message and the RCPU_DEBUG hint
+    assert not (tmp_path / "out").exists()
+
+
+def test_pruning_a_pruned_folder_or_exporting_without_a_checkpoint_is_refused_up_front(pruned_run, tmp_path, capsys,
+                                                                                         no_model_load):
+    cfg, out = pruned_run
+    err = _fails(["prune", "-c", str(cfg), "--model.model", str(out / "pruned")], capsys)
+    assert "is a pruned folder" in err and "start from the dense model" in err
+    assert "--ckpt_path" in _fails(["export", "-c", str(cfg), "--pruning.export_dir", str(tmp_path / "x")], capsys)
+    assert "--pruning.export_dir" in _fails(["export", "-c", str(cfg), "--ckpt_path", "x.ckpt"], capsys)

@@ -1,13 +1,19 @@
-"""LightningCLI with a ``prune`` subcommand (the repository's ``cli.py`` calls :func:`main`).
+"""LightningCLI with ``prune`` and ``export`` subcommands (the repository's ``cli.py`` calls :func:`main`).
 
     python cli.py prune -c configs/smollm2-rcpu.yaml              # calibrate, prune, save, test
     python cli.py test  -c configs/smollm2-rcpu.yaml --model.model outputs/smollm2/rcpu-rotation-20
+    python cli.py fit   -c configs/smollm2-rcpu.yaml --pruning.export_dir outputs/finetuned   # prune, fine-tune, export
+    python cli.py export -c configs/smollm2-rcpu.yaml --ckpt_path run/last.ckpt --pruning.export_dir outputs/ft
     python cli.py prune -c configs/smollm2-rcpu.yaml --print_config
     python cli.py report outputs/smollm2/*.json --markdown table.md  # tables from results files
 
-Top-level config keys: ``trainer``, ``model`` (:class:`CausalLMModule`), ``data``
-(:class:`RCPUDataModule`), ``pruning`` (:class:`RCPUPruningCallback`, always instantiated; it acts
-only in ``predict``/``prune`` and ``fit``) and ``results`` (:class:`RCPUResultsWriter`).
+Top-level config keys: ``trainer`` (:class:`RCPUTrainer`: Lightning's options plus ``prune_evaluate``
+and ``prune_evaluate_dense``), ``model`` (any LightningModule: ``class_path`` + ``init_args``; default
+:class:`CausalLMModule`, whose ``init_args`` may be given directly), ``data`` (any LightningDataModule,
+default :class:`RCPUDataModule`), ``pruning`` (:class:`RCPUPruningCallback`, always instantiated; it
+prunes only in ``predict``/``prune`` and ``fit``, and exports in ``fit``/``export``) and ``results``
+(:class:`RCPUResultsWriter`). Every subcommand accepts every key (its own ones are ``ckpt_path`` and,
+for ``fit``, ``optimizer``/``lr_scheduler``), so a config printed by one loads in any other.
 
 Errors of the kinds user mistakes raise (``ValueError``, ``TypeError``, ``OSError``: a bad value, a
 missing file, an output that exists) end with one line on stderr and exit status 2; set
@@ -16,10 +22,13 @@ missing file, an output that exists) end with one line on stderr and exit status
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import os
 import shlex
 import sys
+import types
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,10 +38,12 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ..files import check_output_path, format_output_path, write_text_atomic
+from ..models.adapter import check_supported
 from ..models.loading import check_model_spec
 from ..pruning.config import PruningConfig
 from ..pruning.io import PLAN_FILE, load_plan
 from .callback import RCPUPruningCallback, output_fields
+from .checkpointing import install_plan_hooks
 from .data import RCPUDataModule
 from .logs import configure_logging
 from .module import CausalLMModule
@@ -43,29 +54,60 @@ DEBUG_ENV = "RCPU_DEBUG"
 
 PRUNE_HELP = (
     "Calibrate, prune, save the pruned checkpoint, evaluate it, print a summary. Options most runs need "
-    "(all of them follow): -c CONFIG (a YAML file; several merge in order); "
+    "(all of them follow): -c CONFIG (a YAML file; several merge in order); --model.model SPEC (the LM: hub "
+    "id, folder, .gguf file, smollm2-135m; --model.help CausalLMModule lists the module's options); "
     "--pruning.config.method/.ratio/.compensation/.structure/.head_rounding (what to prune and how); "
     "--pruning.save_dir DIR (the pruned checkpoint; --pruning.overwrite true replaces an existing one); "
     "--data.calibration.nsamples N (calibration windows: fewer = faster); "
     "--data.ppl_max_windows N (evaluate on the first N perplexity windows); --data.tasks [boolq,piqa,...] "
     "(zero-shot tasks); --results.path FILE (the results JSON; --results.overwrite true replaces one); "
-    "--evaluate_dense true (also evaluate the dense model, for a before/after); --print_config."
+    "--trainer.prune_evaluate_dense true (also evaluate the dense model, for a before/after); --print_config."
 )
+EXPORT_HELP = (
+    "Write the model of a Lightning checkpoint (e.g. the end of a fit: pruned and fine-tuned) as a Hugging Face "
+    "checkpoint that from_pretrained / load_pruned reload: -c CONFIG (the run's config: the model it started "
+    "from) --ckpt_path FILE.ckpt --pruning.export_dir DIR (--pruning.overwrite true replaces an existing one)."
+)
+DEFAULT_MODEL = "rcpu_lightning.lightning.CausalLMModule"
+DEFAULT_DATA = "rcpu_lightning.lightning.RCPUDataModule"
 
 
 def _writers(trainer: Trainer) -> list[RCPUResultsWriter]:
     return [c for c in trainer.callbacks if isinstance(c, RCPUResultsWriter)]
 
 
+def _pruning_callback(trainer: Trainer, entry: str) -> RCPUPruningCallback:
+    found = [c for c in trainer.callbacks if isinstance(c, RCPUPruningCallback)]
+    if not found:
+        raise ValueError(f"Trainer.{entry} needs an RCPUPruningCallback in trainer.callbacks")
+    return found[0]
+
+
 class RCPUTrainer(Trainer):
-    """A Trainer with ``prune``: a predict loop that calibrates and prunes, then (by default) a test loop."""
+    """A Trainer with ``prune`` (a predict loop that calibrates and prunes, then by default a test loop)
+    and ``export`` (a Lightning checkpoint's model as a Hugging Face checkpoint).
+
+    Args:
+        prune_evaluate: ``prune`` evaluates the pruned model (test loop) afterwards, in the same process.
+        prune_evaluate_dense: ``prune`` also evaluates the dense model first, for the before/after summary.
+        *args, **kwargs: :class:`lightning.pytorch.Trainer`'s.
+
+    The two ``prune_*`` options are constructor arguments (``trainer.prune_evaluate_dense`` in YAML)
+    rather than arguments of ``prune`` so that every subcommand accepts a config ``prune`` printed.
+    """
+
+    def __init__(self, *args: Any, prune_evaluate: bool = True, prune_evaluate_dense: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.prune_evaluate = bool(prune_evaluate)
+        self.prune_evaluate_dense = bool(prune_evaluate_dense)
 
     def prune(
         self,
         model: LightningModule,
         datamodule: Optional[LightningDataModule] = None,
-        evaluate: bool = True,
-        evaluate_dense: bool = False,
+        ckpt_path: Optional[str] = None,
+        weights_only: Optional[bool] = None,
     ) -> dict[str, Any]:
         """Calibrate on the calibration windows, prune, save the pruned checkpoint, then evaluate it.
 
@@ -74,26 +116,75 @@ class RCPUTrainer(Trainer):
         (where the pruned checkpoint goes; ``--pruning.overwrite true`` to replace one),
         ``--data.calibration.nsamples`` (calibration windows; fewer = faster),
         ``--data.ppl_max_windows`` (evaluate on the first N perplexity windows only),
-        ``--data.tasks`` (zero-shot tasks), ``--results.path`` (the results JSON).
+        ``--data.tasks`` (zero-shot tasks), ``--results.path`` (the results JSON),
+        ``--trainer.prune_evaluate_dense true`` (the dense model too, for a before/after).
 
         Args:
             model: the LightningModule wrapping the dense LM.
             datamodule: provides ``predict_dataloader`` (calibration) and ``test_dataloader``.
-            evaluate: evaluate the pruned model (test loop) afterwards, in the same process.
-            evaluate_dense: also evaluate the dense model first, for the before/after summary.
+            ckpt_path: start from the weights of this Lightning checkpoint (of a dense model).
+            weights_only: how ``ckpt_path`` is read (see ``Trainer.predict``).
 
         Returns:
             The module's ``eval_results`` (empty without evaluation).
         """
-        if not any(isinstance(c, RCPUPruningCallback) for c in self.callbacks):
-            raise ValueError("Trainer.prune needs an RCPUPruningCallback in trainer.callbacks")
-        if evaluate_dense:
-            self.test(model, datamodule=datamodule, verbose=False)  # the writer keeps it as the "dense" baseline
-        self.predict(model, datamodule=datamodule, return_predictions=False)
-        if evaluate:
+        callback = _pruning_callback(self, "prune")
+        if getattr(model, "pruning_plan", None) is not None:
+            raise ValueError("the model already carries a pruning plan (a pruned folder?): pruning a pruned model "
+                             "again is not supported; start from the dense model")
+        if self.prune_evaluate_dense:  # the writer keeps it as the "dense" baseline
+            self.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=weights_only)
+        self.predict(model, datamodule=datamodule, ckpt_path=ckpt_path, return_predictions=False,
+                     weights_only=weights_only)
+        if not callback.pruned:
+            raise ValueError(f"the checkpoint {ckpt_path} holds a pruned model: pruning a pruned model again is not "
+                             "supported; start from the dense model")
+        if self.prune_evaluate:
             self.test(model, datamodule=datamodule, verbose=False)
         self._print_summary()
         return dict(getattr(model, "eval_results", {}) or {})
+
+    def export(
+        self,
+        model: LightningModule,
+        datamodule: Optional[LightningDataModule] = None,
+        ckpt_path: Optional[str] = None,
+        weights_only: Optional[bool] = None,
+    ) -> str:
+        """Write the model of a Lightning checkpoint as a Hugging Face checkpoint to ``pruning.export_dir``.
+
+        The module is built from the config (the model the run started from), given the pruned shapes
+        of the checkpoint's plan and its weights (what Lightning's restore does: ``on_load_checkpoint``,
+        then ``load_state_dict``); rank 0 writes ``save_pruned`` + tokenizer + ``pruning_report.json``,
+        atomically. ``--pruning.overwrite true`` replaces an existing non-empty folder.
+
+        Args:
+            model: the LightningModule the checkpoint was trained with.
+            datamodule: unused (accepted so that every config loads).
+            ckpt_path: the Lightning checkpoint (e.g. ``last.ckpt`` of a fit).
+            weights_only: how ``ckpt_path`` is read (see ``Trainer.fit``).
+
+        Returns:
+            The folder written.
+        """
+        callback = _pruning_callback(self, "export")
+        if not ckpt_path:
+            raise ValueError("export needs --ckpt_path (a Lightning checkpoint, e.g. the last.ckpt of a fit)")
+        if callback.export_path() is None:
+            raise ValueError("export needs --pruning.export_dir DIR (where the Hugging Face checkpoint goes)")
+        check_output_path(callback.export_path(), callback.overwrite, "pruning.export_dir",
+                          "--pruning.overwrite true")
+        checkpoint = self.strategy.load_checkpoint(ckpt_path, weights_only=weights_only)
+        install_plan_hooks(model)
+        if callable(getattr(model, "configure_model", None)):
+            model.configure_model()  # as Lightning does before restoring (a no-op unless overridden)
+        model.on_load_checkpoint(checkpoint)  # the plan's shapes first
+        model.load_state_dict(checkpoint["state_dict"], strict=model.strict_loading)
+        state = (checkpoint.get("callbacks") or {}).get(callback.state_key)
+        if state is not None:  # what the fit's pruning did, for pruning_report.json
+            callback.load_state_dict(state)
+        epoch, step = checkpoint.get("epoch"), checkpoint.get("global_step")
+        return callback.export(self, model, source=f"{ckpt_path} (epoch {epoch}, step {step})")
 
     @rank_zero_only
     def _print_summary(self) -> None:
@@ -118,35 +209,60 @@ class RunConfig(SaveConfigCallback):
 
 
 class RCPUCLI(LightningCLI):
-    """LightningCLI for :class:`CausalLMModule` / :class:`RCPUDataModule` with ``prune``."""
+    """LightningCLI with ``prune`` and ``export``; ``model``/``data`` take any LightningModule/DataModule
+    (``class_path`` + ``init_args``), by default :class:`CausalLMModule` / :class:`RCPUDataModule`."""
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "prune": {"model", "datamodule"}}
+        return {**LightningCLI.subcommands(), "prune": {"model", "datamodule"}, "export": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser) -> None:
         # Forced callbacks under their own keys: override files merge into them (a list entry in
         # trainer.callbacks would be replaced wholesale by a second config file).
         parser.add_lightning_class_args(RCPUPruningCallback, "pruning")
         parser.add_lightning_class_args(RCPUResultsWriter, "results")
+        # The default classes, so that a config may give their init_args directly (model: {model: ...}).
+        parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}, "data": {"class_path": DEFAULT_DATA}})
 
     def before_instantiate_classes(self) -> None:
-        """Check what needs no model before any weight is loaded: the model spec, the local data files and
-        every output location (the callback and the writer check again in ``setup``)."""
+        """Check what needs no model before any weight is loaded: the model spec and its architecture, the
+        local data files and every output location (the callback and the writer check again later)."""
         config, sub = self.config[self.subcommand], self.subcommand
-        spec = config.model.model
+        model_cls, model_args = _class_and_args(config.model)
+        spec = getattr(model_args, "model", None) if issubclass(model_cls, CausalLMModule) else None
+        pruned_input = False
         if isinstance(spec, (str, os.PathLike)):
-            check_model_spec(spec)
-        prunes, evaluates = sub in ("prune", "predict", "fit"), sub in ("prune", "test", "validate", "fit")
-        data = config.data
-        RCPUDataModule.check_local_data(data.data_dir, calibration=prunes, evaluation=evaluates and sub != "fit",
-                                        ppl_split=data.ppl_split, perplexity=data.perplexity, tasks=data.tasks or [])
-        pruning = PruningConfig(**vars(config.pruning.config))
-        fields = output_fields(pruning, data.calibration.nsamples)
-        if prunes and config.pruning.save_dir:
-            check_output_path(format_output_path(config.pruning.save_dir, fields), config.pruning.overwrite,
+            kind = check_model_spec(spec)
+            pruned_input = kind == "folder" and (Path(spec).expanduser() / PLAN_FILE).is_file()
+            if kind == "folder" and sub in ("prune", "predict", "fit"):
+                _check_architecture(Path(spec).expanduser())
+        if sub == "prune" and pruned_input:
+            raise ValueError(f"model.model={str(spec)!r} is a pruned folder (it holds {PLAN_FILE}): pruning a pruned "
+                             "model again is not supported; start from the dense model")
+        # a pruned folder is fine-tuned as it is; a resumed fit does not rewrite save_dir
+        prunes = sub in ("prune", "predict", "fit") and not pruned_input
+        data_cls, data = _class_and_args(config.data)
+        nsamples = None
+        if issubclass(data_cls, RCPUDataModule):
+            nsamples = data.calibration.nsamples
+            RCPUDataModule.check_local_data(data.data_dir, calibration=prunes or sub in ("fit", "validate"),
+                                            evaluation=sub in ("prune", "test"), ppl_split=data.ppl_split,
+                                            perplexity=data.perplexity, tasks=data.tasks or [])
+        pruning = config.pruning
+        fields = output_fields(PruningConfig(**vars(pruning.config)), nsamples,
+                               pruning.schedule if isinstance(pruning.schedule, dict) else None)
+        if prunes and pruning.save_dir and not (sub == "fit" and config.get("ckpt_path")):
+            check_output_path(format_output_path(pruning.save_dir, fields), pruning.overwrite,
                               "pruning.save_dir", "--pruning.overwrite true")
-        if config.results.path:
+        if sub == "export" and not config.get("ckpt_path"):
+            raise ValueError("export needs --ckpt_path (a Lightning checkpoint, e.g. the last.ckpt of a fit)")
+        if sub == "export" and not pruning.export_dir:
+            raise ValueError("export needs --pruning.export_dir DIR (where the Hugging Face checkpoint goes)")
+        if sub in ("fit", "export") and pruning.export_dir:
+            export_fields = fields if prunes else _folder_fields(spec)
+            check_output_path(format_output_path(pruning.export_dir, export_fields), pruning.overwrite,
+                              "pruning.export_dir", "--pruning.overwrite true")
+        if config.results.path and sub != "export":
             if not prunes:
                 fields = _folder_fields(spec)
             path = format_output_path(config.results.path, {**fields, "stage": sub})
@@ -168,6 +284,22 @@ class RCPUCLI(LightningCLI):
         for writer in _writers(self.trainer):
             writer.stage = self.subcommand
             writer.extra["command"] = shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:])
+
+
+def _class_and_args(node: Any) -> tuple[type, Any]:
+    """(class, init_args) of a ``class_path``/``init_args`` config node."""
+    module, _, name = str(node.class_path).rpartition(".")
+    return getattr(importlib.import_module(module), name), node.init_args
+
+
+def _check_architecture(folder: Path) -> None:
+    """Refuse, before any weight is read, a model folder of an architecture the engine cannot prune."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # loading will say what is wrong with it
+    check_supported(types.SimpleNamespace(model_type=config.get("model_type"),
+                                          architectures=config.get("architectures")))
 
 
 def _folder_fields(spec: Any) -> dict[str, Any]:
@@ -199,8 +331,10 @@ def main(args: Optional[list[str]] = None) -> Optional[RCPUCLI]:
 
             report_cli(argv[1:], prog="cli.py report")
             return None
-        return RCPUCLI(CausalLMModule, RCPUDataModule, trainer_class=RCPUTrainer, save_config_callback=RunConfig,
-                       parser_kwargs={"prune": {"description": PRUNE_HELP}}, args=args)
+        return RCPUCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                       trainer_class=RCPUTrainer, save_config_callback=RunConfig,
+                       parser_kwargs={"prune": {"description": PRUNE_HELP}, "export": {"description": EXPORT_HELP}},
+                       args=args)
     except (ValueError, TypeError, OSError) as exc:  # bad values, missing files, outputs that exist
         if os.environ.get(DEBUG_ENV):
             raise
