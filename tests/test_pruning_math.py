@@ -196,3 +196,22 @@ def test_fast_arithmetic_matches_float64_to_1e_5_on_the_weights(kv, compensation
     for name, exact in states["float64"].items():
         error = (states["fast"][name] - exact).norm() / exact.norm()
         assert error < 1e-5, (name, float(error))  # measured: <= 2.1e-6 (layer 1 inherits layer 0's)
+
+
+def test_affine_least_squares_is_the_least_squares_fit_with_an_intercept():
+    from rcpu_lightning.pruning.compensation import affine_least_squares
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(500, 12, generator=g, dtype=torch.float64) * torch.linspace(0.5, 3, 12) + 2.0  # shifted inputs
+    W = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    keep = torch.tensor([0, 2, 3, 5, 7, 8, 11])
+    mean = X.mean(0)
+    cov = X.T @ X / 500 - torch.outer(mean, mean)
+    w_new, b = affine_least_squares(W, cov, mean, keep, lam=1e-12)
+    design = torch.cat([X[:, keep], torch.ones(500, 1, dtype=torch.float64)], 1)  # [N, |K| + 1]
+    solution = torch.linalg.lstsq(design, X @ W.T).solution  # [|K| + 1, d_out]
+    torch.testing.assert_close(w_new, solution[:-1].T, atol=1e-8, rtol=0)
+    torch.testing.assert_close(b, solution[-1], atol=1e-8, rtol=0)
+    heavy, b_heavy = affine_least_squares(W, cov, mean, keep, lam=1e9)  # all ridge: W_K and FLAP's bias
+    torch.testing.assert_close(heavy, W[:, keep], atol=1e-6, rtol=0)
+    torch.testing.assert_close(b_heavy, W @ mean - W[:, keep] @ mean[keep], atol=1e-6, rtol=0)

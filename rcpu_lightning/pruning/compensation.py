@@ -124,6 +124,26 @@ def least_squares_compensation(weight: Tensor, G: Tensor, keep: Tensor, lam: flo
     return torch.linalg.solve(gram, lhs.T).T
 
 
+def affine_least_squares(weight: Tensor, cov: Tensor, mean: Tensor, keep: Tensor, lam: float) -> tuple[Tensor, Tensor]:
+    """Ridge least squares with a bias: ``min Σ_t ||W x_t − (W'_K x_{K,t} + b)||² + λ' n ||W'_K − W_K||²``.
+
+    From the covariance ``Σ = G/n − μμᵀ`` and mean ``μ`` of the inputs::
+
+        W'_K = (W Σ[:, K] + λ' W_K)(Σ[K, K] + λ' I)⁻¹,   b = W μ − W'_K μ_K,
+
+    with ``λ' = λ · mean(diag Σ[K, K])`` (the ridge is relative to the kept inputs' variance, so one
+    ``λ`` suits layers whose activations differ by orders of magnitude). The bias keeps the mean
+    output (FLAP's bias compensation is the case ``W'_K = W_K``). Returns ``(W'_K [d_out, |K|], b [d_out])``.
+    """
+    w_k = weight[:, keep]
+    sub = cov[keep][:, keep]  # [|K|, |K|]
+    ridge = lam * float(torch.diagonal(sub).mean())
+    lhs = weight @ cov[:, keep] + ridge * w_k  # [d_out, |K|]
+    gram = sub + ridge * torch.eye(int(keep.numel()), dtype=cov.dtype, device=cov.device)
+    w_new = torch.linalg.solve(gram, lhs.T).T
+    return w_new, weight @ mean - w_new @ mean[keep]
+
+
 def bias_compensation(weight: Tensor, mean: Tensor, drop: Tensor) -> Tensor:
     """FLAP bias: ``b = W_D · mean(x_D)`` -> [d_out] (the dropped columns' average contribution)."""
     return weight[:, drop] @ mean[drop]
@@ -173,6 +193,12 @@ def _least_squares(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, c
     return Compensated(least_squares_compensation(w.double(), mean_gram, keep, config.ls_lambda))
 
 
+def _affine_least_squares(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
+    mean = stats.mean().double()
+    cov = stats.G.double() / stats.n.double() - torch.outer(mean, mean)  # [d_in, d_in]
+    return Compensated(*affine_least_squares(w.double(), cov, mean, keep, config.ls_lambda))
+
+
 def _bias(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
     return Compensated(w[:, keep], bias_compensation(w.double(), stats.mean().double(), drop))
 
@@ -181,6 +207,7 @@ COMPENSATIONS: dict[str, Compensator] = {
     "rotation": Compensator(_rotation, needs_gram=True),
     "rotation_scale": Compensator(_rotation_scale, needs_gram=True),
     "least_squares": Compensator(_least_squares, needs_gram=True),
+    "affine_least_squares": Compensator(_affine_least_squares, needs_gram=True, adds_bias=True),
     "bias": Compensator(_bias, needs_gram=False, adds_bias=True),
     "none": Compensator(_none, needs_gram=False),
 }

@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional, get_args
 import torch
 
 Method = Literal["rcpu", "wanda_sp", "flap", "magnitude"]
-Compensation = Literal["rotation", "rotation_scale", "least_squares", "bias", "none"]
+Compensation = Literal["rotation", "rotation_scale", "least_squares", "affine_least_squares", "bias", "none"]
 Structure = Literal["uniform", "al_am"]
 Targets = Literal["both", "o_proj", "down_proj"]
 HeadRounding = Literal["floor", "nearest"]
@@ -44,7 +44,8 @@ class PruningConfig:
         method: importance score of a column: ``rcpu`` (variance-aware gamma), ``wanda_sp``,
             ``flap`` (FLAP's WIFV) or ``magnitude`` (column norm of the weight).
         compensation: how o_proj/down_proj absorb the removed columns: ``rotation`` (Procrustes),
-            ``rotation_scale``, ``least_squares`` (ridge, ``ls_lambda``), ``bias`` (FLAP), ``none``;
+            ``rotation_scale``, ``least_squares`` (ridge, ``ls_lambda``), ``affine_least_squares`` (ridge
+            relative to the inputs' variance, plus a bias for the mean shift), ``bias`` (FLAP), ``none``;
             null picks the method's default (rcpu: rotation, flap: bias, others: none).
         structure: ``uniform`` (the same ratio in every layer, as the paper) or ``al_am`` (FLAP's
             adaptive structure: one global threshold over all layers and both module kinds).
@@ -56,7 +57,8 @@ class PruningConfig:
             <= ratio x heads; the paper) or ``nearest``.
         gqa_mode: grouped-query attention: ``per_group`` removes query heads in equal numbers from
             every kv group (k/v kept), ``whole_group`` removes whole kv groups with their k/v rows.
-        ls_lambda: ridge of ``least_squares``, relative to the mean Gram matrix ``G / n``.
+        ls_lambda: ridge of ``least_squares`` (relative to the mean Gram matrix ``G / n``) and of
+            ``affine_least_squares`` (relative to the mean variance of the kept inputs).
         stats_dtype: accumulation dtype of the calibration statistics (``float64`` or ``float32``).
         refresh_mlp_stats: re-collect down_proj statistics after the layer's attention is pruned
             (not in the paper).
