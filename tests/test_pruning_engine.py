@@ -376,3 +376,11 @@ def test_release_inputs_prunes_in_the_captured_memory(structure):
             assert all(torch.equal(h, b) for (h, _), b in zip(inputs.batches, before))
         results[release] = _state(model)
     _assert_same_state(results[False], results[True])
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.25, 0.4])
+def test_al_am_removes_the_requested_share_of_decoder_parameters(ratio):
+    model = make_tiny_llama(**GQA, num_layers=3, intermediate_size=96)
+    report = _prune(model, method="flap", structure="al_am", ratio=ratio, compensation="rotation")
+    # to within one unit: a head slot here is 2 heads x (q rows + o columns) = 1536 of ~75k parameters
+    assert abs(report.decoder_params_removed - ratio) < 0.025, report.decoder_params_removed

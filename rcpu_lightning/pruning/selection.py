@@ -134,14 +134,14 @@ class LayerUnits:
     channel_scores: Tensor  # [intermediate]
 
 
-def al_am_counts(layers: list[LayerUnits], ratio: float) -> list[tuple[int, int]]:
+def al_am_counts(layers: list[LayerUnits], ratio: float, budget: float | None = None) -> list[tuple[int, int]]:
     """FLAP's AL-AM: one threshold over all layers and both kinds -> (heads, channels) removed per layer.
 
     Units are sorted by standardised score (descending); each carries its parameter weight
     (a head unit: its parameters relative to one MLP channel's ``3 * hidden``; a channel: 1).
-    The kept prefix is the one whose cumulative weight is nearest to ``(1 − ratio) · total``
-    (FLAP's ``argmin |cumsum − total·(1−ratio)|``; FLAP then also removes the unit at that
-    position, we keep it, so ratio 0 removes nothing).
+    The kept prefix is the one whose removed weight is nearest to ``budget`` (in channel units;
+    default ``ratio · total``, FLAP's ``argmin |cumsum − total·(1−ratio)|``; FLAP then also removes
+    the unit at that position, we keep it, so ratio 0 removes nothing).
     """
     scores, weights, owner = [], [], []  # owner: (layer, 0 = head unit, 1 = channel)
     for i, lu in enumerate(layers):
@@ -152,7 +152,8 @@ def al_am_counts(layers: list[LayerUnits], ratio: float) -> list[tuple[int, int]
     score, weight = torch.cat(scores), torch.cat(weights)
     order = torch.argsort(score, descending=True, stable=True)
     cum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(weight[order], 0)])
-    n_keep = int(torch.argmin((cum - cum[-1] * (1.0 - ratio)).abs()))
+    removed = cum[-1] * ratio if budget is None else min(float(budget), float(cum[-1]))
+    n_keep = int(torch.argmin((cum - (cum[-1] - removed)).abs()))
     counts = [[0, 0] for _ in layers]
     for idx in order[n_keep:].tolist():
         layer, kind = owner[idx]
