@@ -384,3 +384,60 @@ def test_al_am_removes_the_requested_share_of_decoder_parameters(ratio):
     report = _prune(model, method="flap", structure="al_am", ratio=ratio, compensation="rotation")
     # to within one unit: a head slot here is 2 heads x (q rows + o columns) = 1536 of ~75k parameters
     assert abs(report.decoder_params_removed - ratio) < 0.025, report.decoder_params_removed
+
+
+# -- dense targets (pruning/dense_target.py) -------------------------------------------------------------
+@pytest.mark.parametrize("compensation", ["rotation", "rotation_scale", "least_squares", "affine_least_squares"])
+def test_dense_targets_with_identical_streams_reduce_to_the_ordinary_compensation(compensation):
+    # one layer and no head removed: the dense and pruned streams never differ, so t = W x
+    states = []
+    for target in ("pruned", "dense"):
+        model = make_tiny_llama(**GQA, num_layers=1)
+        _prune(model, compensation=compensation, attn_ratio=0.0, mlp_ratio=0.4, target=target, ls_lambda=1e-3)
+        states.append(_state(model))
+    for name, value in states[0].items():
+        torch.testing.assert_close(states[1][name], value, atol=1e-6, rtol=1e-6, msg=name)
+
+
+def test_dense_target_least_squares_equals_the_stored_activation_fit():
+    """o_proj of one layer whose pruned-stream inputs differ from the dense ones: the affine fit of
+    t = W u_dense + (x_dense - x_pruned) on the kept columns of u_pruned, solved from stored activations."""
+    from rcpu_lightning.pruning.dense_target import copy_layer
+    from rcpu_lightning.pruning.engine import prune_layer_dense_target
+
+    model = make_tiny_llama(**GQA, num_layers=1)
+    layer = decoder_layers(model)[0]
+    dense_inputs = _inputs(model)
+    g = torch.Generator().manual_seed(4)
+    pruned_batches = [(h + 0.3 * torch.randn(h.shape, generator=g), kw) for h, kw in dense_inputs.batches]
+    dense_batches = [(h.clone(), kw) for h, kw in dense_inputs.batches]
+    store = {"u": [], "u_pruned": []}
+    reference = copy_layer(layer)
+    hook = reference.self_attn.o_proj.register_forward_pre_hook(lambda m, a: store["u"].append(a[0].reshape(-1, 48)))
+    with torch.no_grad():
+        for h, kw in dense_batches:
+            reference(h, **kw)
+        hook.remove()
+        hook = reference.self_attn.o_proj.register_forward_pre_hook(lambda m, a: store["u_pruned"].append(a[0].reshape(-1, 48)))
+        for h, kw in pruned_batches:
+            reference(h, **kw)
+        hook.remove()
+    W = reference.self_attn.o_proj.weight.double()
+    u, u_p = torch.cat(store["u"]).double(), torch.cat(store["u_pruned"]).double()
+    x = torch.cat([h.reshape(-1, 48) for h, _ in dense_batches]).double()
+    x_p = torch.cat([h.reshape(-1, 48) for h, _ in pruned_batches]).double()
+    t = u @ W.T + x - x_p  # [N, hidden]
+    config = PruningConfig(ratio=0.34, compensation="affine_least_squares", ls_lambda=1e-12, target="dense",
+                           arithmetic="float64")
+    with torch.no_grad():
+        plan, _ = prune_layer_dense_target(0, layer, pruned_batches, dense_batches, (2, 16), config, None, True, set())
+    cols = torch.tensor([h * 8 + j for h in plan.kept_heads for j in range(8)])
+    design = torch.cat([u_p[:, cols], torch.ones(len(u_p), 1, dtype=torch.float64)], 1)
+    solution = torch.linalg.lstsq(design, t).solution  # [|K| + 1, hidden]
+    torch.testing.assert_close(layer.self_attn.o_proj.weight.double(), solution[:-1].T, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(layer.self_attn.o_proj.bias.double(), solution[-1], atol=1e-6, rtol=1e-6)
+
+
+def test_dense_target_needs_a_compensation_that_fits_targets():
+    with pytest.raises(ValueError, match="target='dense'.*compensation='bias'"):
+        PruningConfig(method="flap", target="dense")

@@ -87,21 +87,31 @@ def thin_rotation(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
     return QA @ (P @ RB), sigma
 
 
-def fast_rotation(weight: Tensor, G: Tensor, keep: Tensor, rcond32: float = 1e-5) -> tuple[Tensor, Tensor]:
+def fast_rotation(weight: Tensor, G: Tensor, keep: Tensor, rcond32: float = 1e-5,
+                  cross: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The RCPU rotation of the ``fast`` arithmetic -> ``(Q W_K [d_out, |K|], Σ)`` in float64.
 
     ``A = W G[:, K]`` is a float32 product when ``M = A Bᵀ`` has full rank and is well conditioned
     (``σ_min >= rcond32 · σ_max``); otherwise, and always in the rank-deficient case (o_proj once
     heads go, where ``M`` can have a condition number of 1e8 and a float32 ``A`` costs 1e-3 on the
-    weights), ``A`` is recomputed in float64 — cheap there, since o_proj is square.
+    weights), ``A`` is recomputed in float64 — cheap there, since o_proj is square. ``cross``
+    (``Σ t xᵀ`` of explicit targets) gives ``A = cross[:, K]`` directly.
     """
     B = weight[:, keep].double()  # W_K [d_out, |K|]
+    if cross is not None:
+        A = cross[:, keep].double()
+        return thin_rotation(A, B) if B.shape[1] < B.shape[0] else _full_rotation(A, B)
     if B.shape[1] < B.shape[0]:
         return thin_rotation((weight.double() @ G.double())[:, keep], B)
     A = (weight.float() @ G.float())[:, keep].double()  # W G[:, K] [d_out, |K|]
     Q, sigma = polar_factor(A @ B.T)  # M = Y Zᵀ [d_out, d_out]
     if sigma[-1] < rcond32 * sigma[0]:
         Q, sigma = polar_factor((weight.double() @ G.double())[:, keep] @ B.T)
+    return Q @ B, sigma
+
+
+def _full_rotation(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
+    Q, sigma = polar_factor(A @ B.T)
     return Q @ B, sigma
 
 
@@ -124,12 +134,16 @@ def least_squares_compensation(weight: Tensor, G: Tensor, keep: Tensor, lam: flo
     return torch.linalg.solve(gram, lhs.T).T
 
 
-def affine_least_squares(weight: Tensor, cov: Tensor, mean: Tensor, keep: Tensor, lam: float) -> tuple[Tensor, Tensor]:
+def affine_least_squares(weight: Tensor, cov: Tensor, mean: Tensor, keep: Tensor, lam: float,
+                         cross: Tensor | None = None, target_mean: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Ridge least squares with a bias: ``min Σ_t ||W x_t − (W'_K x_{K,t} + b)||² + λ' n ||W'_K − W_K||²``.
 
     From the covariance ``Σ = G/n − μμᵀ`` and mean ``μ`` of the inputs::
 
         W'_K = (W Σ[:, K] + λ' W_K)(Σ[K, K] + λ' I)⁻¹,   b = W μ − W'_K μ_K,
+
+    and with explicit targets ``t`` instead of ``W x``: ``cross`` = their covariance with the inputs
+    (``C/n − t̄ μᵀ``, [d_out, d_in]) replaces ``W Σ`` and ``target_mean`` (``t̄``) replaces ``W μ``;
 
     with ``λ' = λ · mean(diag Σ[K, K])`` (the ridge is relative to the kept inputs' variance, so one
     ``λ`` suits layers whose activations differ by orders of magnitude). The bias keeps the mean
@@ -138,10 +152,10 @@ def affine_least_squares(weight: Tensor, cov: Tensor, mean: Tensor, keep: Tensor
     w_k = weight[:, keep]
     sub = cov[keep][:, keep]  # [|K|, |K|]
     ridge = lam * float(torch.diagonal(sub).mean())
-    lhs = weight @ cov[:, keep] + ridge * w_k  # [d_out, |K|]
+    lhs = (weight @ cov[:, keep] if cross is None else cross[:, keep]) + ridge * w_k  # [d_out, |K|]
     gram = sub + ridge * torch.eye(int(keep.numel()), dtype=cov.dtype, device=cov.device)
     w_new = torch.linalg.solve(gram, lhs.T).T
-    return w_new, weight @ mean - w_new @ mean[keep]
+    return w_new, (weight @ mean if target_mean is None else target_mean) - w_new @ mean[keep]
 
 
 def bias_compensation(weight: Tensor, mean: Tensor, drop: Tensor) -> Tensor:
@@ -175,28 +189,38 @@ def _none(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) ->
 
 
 def _rotation(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
-    if config.arithmetic == "float64":
+    if config.arithmetic == "float64" and stats.C is None:
         return Compensated(rotation_compensation(w.double(), stats.G.double(), keep))
-    return Compensated(fast_rotation(w, stats.G, keep)[0])
+    return Compensated(fast_rotation(w, stats.G, keep, cross=stats.C)[0])
 
 
 def _rotation_scale(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
-    if config.arithmetic == "float64":
+    if config.arithmetic == "float64" and stats.C is None:
         return Compensated(rotation_scale_compensation(w.double(), stats.G.double(), keep))
-    rotated, sigma = fast_rotation(w, stats.G, keep)
+    rotated, sigma = fast_rotation(w, stats.G, keep, cross=stats.C)
     z = z_norm2(w.float(), stats.G.float(), keep)  # float32 products, float64 sum
     return Compensated((sigma.sum() / z if z > 0 else 1.0) * rotated)
 
 
 def _least_squares(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
-    mean_gram = stats.G.double() / stats.n.double()  # λ independent of the token count
-    return Compensated(least_squares_compensation(w.double(), mean_gram, keep, config.ls_lambda))
+    n = stats.n.double()
+    mean_gram = stats.G.double() / n  # λ independent of the token count
+    if stats.C is None:
+        return Compensated(least_squares_compensation(w.double(), mean_gram, keep, config.ls_lambda))
+    # explicit targets: (C[:, K]/n + λ W_K)(G[K, K]/n + λ I)⁻¹
+    w_k = w[:, keep].double()
+    gram = mean_gram[keep][:, keep] + config.ls_lambda * torch.eye(int(keep.numel()), dtype=n.dtype, device=n.device)
+    return Compensated(torch.linalg.solve(gram, (stats.C[:, keep].double() / n + config.ls_lambda * w_k).T).T)
 
 
 def _affine_least_squares(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
-    mean = stats.mean().double()
-    cov = stats.G.double() / stats.n.double() - torch.outer(mean, mean)  # [d_in, d_in]
-    return Compensated(*affine_least_squares(w.double(), cov, mean, keep, config.ls_lambda))
+    n, mean = stats.n.double(), stats.mean().double()
+    cov = stats.G.double() / n - torch.outer(mean, mean)  # [d_in, d_in]
+    if stats.C is None:
+        return Compensated(*affine_least_squares(w.double(), cov, mean, keep, config.ls_lambda))
+    t_mean = stats.tsum.double() / n  # explicit targets: their covariance with the inputs
+    cross = stats.C.double() / n - torch.outer(t_mean, mean)  # [d_out, d_in]
+    return Compensated(*affine_least_squares(w.double(), cov, mean, keep, config.ls_lambda, cross, t_mean))
 
 
 def _bias(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:

@@ -21,6 +21,7 @@ HeadRounding = Literal["floor", "nearest"]
 GqaMode = Literal["per_group", "whole_group"]
 StatsDtype = Literal["float64", "float32"]
 Arithmetic = Literal["fast", "float64"]
+Target = Literal["pruned", "dense"]
 
 #: The compensation each method uses when ``compensation`` is left unset.
 DEFAULT_COMPENSATION: dict[str, str] = {
@@ -62,6 +63,11 @@ class PruningConfig:
         stats_dtype: accumulation dtype of the calibration statistics (``float64`` or ``float32``).
         refresh_mlp_stats: re-collect down_proj statistics after the layer's attention is pruned
             (not in the paper).
+        target: what a compensated module is fitted to: ``pruned`` (its own output on the pruned-so-far
+            inputs; the paper) or ``dense`` (the dense model's residual stream after the module, so the
+            errors of earlier layers are corrected too; keeps a second copy of the activations and
+            runs each layer five times instead of twice; needs a compensation that fits targets:
+            rotation, rotation_scale, least_squares or affine_least_squares).
         offload_inputs: keep the captured layer inputs on CPU and move them to the layer's device
             one batch at a time.
         execution_device: the device each decoder layer is moved to while it is pruned, one layer at a
@@ -87,6 +93,7 @@ class PruningConfig:
     offload_inputs: bool = False
     execution_device: Optional[str] = None
     arithmetic: Arithmetic = "fast"
+    target: Target = "pruned"
 
     def __post_init__(self) -> None:
         for name, kind in _ENUMS.items():
@@ -109,6 +116,10 @@ class PruningConfig:
         for name in ("refresh_mlp_stats", "offload_inputs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.target == "dense" and self.compensation not in ("rotation", "rotation_scale", "least_squares",
+                                                                "affine_least_squares"):
+            raise ValueError(f"target='dense' fits compensation to explicit targets; compensation={self.compensation!r} "
+                             "does not; use rotation, rotation_scale, least_squares or affine_least_squares")
         if self.execution_device is not None:
             try:
                 torch.device(self.execution_device)
@@ -142,6 +153,7 @@ _ENUMS = {
     "gqa_mode": GqaMode,
     "stats_dtype": StatsDtype,
     "arithmetic": Arithmetic,
+    "target": Target,
 }
 
 

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..models.adapter import LayerParts, check_supported, decoder_layers, layer_parts
 from .compensation import COMPENSATIONS, compensate
 from .config import PruningConfig
+from .dense_target import copy_layer, dense_copy, paired_pass
 from .inputs import LayerInputs, to_device
 from .layer_store import LayerStore, ResidentLayers
 from .plan import LayerPlan, PruningPlan
@@ -284,6 +285,37 @@ def prune_layer(
     return plan, int(stats["o_proj"].n)
 
 
+def prune_layer_dense_target(
+    idx: int, layer: nn.Module, batches: Batches, dense_batches: Batches, counts: tuple[int, int],
+    config: PruningConfig, reduce: Reduce | None, own_batches: bool, bias_blocks: set[str],
+) -> tuple[LayerPlan, int]:
+    """:func:`prune_layer` with dense targets (see :mod:`.dense_target`); ``dense_batches`` become
+    the dense stream's next inputs (overwritten in place)."""
+    dense_layer = copy_layer(layer)
+    dtype, product = getattr(torch, config.stats_dtype), product_dtype(config)
+    parts = layer_parts(layer)
+    o_stats = ChannelStats.zeros(parts.o_proj.in_features, dtype, parts.o_proj.weight.device)
+    paired_pass(dense_layer, layer, "o_proj", batches, dense_batches, o_stats, product, write_dense=False)
+    [o_stats] = reduce_stats([o_stats], reduce)
+    check_stats(o_stats, f"layer {idx} o_proj")
+    kept_heads, kept_kv, o_comp = _decide_heads(parts, o_stats, counts[0], config)
+    added = ["o_proj"] if o_comp.bias_delta is not None and parts.o_proj.bias is None else []
+    prune_attention(parts, kept_heads, kept_kv, o_comp.weight, o_comp.bias_delta)
+    parts = layer_parts(layer)
+    d_stats = ChannelStats.zeros(parts.down_proj.in_features, dtype, parts.down_proj.weight.device)
+    paired_pass(dense_layer, layer, "down_proj", batches, dense_batches, d_stats, product, write_dense=True)
+    del dense_layer
+    [d_stats] = reduce_stats([d_stats], reduce)
+    check_stats(d_stats, f"layer {idx} down_proj")
+    kept_ch, d_comp = _decide_channels(parts, d_stats, counts[1], config)
+    added += ["down_proj"] if d_comp.bias_delta is not None and parts.down_proj.bias is None else []
+    prune_mlp(parts, kept_ch, d_comp.weight, d_comp.bias_delta)
+    harmonise_layer(layer_parts(layer), bias_blocks)
+    plan = LayerPlan(kept_heads, kept_kv, kept_ch, biased_projections(layer_parts(layer)), added)
+    run_layer(layer, batches, config.offload_inputs, replace=True, in_place=own_batches)  # feed layer idx + 1
+    return plan, int(o_stats.n)
+
+
 # -- the model ----------------------------------------------------------------------------------
 def prune_model(
     model: nn.Module,
@@ -325,6 +357,7 @@ def prune_model(
     if release_inputs:
         inputs.batches.clear()
     store = store if store is not None else ResidentLayers(config.execution_device)
+    dense_batches = dense_copy(batches) if config.target == "dense" else None  # the dense stream
     notes: list[str] = []
     with torch.no_grad():
         counts = (al_am_structure(model, batches, config, reduce, store) if config.structure == "al_am"
@@ -337,8 +370,12 @@ def prune_model(
             store.load(i, layer)
             device = _device(layer_parts(layer))
             # the caller's tensors are ours to overwrite once released, and after layer 0 in any case
-            layer_plan, tokens = prune_layer(i, layer, batches, counts[i], config, reduce,
-                                             own_batches=release_inputs or i > 0, bias_blocks=blocks)
+            own = release_inputs or i > 0
+            if dense_batches is None:
+                layer_plan, tokens = prune_layer(i, layer, batches, counts[i], config, reduce, own, blocks)
+            else:
+                layer_plan, tokens = prune_layer_dense_target(i, layer, batches, dense_batches, counts[i], config,
+                                                              reduce, own, blocks)
             store.save(i, layer)
             plan.layers.append(layer_plan)
             plan.calibration.setdefault("tokens", tokens)
@@ -346,7 +383,7 @@ def prune_model(
                 now = time.perf_counter()
                 report_layer(LayerProgress(i, len(layers), now - t0, now - start, layer_plan,
                                            1 - _count(layer) / layer_before[i], rss_mb(), device_peak_mb(device)))
-    del batches
+    del batches, dense_batches
     update_config(model, plan)
     return _report(model, plan, params_before, layer_before, time.perf_counter() - start, notes)
 

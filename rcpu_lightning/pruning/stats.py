@@ -24,12 +24,19 @@ Reduce = Callable[[Tensor], Tensor]
 
 @dataclass
 class ChannelStats:
-    """Sums over tokens of a module input: ``n``, ``s1`` [d], ``sabs`` [d], ``G`` [d, d] (or [d])."""
+    """Sums over tokens of a module input: ``n``, ``s1`` [d], ``sabs`` [d], ``G`` [d, d] (or [d]).
+
+    With an explicit target ``t_t`` for the module's output (dense-target compensation,
+    :mod:`.dense_target`) also ``C = Σ t xᵀ`` [d_out, d] and ``tsum = Σ t`` [d_out]; without one the
+    target is the module's own output ``W x`` and these are ``W G`` and ``W s1``, derived when needed.
+    """
 
     n: Tensor  # [] token count (float, so that it reduces with the rest)
     s1: Tensor  # [d]  Σ x
     sabs: Tensor  # [d]  Σ |x|
     G: Tensor  # [d, d] Σ x xᵀ, or [d] Σ x² when diag_only
+    C: Tensor | None = None  # [d_out, d]  Σ t xᵀ (explicit targets only)
+    tsum: Tensor | None = None  # [d_out]  Σ t
 
     @classmethod
     def zeros(
@@ -70,9 +77,10 @@ class ChannelStats:
 
     def merge(self, other: "ChannelStats") -> "ChannelStats":
         """Sum of two statistics (new object)."""
-        if other.dim != self.dim or other.diag_only != self.diag_only:
+        mine, theirs = self.tensors(), other.tensors()
+        if other.dim != self.dim or other.diag_only != self.diag_only or len(mine) != len(theirs):
             raise ValueError("cannot merge statistics of different widths or kinds")
-        return ChannelStats(self.n + other.n, self.s1 + other.s1, self.sabs + other.sabs, self.G + other.G)
+        return ChannelStats(*(a + b for a, b in zip(mine, theirs)))
 
     __add__ = merge
 
@@ -101,11 +109,19 @@ class ChannelStats:
         """``||X[j, :]||₂ = sqrt(G_jj)`` [d]."""
         return self.diag().clamp_min(0).sqrt()
 
-    def is_finite(self) -> bool:
-        return bool(all(torch.isfinite(t).all() for t in (self.n, self.s1, self.sabs, self.G)))
+    def add_targets(self, t: Tensor, x: Tensor) -> None:
+        """Add explicit targets ``t`` [N, d_out] for the inputs ``x`` [N, d] (same tokens, same dtype)."""
+        if self.C is None:
+            self.C = torch.zeros(t.shape[1], self.dim, dtype=self.G.dtype, device=self.G.device)
+            self.tsum = torch.zeros(t.shape[1], dtype=self.G.dtype, device=self.G.device)
+        self.C += t.T @ x  # [d_out, d] in the product dtype, summed in C's
+        self.tsum += t.sum(0)
 
-    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return self.n, self.s1, self.sabs, self.G
+    def is_finite(self) -> bool:
+        return bool(all(torch.isfinite(t).all() for t in self.tensors()))
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return (self.n, self.s1, self.sabs, self.G) + ((self.C, self.tsum) if self.C is not None else ())
 
 
 def reduce_stats(stats: Sequence[ChannelStats], fn: Reduce | None) -> list[ChannelStats]:
