@@ -25,6 +25,7 @@ from .compensation import (
 from .config import DEFAULT_COMPENSATION, PruningConfig
 from .engine import PruningReport, prune_model
 from .progress import LayerProgress, default_progress
+from .streaming import prune_checkpoint
 from .inputs import LayerInputCatcher, LayerInputs, StopForward, capture_layer_inputs, model_inputs
 from .io import load_plan, load_pruned, save_pruned
 from .plan import LayerPlan, PruningPlan
@@ -73,6 +74,7 @@ __all__ = [
     "load_plan",
     "load_pruned",
     "procrustes_rotation",
+    "prune_checkpoint",
     "prune_model",
     "reduce_stats",
     "rotation_compensation",

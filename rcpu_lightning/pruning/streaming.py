@@ -38,14 +38,15 @@ from ..files import atomic_dir, check_output_path
 from ..models.adapter import check_supported, decoder_layers
 from .config import PruningConfig
 from .engine import PruningReport, prune_model
-from .inputs import capture_layer_inputs
+from .inputs import LayerInputs, capture_layer_inputs
 from .io import PLAN_FILE, checkpoint_config
 from .progress import ProgressFn
 from .stats import Reduce
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CheckpointSource", "SafetensorsLayers", "ShardWriter", "build_skeleton", "prune_checkpoint"]
+__all__ = ["CheckpointSource", "SafetensorsLayers", "ShardWriter", "build_skeleton", "checkpoint_dtype",
+           "prune_checkpoint", "prune_skeleton"]
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -202,19 +203,31 @@ def prune_checkpoint(
     Returns the engine's report; the pruned model is only on disk (``load_pruned(target)``).
     """
     src = CheckpointSource(source)
-    dtype = _dtype(dtype, src.config)
+    dtype = checkpoint_dtype(dtype, src.config)
     if write:
         check_output_path(target, overwrite, "target", "overwrite=True")
     model = build_skeleton(src, dtype)
     inputs = capture_layer_inputs(model, batches, offload=config.offload_inputs)
+    return prune_skeleton(src, model, inputs, target, config, reduce, progress, overwrite, calibration, write)
+
+
+def prune_skeleton(
+    source: CheckpointSource, model: nn.Module, inputs: LayerInputs, target: str | os.PathLike, config: PruningConfig,
+    reduce: Reduce | None = None, progress: bool | ProgressFn | None = True, overwrite: bool = False,
+    calibration: dict[str, Any] | None = None, write: bool = True,
+) -> PruningReport:
+    """The pruning half of :func:`prune_checkpoint`, for callers that built the skeleton
+    (:func:`build_skeleton`) and captured its layer-0 inputs themselves (the Lightning callback's predict
+    loop does). ``inputs`` are released as the layers go."""
+    dtype = model.get_input_embeddings().weight.dtype
     device = torch.device(config.execution_device or "cpu")
     with atomic_dir(target, overwrite, "target", "overwrite=True") if write else nullcontext() as staged:
-        writer = ShardWriter(staged, src) if write else None
-        store = SafetensorsLayers(src, writer, device, dtype)
+        writer = ShardWriter(staged, source) if write else None
+        store = SafetensorsLayers(source, writer, device, dtype)
         report = prune_model(model, inputs, config, reduce=reduce, progress=progress, release_inputs=True,
                              calibration=calibration, store=store)
         if writer is not None:
-            _finish(src, writer, model, report, dtype)
+            _finish(source, writer, model, report, dtype)
     return report
 
 
@@ -232,7 +245,8 @@ def _finish(src: CheckpointSource, writer: ShardWriter, model: nn.Module, report
     log.info("pruned checkpoint written: %d shards, %.1f MB", writer.total, writer.size / 2**20)
 
 
-def _dtype(dtype: torch.dtype | str | None, config) -> torch.dtype:
+def checkpoint_dtype(dtype: torch.dtype | str | None, config) -> torch.dtype:
+    """``dtype`` if given, else the checkpoint config's dtype (float32 when it names none)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     name = dtype or getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
