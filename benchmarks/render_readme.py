@@ -240,8 +240,32 @@ def inference_section(results: Path, readme: Path) -> str:
         lines.append(f"| {_inf_model(r)} | {_PRUNING.get((r['method'], r['structure']), r['method'])} | "
                      f"{r['ratio']:.0%} | {p['dense_attn_s']:.2f} / {p['dense_mlp_s']:.2f} / {rest:.2f} | "
                      f"{p['attn_speedup']:.2f}× ({p['attn_ideal']:.2f}×) | {p['mlp_speedup']:.2f}× ({p['mlp_ideal']:.2f}×) |")
-    lines += inference_rounding(rows) + inference_gemm(rows)
+    lines += inference_rounding(rows) + inference_gemm(rows) + inference_other_threads(results, readme)
     return "\n".join(lines) + "\n"
+
+
+def inference_other_threads(results: Path, readme: Path) -> list[str]:
+    """Rows of ``inference_threads<N>.json`` files: the same comparison at another thread count."""
+    lines = []
+    for path in sorted(results.glob("inference_threads*.json")):
+        rows = sorted((r for r in _load(path) or [] if r.get("kind") in ("pruned", "rounded")), key=_inf_sort)
+        if not rows:
+            continue
+        if not lines:
+            lines = ["\n#### The same comparison at another thread count\n",
+                     "| file | threads | model | pruning | ratio | kept channels | prefill speedup | decode speedup | "
+                     "decode per step | ideal | prefill / ideal | decode / ideal | decode ms per step dense → pruned | "
+                     "cores stolen, decode (median) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            ch = sorted({lp["channels"] for lp in r["kept_per_layer"]})
+            stolen = [x["decode"]["steal_cores"] for x in r.get("cpu_share_rounds", []) if x.get("decode")]
+            lines.append(f"| `{_rel(path, readme)}` | {r['settings']['threads']} | {_inf_model(r)} | "
+                         f"{_PRUNING.get((r['method'], r['structure']), r['method'])} | {r['ratio']:.0%} | "
+                         f"{'/'.join(map(str, ch))} | {r['prefill_speedup']:.2f}× | {r['decode_speedup']:.2f}× | "
+                         f"{r['decode_speedup_per_step']:.2f}× | {r['ideal_speedup']:.2f}× | {r['prefill_efficiency']:.2f} | "
+                         f"{r['decode_efficiency']:.2f} | {r['decode_step_ms']['dense']:.0f} → {r['decode_step_ms']['pruned']:.0f} | "
+                         f"{C.fmt(C.median(stolen) if stolen else None, '.2f')} |")
+    return lines
 
 
 def inference_target(main: list[dict]) -> list[str]:

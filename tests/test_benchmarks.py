@@ -434,6 +434,10 @@ def test_inference_script_end_to_end_on_a_tiny_llama(tmp_path):
     text = rr.inference_section(tmp_path, tmp_path / "README.md")
     assert "| random Llama, h 64 × 2 layers | RCPU, uniform | 30% | heads 2/4, kv 2/2, channels 90/128 (all 2 layers) |" in text
     assert "channels rounded down" in text and "88 (×8)" in text and "Against the target" not in text
+    assert "another thread count" not in text
+    (tmp_path / "inference_threads1.json").write_text(out.read_text())  # the same rows, as if run at 1 thread
+    text = rr.inference_section(tmp_path, tmp_path / "README.md")
+    assert "| `inference_threads1.json` | 1 | random Llama, h 64 × 2 layers | RCPU, uniform | 30% | 90 |" in text
 
 
 def test_inference_target_line_reads_the_4096_rows():
