@@ -378,12 +378,14 @@ def test_release_inputs_prunes_in_the_captured_memory(structure):
     _assert_same_state(results[False], results[True])
 
 
+@pytest.mark.parametrize("compensation", ["rotation", "bias"])
 @pytest.mark.parametrize("ratio", [0.1, 0.25, 0.4])
-def test_al_am_removes_the_requested_share_of_decoder_parameters(ratio):
+def test_al_am_removes_the_requested_share_of_decoder_parameters(ratio, compensation):
+    # with "bias" every q/k/v/o and gate/up/down gets a bias (~1.8 % of this model); they count as kept
     model = make_tiny_llama(**GQA, num_layers=3, intermediate_size=96)
-    report = _prune(model, method="flap", structure="al_am", ratio=ratio, compensation="rotation")
-    # to within one unit: a head slot here is 2 heads x (q rows + o columns) = 1536 of ~75k parameters
-    assert abs(report.decoder_params_removed - ratio) < 0.025, report.decoder_params_removed
+    report = _prune(model, method="flap", structure="al_am", ratio=ratio, compensation=compensation)
+    # the nearest prefix: within half a head slot (2 heads x (q rows + o columns) = 1536 of ~75k parameters)
+    assert abs(report.decoder_params_removed - ratio) < 0.011, report.decoder_params_removed
 
 
 # -- dense targets (pruning/dense_target.py) -------------------------------------------------------------

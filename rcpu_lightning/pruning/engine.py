@@ -51,6 +51,7 @@ from .selection import (
 )
 from .stats import ChannelStats, Reduce, collect_input_stats, reduce_stats
 from .surgery import (
+    added_bias_params,
     bias_blocks,
     biased_projections,
     dense_values,
@@ -207,7 +208,20 @@ def al_am_structure(
         units.append(_layer_units(layer_parts(layer), o_stats, d_stats, terms[i], config))
     channel_params = 3 * layer_parts(layers[0]).down_proj.out_features  # one MLP channel: gate, up, down
     budget = config.ratio * sum(_count(layer) for layer in layers) / channel_params  # in channel units
-    return al_am_counts(units, config.ratio, budget)
+    counts = al_am_counts(units, config.ratio, budget)
+    added = _added_bias_params(model, config, counts)  # a bias-adding compensation's biases count as kept
+    return al_am_counts(units, config.ratio, budget + added / channel_params) if added else counts
+
+
+def _bias_blocks(model: nn.Module, config: PruningConfig, counts: list[tuple[int, int]]) -> set[str]:
+    compensates = {m: config.compensates(m) for m in ("o_proj", "down_proj")}
+    return bias_blocks(str(model.config.model_type), COMPENSATIONS[config.compensation].adds_bias, compensates, counts)
+
+
+def _added_bias_params(model: nn.Module, config: PruningConfig, counts: list[tuple[int, int]]) -> int:
+    blocks = _bias_blocks(model, config, counts)
+    return sum(added_bias_params(layer_parts(layer), blocks, h, c, config.gqa_mode)
+               for layer, (h, c) in zip(decoder_layers(model), counts))
 
 
 def _layer_units(parts: LayerParts, o_stats: ChannelStats, d_stats: ChannelStats, terms: tuple[Tensor, Tensor],
@@ -363,8 +377,7 @@ def prune_model(
         counts = (al_am_structure(model, batches, config, reduce, store) if config.structure == "al_am"
                   else uniform_counts(model, config, notes))
         validate_counts(model, counts)
-        compensates = {m: config.compensates(m) for m in ("o_proj", "down_proj")}
-        blocks = bias_blocks(plan.model_type, COMPENSATIONS[config.compensation].adds_bias, compensates, counts)
+        blocks = _bias_blocks(model, config, counts)
         for i, layer in enumerate(layers):
             t0 = time.perf_counter()
             store.load(i, layer)

@@ -147,6 +147,20 @@ def bias_blocks(model_type: str, adds_bias: bool, compensates: dict[str, bool],
     return blocks
 
 
+def added_bias_params(parts: LayerParts, blocks: set[str], heads: int, channels: int, gqa_mode: str) -> int:
+    """Parameters the zero/compensation biases of ``blocks`` add to one layer losing ``heads`` query heads
+    and ``channels`` MLP channels (projections that already carry a bias add none)."""
+    kv_lost = heads * parts.num_kv_heads // parts.num_heads if gqa_mode == "whole_group" else 0
+    sizes = {"q_proj": (parts.num_heads - heads) * parts.head_dim,
+             "k_proj": (parts.num_kv_heads - kv_lost) * parts.head_dim,
+             "v_proj": (parts.num_kv_heads - kv_lost) * parts.head_dim,
+             "o_proj": parts.o_proj.out_features,
+             "gate_proj": parts.intermediate_size - channels, "up_proj": parts.intermediate_size - channels,
+             "down_proj": parts.down_proj.out_features}
+    names = (ATTN_PROJ if "attn" in blocks else ()) + (MLP_PROJ if "mlp" in blocks else ())
+    return sum(sizes[n] for n in names if getattr(parts, n).bias is None)
+
+
 def harmonise_layer(parts: LayerParts, blocks: set[str]) -> None:
     """Give every projection of the ``blocks`` of one layer a bias (zeros where it has none)."""
     for block, names, owner in (("attn", ATTN_PROJ, parts.attn), ("mlp", MLP_PROJ, parts.mlp)):
