@@ -421,3 +421,27 @@ def test_pruning_a_pruned_folder_or_exporting_without_a_checkpoint_is_refused_up
     assert "is a pruned folder" in err and "start from the dense model" in err
     assert "--ckpt_path" in _fails(["export", "-c", str(cfg), "--pruning.export_dir", str(tmp_path / "x")], capsys)
     assert "--pruning.export_dir" in _fails(["export", "-c", str(cfg), "--ckpt_path", "x.ckpt"], capsys)
+
+
+def test_prune_streams_an_out_of_core_model_from_disk_to_disk(pruned_run, tiny, tmp_path, caplog):
+    from safetensors.torch import load_file
+
+    _, model, data = tiny
+    cfg = tiny_config(tmp_path / "c.yaml", model, data, tmp_path / "out", model__out_of_core=True,
+                      trainer__prune_evaluate=False, pruning__progress=True)
+    with caplog.at_level("INFO", logger="rcpu_lightning"):
+        main(["prune", "-c", str(cfg)])
+    assert "layer 1/2:" in caplog.text and "RSS" in caplog.text  # per-layer progress with memory
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["stage"] == "prune" and "ppl" not in res and 0.2 < res["decoder_params_removed"] < 0.4
+    streamed = {}
+    for shard in (tmp_path / "out" / "pruned").glob("*.safetensors"):
+        streamed.update(load_file(shard))
+    in_memory = load_file(pruned_run[1] / "pruned" / "model.safetensors")  # the same prune, in memory
+    assert streamed.keys() == in_memory.keys()
+    for name, value in in_memory.items():
+        torch.testing.assert_close(streamed[name], value, atol=1e-6, rtol=0, msg=name)
+    cfg = tiny_config(tmp_path / "d.yaml", model, data, tmp_path / "out2", model__out_of_core=True)
+    with pytest.raises(SystemExit) as exit_info:  # evaluation asked for: refused before any work
+        main(["prune", "-c", str(cfg)])
+    assert exit_info.value.code == 2 and not (tmp_path / "out2").exists()

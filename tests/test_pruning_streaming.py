@@ -140,3 +140,57 @@ def test_two_gloo_processes_stream_the_same_checkpoint_as_one(tmp_path):
     for name, value in one.state_dict().items():
         torch.testing.assert_close(two.state_dict()[name], value, atol=1e-5, rtol=1e-5, msg=name)
     assert json.loads((tmp_path / "two" / "pruning_plan.json").read_text())["calibration"]["tokens"] == 8 * 16
+
+
+# -- the Lightning layer: predict loop of an out-of-core CausalLMModule -----------------------------------
+def _predict_out_of_core(tmp_path, source: Path, config: PruningConfig, **callback_kw):
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from rcpu_lightning.lightning import CausalLMModule, RCPUPruningCallback, TensorRows
+
+    module = CausalLMModule(str(source), out_of_core=True)
+    callback = RCPUPruningCallback(config, progress=False, **callback_kw)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[callback])
+    loader = DataLoader(TensorRows(torch.cat(_batches())), batch_size=2)  # the batches of _in_memory
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    return module, callback
+
+
+def test_the_predict_loop_prunes_an_out_of_core_module_from_disk_to_disk(tmp_path):
+    source = _checkpoint(tmp_path / "dense")
+    config = PruningConfig(ratio=0.34, head_rounding="nearest")
+    expected, report = _in_memory(source, config)
+    module, callback = _predict_out_of_core(tmp_path, source, config, save_dir=str(tmp_path / "pruned"))
+    assert count_resident_layers(module.model) == 0  # no decoder layer was ever loaded into the module
+    assert module.pruning_plan is not None and callback.saved_to == str(tmp_path / "pruned")
+    assert callback.report.plan.layers == report.plan.layers
+    loaded = load_pruned(tmp_path / "pruned")
+    for name, value in expected.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value, atol=1e-6, rtol=0, msg=name)
+
+
+def test_an_out_of_core_module_needs_save_dir_and_only_prunes(tmp_path):
+    import lightning as L
+
+    from rcpu_lightning.lightning import CausalLMModule, RCPUPruningCallback
+    from rcpu_lightning.lightning.cli import RCPUTrainer
+
+    source = _checkpoint(tmp_path / "dense")
+    config = PruningConfig(ratio=0.34, head_rounding="nearest")
+    with pytest.raises(ValueError, match="set pruning.save_dir"):
+        _predict_out_of_core(tmp_path, source, config)
+    assert not any(tmp_path.glob("pruned*"))
+    module = CausalLMModule(str(source), out_of_core=True)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, max_epochs=1,
+                        callbacks=[RCPUPruningCallback(config, progress=False, calibration_dataloader=_batches)])
+    with pytest.raises(ValueError, match="holds no weights: it can only be pruned"):
+        trainer.fit(module, train_dataloaders=[torch.zeros(2, 16, dtype=torch.long)])
+    trainer = RCPUTrainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                          callbacks=[RCPUPruningCallback(config, save_dir=str(tmp_path / "out"), progress=False)])
+    with pytest.raises(ValueError, match="prune_evaluate false"):
+        trainer.prune(module)
+    with pytest.raises(ValueError, match="local checkpoint folder"):
+        CausalLMModule(str(tmp_path / "nowhere"), out_of_core=True)
+    assert not (tmp_path / "out").exists()

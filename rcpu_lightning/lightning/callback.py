@@ -76,6 +76,7 @@ from ..pruning.inputs import LayerInputCatcher, LayerInputs, StopForward, captur
 from ..pruning.io import save_pruned
 from ..pruning.plan import LayerPlan, PruningPlan
 from ..pruning.progress import default_progress
+from ..pruning.streaming import CheckpointSource, prune_skeleton
 from ..pruning.selection import feasible_count, head_layout
 from ..pruning.surgery import ATTN_PROJ, MLP_PROJ, head_rows
 from .checkpointing import as_plan, find_causal_lm, install_plan_hooks, set_plan
@@ -230,12 +231,18 @@ class RCPUPruningCallback(Callback):
             return
         self._check_strategy(trainer, "pruning in a predict loop")
         self._check_data(trainer, stage="predict")
+        if _source(pl_module) is not None and self.save_dir is None:
+            raise ValueError("an out-of-core model (model.out_of_core: true) is pruned from disk to disk: set "
+                             "pruning.save_dir, where the pruned checkpoint is written layer by layer")
         self._check_model(trainer, pl_module, self._first_config(), defer=False)
         self._check_outputs(trainer, save=True, export=False)
         self._pending = True
 
     def _setup_fit(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._restored = self._active = self._deferred_check = False
+        if _source(pl_module) is not None:
+            raise ValueError("an out-of-core model (model.out_of_core: true) holds no weights: it can only be "
+                             "pruned (cli.py prune / trainer.predict); fine-tune the pruned folder it writes")
         if self.export_dir is not None:
             self._check_strategy(trainer, "export_dir (the model written at the end of fit)",
                                  "Write it from the fit's checkpoint instead: cli.py export --ckpt_path CKPT")
@@ -590,8 +597,14 @@ class RCPUPruningCallback(Callback):
                     inputs.batches[k] = (h.clone(), kw)
             calibration = self._calibration_record(trainer, inputs)
             progress = default_progress() if self.progress and trainer.is_global_zero else False
-            report = prune_model(lm, inputs, config, reduce=reduce, progress=progress, release_inputs=True,
-                                 calibration=calibration)
+            source = _source(pl_module)
+            if source is None:
+                report = prune_model(lm, inputs, config, reduce=reduce, progress=progress, release_inputs=True,
+                                     calibration=calibration)
+            else:  # disk to disk, one layer at a time on the trainer's device; rank 0 writes
+                if config.execution_device is None:
+                    config = dataclasses.replace(config, execution_device=str(trainer.strategy.root_device))
+                report = self._prune_from_disk(trainer, source, lm, inputs, config, reduce, progress, calibration)
         previous = self._plan_of(pl_module)
         plan = report.plan if previous is None else previous.then(report.plan)
         # the settings recorded with the plan: the user's, at the ratio reached (not a step's own ratios)
@@ -601,7 +614,18 @@ class RCPUPruningCallback(Callback):
         self.steps.append(_step_record(report, epoch, target, trainer.world_size))
         set_plan(pl_module, plan, lm, reshape=False)
         self._log_summary(trainer, report, epoch, target)
-        self._save(trainer, pl_module, epoch)
+        if source is None:
+            self._save(trainer, pl_module, epoch)
+
+    def _prune_from_disk(self, trainer: Trainer, source: CheckpointSource, lm: nn.Module, inputs: LayerInputs,
+                         config: PruningConfig, reduce, progress, calibration: dict[str, Any]) -> PruningReport:
+        path = self.output_dir()
+        report = prune_skeleton(source, lm, inputs, path, config, reduce=reduce, progress=progress,
+                                overwrite=self.overwrite, calibration=calibration, write=trainer.is_global_zero)
+        trainer.strategy.barrier("rcpu-out-of-core-written")
+        self.saved_to = path
+        rank_zero_info(f"pruned model written to {path} (layer by layer from {source.path})")
+        return report
 
     def _log_summary(self, trainer: Trainer, report: PruningReport, epoch: Optional[int], target: float) -> None:
         total = _combine_steps(self.steps)
@@ -713,6 +737,11 @@ def _describe_schedule(schedule: Schedule) -> Any:
     if schedule is None or isinstance(schedule, dict):
         return None if schedule is None else {int(k): v for k, v in schedule.items()}
     return getattr(schedule, "__qualname__", repr(schedule))
+
+
+def _source(pl_module: LightningModule) -> Optional[CheckpointSource]:
+    """Where an out-of-core module's layers come from (None: its weights are in memory)."""
+    return getattr(pl_module, "checkpoint_source", None)
 
 
 def _builds_in_configure_model(pl_module: LightningModule) -> bool:

@@ -129,6 +129,10 @@ class RCPUTrainer(Trainer):
             The module's ``eval_results`` (empty without evaluation).
         """
         callback = _pruning_callback(self, "prune")
+        if getattr(model, "checkpoint_source", None) is not None and (self.prune_evaluate or self.prune_evaluate_dense):
+            raise ValueError("an out-of-core model (model.out_of_core: true) is pruned from disk to disk and cannot be "
+                             "evaluated in this process: set --trainer.prune_evaluate false (and prune_evaluate_dense "
+                             "false), then evaluate the written folder: cli.py test --model.model SAVE_DIR")
         if getattr(model, "pruning_plan", None) is not None:
             raise ValueError("the model already carries a pruning plan (a pruned folder?): pruning a pruned model "
                              "again is not supported; start from the dense model")

@@ -14,7 +14,10 @@ It owns no pruning logic. It runs the forwards the loops ask for and carries the
   ``trainer.test(ckpt_path=...)`` and ``load_from_checkpoint`` rebuild the pruned shapes first.
 
 The model is loaded in ``__init__``: every rank reads the weights on CPU first, which suits models
-that fit in host memory; for bigger ones prune out of core (``rcpu_lightning.pruning.prune_checkpoint``).
+that fit in host memory. For bigger ones, ``out_of_core=True`` builds only the skeleton (weights on the
+``meta`` device, the token embeddings real) of a local safetensors checkpoint: the predict loop then
+captures the layer-0 inputs and the pruning callback streams one decoder layer at a time from disk to
+``pruning.save_dir`` (:func:`~rcpu_lightning.pruning.prune_skeleton`); such a module only calibrates.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ..eval.tasks import PAPER_METRIC
 from ..models.loading import DTYPES, load_causal_lm
 from ..pruning.inputs import StopForward, model_inputs
 from ..pruning.io import PLAN_FILE, load_plan, load_pruned
+from ..pruning.streaming import CheckpointSource, build_skeleton, checkpoint_dtype
 from .checkpointing import PruningPlanMixin
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,8 @@ class CausalLMModule(PruningPlanMixin):
         lr / weight_decay: AdamW settings of ``configure_optimizers`` (fine-tuning).
         max_length: zero-shot context limit (default: from the model config, as the harness).
         loglikelihood_batch_size: requests per forward inside one zero-shot batch.
+        out_of_core: ``model`` is a local safetensors checkpoint folder too big to load: hold only its
+            skeleton, for out-of-core pruning by the callback (predict loop / ``cli.py prune`` only).
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class CausalLMModule(PruningPlanMixin):
         weight_decay: float = 0.0,
         max_length: Optional[int] = None,
         loglikelihood_batch_size: int = 16,
+        out_of_core: bool = False,
     ) -> None:
         super().__init__()
         if dtype not in DTYPES and dtype != "auto":
@@ -87,7 +94,11 @@ class CausalLMModule(PruningPlanMixin):
         ignore = [n for n, v in (("model", model), ("tokenizer", tokenizer)) if not isinstance(v, (str, os.PathLike, type(None)))]
         self.save_hyperparameters(ignore=ignore)
         self.pruning_plan: Optional[dict] = None
-        if isinstance(model, nn.Module):
+        self.checkpoint_source: Optional[CheckpointSource] = None  # out of core: where the layers come from
+        if out_of_core:
+            self.model, self.tokenizer, self.checkpoint_source = self._skeleton(model, dtype, tokenizer)
+            self.model_name = str(model)
+        elif isinstance(model, nn.Module):
             self.model, self.model_name = model, type(model).__name__
             self.tokenizer = tokenizer
         else:
@@ -118,6 +129,29 @@ class CausalLMModule(PruningPlanMixin):
             return model, tokenizer, load_plan(folder)
         model, tokenizer = load_causal_lm(spec, dtype=dtype, cache_dir=cache_dir)
         return model, tokenizer, None
+
+    @staticmethod
+    def _skeleton(spec: Any, dtype: str, tokenizer: Any):
+        """(skeleton, tokenizer, source) of a local safetensors checkpoint folder, nothing of it loaded
+        but the token embeddings."""
+        if isinstance(spec, nn.Module) or not Path(str(spec)).expanduser().is_dir():
+            raise ValueError(f"out_of_core=True needs a local checkpoint folder with safetensors weights, got "
+                             f"{spec!r}; for a hub model download it first (huggingface-cli download ID "
+                             "--local-dir DIR)")
+        source = CheckpointSource(Path(str(spec)).expanduser())  # refuses a pruned folder
+        model = build_skeleton(source, checkpoint_dtype(None if dtype == "auto" else DTYPES[dtype], source.config))
+        if tokenizer is None and any((source.path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(source.path))
+        return model, tokenizer, source
+
+    def _apply(self, fn, recurse: bool = True):
+        # Out of core, the decoder layers stay on the meta device whatever the loops move the module to:
+        # the callback reads them from disk one at a time.
+        if self.checkpoint_source is None:
+            return super()._apply(fn, recurse)
+        return super()._apply(lambda t: t if t.is_meta else fn(t), recurse)
 
     def pruned_lm(self) -> nn.Module:
         return self.model

@@ -73,7 +73,8 @@ def default_progress(desc: str = "pruning layers") -> ProgressFn:
         nonlocal bar
         if bar is None:
             bar = tqdm(total=event.total, desc=desc, unit="layer")
-        bar.set_postfix_str(f"{event.seconds:.1f} s/layer" + (f", RSS {event.rss_mb:,.0f} MB" if event.rss_mb else ""))
+        bar.set_postfix_str(f"{event.seconds:.1f} s/layer" + (f", RSS {event.rss_mb:,.0f} MB" if event.rss_mb else "")
+                            + (f", GPU peak {event.device_mb:,.0f} MB" if event.device_mb is not None else ""))
         bar.update(1)
         if event.index + 1 == event.total:
             bar.close()
