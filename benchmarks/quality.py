@@ -48,6 +48,10 @@ class Variant:
     table2: bool = False  # a row of the paper's Table 2 (zero-shot at 20 % and 30 %)
     tune_lambda: bool = False
     plot: bool = False
+    lambdas: tuple[float, ...] | None = None  # λ grid of tune_lambda (None: the settings' --ls-lambdas)
+    # remove at least as many decoder-layer parameters as every other row at the same nominal ratio
+    # (+ MATCH_MARGIN, half an AL-AM head unit on SmolLM2); the row records the ratio it ran at
+    match_removed: bool = False
 
 
 VARIANTS: list[Variant] = [
@@ -64,6 +68,10 @@ VARIANTS: list[Variant] = [
     Variant("rcpu_o_proj_only", "RCPU rot, o_proj only", {"method": "rcpu", "targets": "o_proj"}),
     Variant("rcpu_down_proj_only", "RCPU rot, down_proj only", {"method": "rcpu", "targets": "down_proj"}),
     Variant("rcpu_refresh_mlp", "RCPU rot, refreshed MLP stats", {"method": "rcpu", "refresh_mlp_stats": True}),
+    # ours beyond the paper (configs/rcpu-affine.yaml): γ selection, AL-AM structure, affine least squares
+    Variant("rcpu_affine", "RCPU-affine (AL-AM, affine LS)",
+            {"method": "rcpu", "structure": "al_am", "compensation": "affine_least_squares"}, table2=True,
+            tune_lambda=True, plot=True, lambdas=(1e-2, 1e-1), match_removed=True),
 ]
 VARIANT_BY_ID = {v.id: v for v in VARIANTS}
 QUICK_VARIANTS = ["dense", "wanda_sp", "rcpu_nocomp", "rcpu_rot"]
@@ -72,6 +80,7 @@ FULL = {"ratios": [0.1, 0.2, 0.3], "nsamples": 128, "ppl_windows": 0, "zeroshot"
 QUICK = {"ratios": [0.2], "nsamples": 32, "ppl_windows": 16, "zeroshot": False}
 DEFAULT_LAMBDAS = [1e-3, 1e-2, 1e-1, 1.0]
 HEAD_ROUNDING = "nearest"
+MATCH_MARGIN = 0.001
 
 
 # -- keys -------------------------------------------------------------------------------------------
@@ -90,10 +99,13 @@ class Settings:
     def calib_id(self, variant: Variant) -> str:
         return "none" if variant.config is None else f"{self.nsamples}x{self.seqlen}@seed{self.seed}"
 
+    def lambdas(self, variant: Variant) -> tuple[float, ...]:
+        return variant.lambdas or self.ls_lambdas
+
     def variant_id(self, variant: Variant) -> str:
         if not variant.tune_lambda:
             return variant.id
-        grid = ",".join(f"{x:g}" for x in self.ls_lambdas)
+        grid = ",".join(f"{x:g}" for x in self.lambdas(variant))
         return f"{variant.id}[grid={grid};heldout={self.ls_heldout}]"
 
     def ppl_id(self) -> str:
@@ -165,7 +177,7 @@ def tune_lambda(dense, calib, heldout, variant: Variant, s: Settings, ratio: flo
     """Prune once per λ of the grid; keep the λ with the lowest held-out calibration-split NLL."""
     from rcpu_lightning.eval.perplexity import evaluate_perplexity
 
-    lambdas = [known] if known is not None else list(s.ls_lambdas)
+    lambdas = [known] if known is not None else list(s.lambdas(variant))
     best, search = None, {}
     for lam in lambdas:
         model, report, cfg, sec, cpu = prune_copy(dense, calib, {**variant.config, "ls_lambda": lam}, s, ratio)
@@ -211,13 +223,17 @@ def run_job(job: Job, dense, tokenizer, calib, windows, heldout_fn, store: C.Row
         extra["params_before"] = sum(t.numel() for t in dense.parameters())
     else:
         config = dict(v.config)
+        run_ratio = ratio
+        if v.match_removed:
+            extra["matched_removed"] = matched_removed(store, s, v, ratio)
+            run_ratio = max(ratio, extra["matched_removed"] + MATCH_MARGIN)
         if v.tune_lambda:
             prev = store.get(ppl_key(s, v, ratio))  # resume: λ already chosen for this row
             known = prev["ls"]["lambda"] if prev and prev.get("ls") else None
             model, report, cfg, sec, cpu, extra["ls"] = tune_lambda(
-                dense, calib, None if known is not None else heldout_fn(), v, s, ratio, known)
+                dense, calib, None if known is not None else heldout_fn(), v, s, run_ratio, known)
         else:
-            model, report, cfg, sec, cpu = prune_copy(dense, calib, config, s, ratio)
+            model, report, cfg, sec, cpu = prune_copy(dense, calib, config, s, run_ratio)
         extra.update(report_summary(report))
         extra.update(config=cfg.to_dict(), prune_seconds=sec, prune_cpu_seconds=cpu)
         print(f"  pruned: decoder-layer params removed {report.decoder_params_removed:.4f}, {sec:.0f} s", flush=True)
@@ -234,6 +250,13 @@ def run_job(job: Job, dense, tokenizer, calib, windows, heldout_fn, store: C.Row
         store.add({"key": zs_key(s, v, ratio, task), "kind": "zeroshot", **base, "task": task, "tasks": {task: res},
                    "decoder_params_removed": extra.get("decoder_params_removed"), "ls": extra.get("ls"), "run": C.run_info()})
         print(f"  {task}: acc {res['acc']:.4f} acc_norm {res['acc_norm']:.4f} ({res['seconds']:.0f} s)", flush=True)
+
+
+def matched_removed(store: C.RowStore, s: Settings, variant: Variant, ratio: float) -> float:
+    """The most decoder-layer parameters any other pruned row at ``ratio`` removes (0 if none)."""
+    others = [r["decoder_params_removed"] for r in matching_rows(store.rows, s)[0]
+              if r["variant"] not in ("dense", variant.id) and math.isclose(r["ratio"], ratio)]
+    return max(others, default=0.0)
 
 
 # -- report -----------------------------------------------------------------------------------------
@@ -268,6 +291,24 @@ def ppl_table(ppl_rows: list[dict], ratios: list[float]) -> str:
             cells.append("–" if r is None else f"{C.fmt(r['ppl'], '.2f')} ({100 * r['decoder_params_removed']:.1f}%)")
         lines.append(f"| {v.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def versus_table(ppl_rows: list[dict], ratios: list[float], ours: str = "rcpu_affine") -> str:
+    """Ours against the best other pruned row of each column: PPL ratio and decoder-layer parameters removed."""
+    lines = ["| ratio | ours: PPL (removed) | best other row | its PPL (removed) | ours / best | "
+             "removes at least as much |", "|---|---|---|---|---|---|"]
+    for x in ratios:
+        mine = next((r for r in ppl_rows if r["variant"] == ours and math.isclose(r["ratio"], x)), None)
+        others = [r for r in ppl_rows if r["variant"] not in ("dense", ours) and math.isclose(r["ratio"], x)]
+        if mine is None or not others:
+            continue
+        best = min(others, key=lambda r: r["ppl"])
+        most = max(r["decoder_params_removed"] for r in others)
+        lines.append(f"| {100 * x:.0f}% | {mine['ppl']:.2f} ({100 * mine['decoder_params_removed']:.2f}%) | "
+                     f"{VARIANT_BY_ID[best['variant']].label} | {best['ppl']:.2f} ({100 * best['decoder_params_removed']:.2f}%) "
+                     f"| {mine['ppl'] / best['ppl']:.3f} | {'yes' if mine['decoder_params_removed'] >= most else 'no'} "
+                     f"({100 * mine['decoder_params_removed']:.2f}% vs at most {100 * most:.2f}%) |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
 def cost_table(ppl_rows: list[dict], ratios: list[float]) -> str:
@@ -307,16 +348,29 @@ def table_notes(ppl_rows: list[dict], s: Settings) -> str:
                              for x, (h, _, c) in sorted(shapes.items()))
                  + ("; at 10 % nearest rounding still removes no head (0.9 -> 0), so only MLP channels are pruned"
                     if any(math.isclose(x, 0.1) for x in shapes) else "") + ".")
-    ls = {r["ratio"]: r["ls"] for r in ppl_rows if r.get("ls")}
+    ls = {r["ratio"]: r["ls"] for r in ppl_rows if r.get("ls") and r["variant"] == "ls_best"}
     if ls:
         notes.append("- LS (λ_best): ridge least squares (λ relative to the mean Gram G/n) on the RCPU selection; λ "
                      "picked from the grid {" + ", ".join(f"{x:g}" for x in s.ls_lambdas) + "} by the lowest mean NLL "
                      f"on {s.ls_heldout} held-out windows of the calibration split that overlap no calibration "
                      "window (reconstruction error on the calibration set itself always favours the smallest λ). "
                      "Chosen: " + ", ".join(f"{100 * x:.0f}%: λ={v['lambda']:g}" for x, v in sorted(ls.items())) + ".")
+    ours = sorted((r for r in ppl_rows if r["variant"] == "rcpu_affine"), key=lambda r: r["ratio"])
+    if ours:
+        notes.append("- RCPU-affine (ours, beyond the paper; `configs/rcpu-affine.yaml`): RCPU's γ scores, FLAP's "
+                     "adaptive AL-AM structure (one global threshold, the budget counted in decoder-layer parameters, "
+                     "added biases included) and affine least squares (ridge fit to the original module's output plus "
+                     "a bias for the mean shift of the dropped inputs). Run at the ratio that removes at least as many "
+                     "decoder-layer parameters as every other row of its column (+0.1 %): "
+                     + ", ".join(f"{100 * r['ratio']:.0f}%: ratio {r['config']['ratio']:.4f}" for r in ours)
+                     + "; λ from {" + ", ".join(f"{x:g}" for x in VARIANT_BY_ID['rcpu_affine'].lambdas)
+                     + f"}} by the lowest mean NLL on the same {s.ls_heldout} held-out windows: "
+                     + ", ".join(f"{100 * r['ratio']:.0f}%: λ={r['ls']['lambda']:g}" for r in ours if r.get("ls")) + ".")
     if any(r["variant"].startswith("flap") for r in ppl_rows):
-        notes.append("- FLAP (AL-AM) uses FLAP's global adaptive structure (per-layer counts differ); FLAP rows use "
-                     "FLAP's bias compensation.")
+        notes.append("- FLAP (AL-AM) uses FLAP's global adaptive structure (per-layer counts differ), its threshold set "
+                     "to remove the requested share of decoder-layer parameters (FLAP's code takes the share of the "
+                     "prunable heads and channels, which removed 18.7 % at 20 % here); FLAP rows use FLAP's bias "
+                     "compensation.")
     notes.append("- WANDA-sp has no compensation; RCPU rows use RCPU's variance-aware score (γ) for selection.")
     if any(r["variant"] in ("rcpu_o_proj_only", "rcpu_down_proj_only") for r in ppl_rows):
         notes.append("- o_proj only / down_proj only: the same heads and channels are removed as in RCPU (rot); rotation "
@@ -427,7 +481,8 @@ def settings_from_rows(rows: list[dict]) -> Settings | None:
     r = ppl[-1]
     windows = 0 if r["ppl_windows"] == r.get("ppl_windows_total") else r["ppl_windows"]
     limits = [t.get("limit") for z in rows if z.get("kind") == "zeroshot" for t in z.get("tasks", {}).values()]
-    ls = next((x["ls"] for x in reversed(ppl) if x.get("ls") and len(x["ls"].get("heldout_mean_nll", {})) > 1), None)
+    ls = next((x["ls"] for x in reversed(ppl) if x.get("ls") and len(x["ls"].get("heldout_mean_nll", {})) > 1
+               and not VARIANT_BY_ID[x["variant"]].lambdas), None)  # the grid of --ls-lambdas, not a variant's own
     kw = {}
     if ls:
         kw = {"ls_lambdas": tuple(float(k) for k in ls["heldout_mean_nll"]), "ls_heldout": ls["heldout_windows"]}
@@ -444,8 +499,11 @@ def report_markdown(rows: list[dict], s: Settings, ratios: list[float] | None = 
     if not ppl_rows:
         return ""
     ratios = ratios or sorted({r["ratio"] for r in ppl_rows if r["ratio"] > 0})
-    parts = [f"{heading} WikiText-2 perplexity ({s.model})\n", ppl_table(ppl_rows, ratios), "", table_notes(ppl_rows, s),
-             f"\n{heading} Size and cost per row\n", cost_table(ppl_rows, ratios), "", cost_notes()]
+    parts = [f"{heading} WikiText-2 perplexity ({s.model})\n", ppl_table(ppl_rows, ratios), "", table_notes(ppl_rows, s)]
+    versus = versus_table(ppl_rows, ratios)
+    if versus:
+        parts += [f"\n{heading} Ours against the best other row at the same size\n", versus]
+    parts += [f"\n{heading} Size and cost per row\n", cost_table(ppl_rows, ratios), "", cost_notes()]
     measured = {(r["variant"], r["ratio"]) for r in zs_rows}  # only models with zero-shot rows get a line
     if zs_rows:
         merged = [{"model": s.model, "method": r["method"], "ratio": r["ratio"], "ppl": r["ppl"]}

@@ -249,12 +249,18 @@ def test_every_quality_variant_runs_on_a_tiny_model(tmp_path):
     assert rows["ls_best"]["config"]["ls_lambda"] == rows["ls_best"]["ls"]["lambda"]
     assert rows["rcpu_refresh_mlp"]["config"]["refresh_mlp_stats"] and rows["rcpu_o_proj_only"]["config"]["targets"] == "o_proj"
     assert rows["flap_al_am"]["config"]["structure"] == "al_am"
+    # ours runs last, at the ratio that removes at least what every other row removes
+    ours, most = rows["rcpu_affine"], max(r["decoder_params_removed"] for v, r in rows.items() if v not in ("dense", "rcpu_affine"))
+    assert ours["matched_removed"] == most and ours["config"]["ratio"] == pytest.approx(max(0.34, most + q.MATCH_MARGIN))
+    assert ours["config"]["compensation"] == "affine_least_squares" and set(ours["ls"]["heldout_mean_nll"]) == {"0.01", "0.1"}
+    assert ours["decoder_params_removed"] >= most - 0.02  # the nearest AL-AM prefix: within half a head slot here
     assert dense.model.layers[0].self_attn.q_proj.out_features == 48  # the dense model itself is never pruned
     # resuming LS with its λ known prunes once, without a search
     v = q.VARIANT_BY_ID["ls_best"]
     q.run_job(q.Job(v, 0.34, False, []), dense, None, calib, windows, lambda: 1 / 0, store, s, args)
     text = q.report_markdown(store.rows, s)
     assert "LS (λ_best)" in text and "λ=" in text
+    assert "Ours against the best other row" in text and "RCPU-affine" in text
 
 
 def test_ours_only_scaling_row_renders_without_store_all(tmp_path):
