@@ -453,3 +453,22 @@ def test_inference_target_line_reads_the_4096_rows():
     row.update(decode_speedup=1.25, decode_efficiency=1.25 / 1.43)
     assert rr.inference_target([row])[-1].endswith("target (≥ 0.85 × ideal) met.")
     assert rr.inference_target([dict(row, hidden=576)]) == []
+
+
+def test_which_method_section_reads_the_best_rows_off_the_quality_file(tmp_path):
+    s = q.Settings()
+    rows = []
+    for vid, ratio, ppl, structure in (("dense", 0.0, 50.0, None), ("ls_best", 0.2, 90.0, "uniform"),
+                                       ("flap_al_am", 0.2, 95.0, "al_am"), ("rcpu_affine", 0.2, 70.0, "al_am"),
+                                       ("ls_best", 0.3, 100.0, "uniform"), ("rcpu_affine", 0.3, 120.0, "al_am")):
+        v = q.VARIANT_BY_ID[vid]
+        rows.append({"key": q.ppl_key(s, v, ratio), "kind": "ppl", "variant": vid, "method": v.label, "ratio": ratio,
+                     "ppl": ppl, "decoder_params_removed": ratio, "ppl_windows": 10, "ppl_windows_total": 10,
+                     "calib_samples": 128, "calib_seqlen": 128, "calib_seed": 0, "seqlen": 128,
+                     "config": {"structure": structure}})
+    (tmp_path / "quality.json").write_text(json.dumps(rows))
+    text = rr.which_method_section(tmp_path)
+    assert "- **20 %**: best RCPU-affine (AL-AM, affine LS) 70.00 (20.0% removed); next LS (λ_best) 90.00" in text
+    assert "best with equal shapes in every layer: LS (λ_best) 90.00" in text  # named where ours (al_am) leads
+    assert "- **30 %**: best LS (λ_best) 100.00" in text and "lowest perplexity at 20 %." in text
+    assert "Speed" not in text  # no inference rows
