@@ -443,3 +443,21 @@ def test_dense_target_least_squares_equals_the_stored_activation_fit():
 def test_dense_target_needs_a_compensation_that_fits_targets():
     with pytest.raises(ValueError, match="target='dense'.*compensation='bias'"):
         PruningConfig(method="flap", target="dense")
+
+
+def test_compensated_error_selection_leaves_less_down_proj_error_than_scores():
+    # one layer, no head removed: down_proj sees the dense inputs, so its output error is its own
+    errors = {}
+    for selection in ("score", "compensated_error"):
+        model = make_tiny_llama(**GQA, num_layers=1, intermediate_size=96)
+        dense = copy.deepcopy(model)
+        report = _prune(model, attn_ratio=0.0, mlp_ratio=0.5, compensation="affine_least_squares", ls_lambda=1e-3,
+                        selection=selection)
+        assert report.layers[0]["channels"] == 48
+        seen = {}
+        for name, m in (("dense", dense), ("pruned", model)):  # the pruned down_proj is a new module
+            m.model.layers[0].mlp.down_proj.register_forward_hook(
+                lambda mod, args, out, name=name: seen.setdefault(name, []).append(out))
+        _logits(dense, _ids()), _logits(model, _ids())
+        errors[selection] = float(sum(((a - b) ** 2).sum() for a, b in zip(seen["dense"], seen["pruned"])))
+    assert errors["compensated_error"] < 0.9 * errors["score"], errors

@@ -215,3 +215,70 @@ def test_affine_least_squares_is_the_least_squares_fit_with_an_intercept():
     heavy, b_heavy = affine_least_squares(W, cov, mean, keep, lam=1e9)  # all ridge: W_K and FLAP's bias
     torch.testing.assert_close(heavy, W[:, keep], atol=1e-6, rtol=0)
     torch.testing.assert_close(b_heavy, W @ mean - W[:, keep] @ mean[keep], atol=1e-6, rtol=0)
+
+
+# -- selection by compensated error (error_selection.py) ---------------------------------------------
+def _error_of(w: torch.Tensor, h: torch.Tensor, keep: torch.Tensor) -> float:
+    """E(K) = min_W' tr((W − W' P_K) H (W − W' P_K)ᵀ), by the normal equations on the kept columns."""
+    fitted = torch.linalg.solve(h[keep][:, keep], (w @ h[:, keep]).T).T  # [d_out, |K|]
+    full = torch.zeros_like(w)
+    full[:, keep] = fitted
+    return float(torch.trace((w - full) @ h @ (w - full).T))
+
+
+def test_greedy_removal_pays_exactly_the_error_left_after_refitting():
+    from rcpu_lightning.pruning.error_selection import _block_cost, error_hessian, greedy_removal
+
+    d_out, d_in = 5, 12
+    w = torch.randn(d_out, d_in, generator=_gen(11), dtype=torch.float64)
+    stats = ChannelStats.zeros(d_in)
+    stats.update(torch.randn(400, d_in, generator=_gen(12), dtype=torch.float64) @ torch.randn(
+        d_in, d_in, generator=_gen(13), dtype=torch.float64))  # correlated inputs
+    h = error_hessian(stats, 0.01)
+    blocks = [torch.tensor([2 * i, 2 * i + 1]) for i in range(d_in // 2)]  # "heads" of two columns
+    everything = torch.arange(d_in)
+    first = [_error_of(w, h, everything[~torch.isin(everything, b)]) for b in blocks]
+    hinv = torch.linalg.inv(h)
+    assert [_block_cost(w, hinv, b) for b in blocks] == pytest.approx(first, rel=1e-8)  # the OBS cost is E(K)
+    work = w.clone()
+    gone = greedy_removal(work, hinv, blocks, [0] * len(blocks), {0: 3})
+    assert gone[0] == min(range(len(blocks)), key=first.__getitem__)  # the cheapest goes first
+    keep = everything[~torch.isin(everything, torch.cat([blocks[b] for b in gone]))]
+    refit = torch.linalg.solve(h[keep][:, keep], (w @ h[:, keep]).T).T
+    torch.testing.assert_close(work[:, keep], refit, atol=1e-9, rtol=1e-9)  # the updates refit the survivors
+
+
+def test_compensated_error_drops_a_duplicated_channel_that_scores_keep():
+    from rcpu_lightning.pruning.error_selection import select_channels_by_error, select_heads_by_error
+    from rcpu_lightning.pruning.selection import head_layout
+
+    x = torch.randn(500, 8, generator=_gen(14), dtype=torch.float64) * torch.tensor([5.0, 0, 1, 1, 1, 1, 1, 0.5],
+                                                                                    dtype=torch.float64)
+    x[:, 1] = x[:, 0]  # channels 0 and 1 carry the same signal, the largest of all
+    stats = ChannelStats.zeros(8)
+    stats.update(x)
+    w = torch.ones(3, 8, dtype=torch.float64)
+    kept = select_channels_by_error(w, stats, 1, lam=1e-6)
+    assert set(range(8)) - set(kept) in ({0}, {1})  # free to drop: the twin absorbs it
+    assert 7 not in set(range(8)) - set(kept)  # what a magnitude-times-spread score would drop
+    # GQA per group: every kv group gives the same number of heads (6 heads of width 1 in 2 groups)
+    kept_heads, kept_kv = select_heads_by_error(torch.randn(3, 6, generator=_gen(15), dtype=torch.float64),
+                                                _stats6(), head_layout(6, 2, "per_group"), 1, 4, lam=1e-3)
+    assert len(kept_heads) == 2 and {h // 3 for h in kept_heads} == {0, 1} and kept_kv == [0, 1]
+    kept_heads, kept_kv = select_heads_by_error(torch.randn(3, 6, generator=_gen(15), dtype=torch.float64),
+                                                _stats6(), head_layout(6, 2, "whole_group"), 1, 3, lam=1e-3)
+    assert len(kept_heads) == 3 and len(kept_kv) == 1 and {h // 3 for h in kept_heads} == set(kept_kv)
+
+
+def _stats6() -> ChannelStats:
+    stats = ChannelStats.zeros(6)
+    stats.update(torch.randn(300, 6, generator=_gen(16), dtype=torch.float64))
+    return stats
+
+
+def test_compensated_error_selection_needs_a_refitting_compensation():
+    from rcpu_lightning.pruning import PruningConfig
+
+    with pytest.raises(ValueError, match="refits nothing"):
+        PruningConfig(selection="compensated_error", compensation="none")
+    assert PruningConfig(selection="compensated_error", compensation="affine_least_squares").selection == "compensated_error"

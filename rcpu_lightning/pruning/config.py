@@ -22,6 +22,7 @@ GqaMode = Literal["per_group", "whole_group"]
 StatsDtype = Literal["float64", "float32"]
 Arithmetic = Literal["fast", "float64"]
 Target = Literal["pruned", "dense"]
+Selection = Literal["score", "compensated_error"]
 
 #: The compensation each method uses when ``compensation`` is left unset.
 DEFAULT_COMPENSATION: dict[str, str] = {
@@ -63,6 +64,11 @@ class PruningConfig:
         stats_dtype: accumulation dtype of the calibration statistics (``float64`` or ``float32``).
         refresh_mlp_stats: re-collect down_proj statistics after the layer's attention is pruned
             (not in the paper).
+        selection: which heads/channels of each layer go: ``score`` (the lowest scores of ``method``;
+            the paper) or ``compensated_error`` (greedily, the ones whose removal leaves the least
+            affine least-squares error once the rest is refitted, :mod:`.error_selection`; needs a
+            compensation that refits: not ``none``/``bias``). The counts per layer come from
+            ``structure`` either way.
         target: what a compensated module is fitted to: ``pruned`` (its own output on the pruned-so-far
             inputs; the paper) or ``dense`` (the dense model's residual stream after the module, so the
             errors of earlier layers are corrected too; keeps a second copy of the activations and
@@ -94,6 +100,7 @@ class PruningConfig:
     execution_device: Optional[str] = None
     arithmetic: Arithmetic = "fast"
     target: Target = "pruned"
+    selection: Selection = "score"
 
     def __post_init__(self) -> None:
         for name, kind in _ENUMS.items():
@@ -120,6 +127,9 @@ class PruningConfig:
                                                                 "affine_least_squares"):
             raise ValueError(f"target='dense' fits compensation to explicit targets; compensation={self.compensation!r} "
                              "does not; use rotation, rotation_scale, least_squares or affine_least_squares")
+        if self.selection == "compensated_error" and self.compensation in ("none", "bias"):
+            raise ValueError(f"selection='compensated_error' picks what a refit absorbs; compensation="
+                             f"{self.compensation!r} refits nothing: use selection='score' or a refitting compensation")
         if self.execution_device is not None:
             try:
                 torch.device(self.execution_device)
@@ -154,6 +164,7 @@ _ENUMS = {
     "stats_dtype": StatsDtype,
     "arithmetic": Arithmetic,
     "target": Target,
+    "selection": Selection,
 }
 
 

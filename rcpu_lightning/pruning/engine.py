@@ -34,6 +34,7 @@ from ..models.adapter import LayerParts, check_supported, decoder_layers, layer_
 from .compensation import COMPENSATIONS, compensate
 from .config import PruningConfig
 from .dense_target import copy_layer, dense_copy, paired_pass
+from .error_selection import select_channels_by_error, select_heads_by_error
 from .inputs import LayerInputs, to_device
 from .layer_store import LayerStore, ResidentLayers
 from .plan import LayerPlan, PruningPlan
@@ -257,15 +258,22 @@ def validate_counts(model: nn.Module, counts: list[tuple[int, int]]) -> None:
 # -- one layer ----------------------------------------------------------------------------------
 def _decide_heads(parts: LayerParts, stats: ChannelStats, n_remove: int, config: PruningConfig):
     layout = head_layout(parts.num_heads, parts.num_kv_heads, config.gqa_mode)
-    scores = head_scores(column_scores(config.method, parts.o_proj.weight, stats, "o_proj"), parts.head_dim)
-    kept_heads, kept_kv = select_heads(scores, layout, n_remove)
+    if config.selection == "compensated_error":
+        kept_heads, kept_kv = select_heads_by_error(parts.o_proj.weight, stats, layout, parts.head_dim, n_remove,
+                                                    config.ls_lambda)
+    else:
+        scores = head_scores(column_scores(config.method, parts.o_proj.weight, stats, "o_proj"), parts.head_dim)
+        kept_heads, kept_kv = select_heads(scores, layout, n_remove)
     keep_cols = [h * parts.head_dim + j for h in kept_heads for j in range(parts.head_dim)]
     kind = config.compensation if config.compensates("o_proj") else "none"
     return kept_heads, kept_kv, compensate(kind, parts.o_proj.weight, stats, keep_cols, config)
 
 
 def _decide_channels(parts: LayerParts, stats: ChannelStats, n_remove: int, config: PruningConfig):
-    kept = select_channels(column_scores(config.method, parts.down_proj.weight, stats, "down_proj"), n_remove)
+    if config.selection == "compensated_error":
+        kept = select_channels_by_error(parts.down_proj.weight, stats, n_remove, config.ls_lambda)
+    else:
+        kept = select_channels(column_scores(config.method, parts.down_proj.weight, stats, "down_proj"), n_remove)
     kind = config.compensation if config.compensates("down_proj") else "none"
     return kept, compensate(kind, parts.down_proj.weight, stats, kept, config)
 
