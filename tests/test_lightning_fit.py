@@ -505,3 +505,14 @@ def test_sharded_strategies_are_refused_with_the_way_round(tmp_path):
     with pytest.raises(ValueError, match=r"pruning inside fit needs a single-device or DDP strategy, not FSDPStrategy"
                                          r".*Prune first \(cli.py prune"):
         _pruning().setup(trainer, UserLM(), "fit")
+
+
+def test_a_users_own_module_is_pruned_finetuned_resumed_and_exported_in_one_script(tmp_path, engine_calls):
+    from own_module_lifecycle import MyLM, run
+
+    facts = run(tmp_path)
+    dense = sum(p.numel() for p in MyLM().parameters())
+    assert facts["params_first"] < 0.85 * dense and facts["params_resumed"] == facts["params_first"]
+    assert engine_calls["prune"] == 1 and facts["prunes"] == 1  # the resume did not prune again
+    assert facts["steps"] == 2 * 8 and facts["export_vs_module_max_abs_diff"] < 1e-5
+    assert (tmp_path / "exported" / "pruning_plan.json").is_file()
