@@ -49,15 +49,17 @@ class Variant:
     tune_lambda: bool = False
     plot: bool = False
     lambdas: tuple[float, ...] | None = None  # λ grid of tune_lambda (None: the settings' --ls-lambdas)
-    # remove at least as many decoder-layer parameters as every other row at the same nominal ratio
-    # (+ MATCH_MARGIN, half an AL-AM head unit on SmolLM2); the row records the ratio it ran at
+    # adaptive rows (they can hit any size): remove at least as many decoder-layer parameters as every
+    # fixed-size row at the same nominal ratio (+ MATCH_MARGIN, half an AL-AM head unit on SmolLM2),
+    # so that all rows of a column compare at one size; the row records the ratio it ran at
     match_removed: bool = False
 
 
 VARIANTS: list[Variant] = [
     Variant("dense", "Dense", None, table2=True),
     Variant("wanda_sp", "WANDA-sp", {"method": "wanda_sp"}, table2=True, plot=True),
-    Variant("flap_al_am", "FLAP (AL-AM)", {"method": "flap", "structure": "al_am"}, table2=True, plot=True),
+    Variant("flap_al_am", "FLAP (AL-AM)", {"method": "flap", "structure": "al_am"}, table2=True, plot=True,
+            match_removed=True),
     Variant("flap_ul_um", "FLAP (UL-UM)", {"method": "flap", "structure": "uniform"}),
     Variant("ls_best", "LS (λ_best)", {"method": "rcpu", "compensation": "least_squares"}, table2=True,
             tune_lambda=True, plot=True),
@@ -148,6 +150,7 @@ def plan_jobs(store: C.RowStore, s: Settings, variants: list[Variant], ratios: l
             skipped += [k for k in [pk, *zk.values()] if k in have]
             if pk not in have or missing:
                 jobs.append(Job(v, ratio, pk not in have, missing))
+    jobs.sort(key=lambda j: j.variant.match_removed)  # adaptive rows last: they match the fixed-size rows' size
     return jobs, skipped
 
 
@@ -253,9 +256,10 @@ def run_job(job: Job, dense, tokenizer, calib, windows, heldout_fn, store: C.Row
 
 
 def matched_removed(store: C.RowStore, s: Settings, variant: Variant, ratio: float) -> float:
-    """The most decoder-layer parameters any other pruned row at ``ratio`` removes (0 if none)."""
+    """The most decoder-layer parameters any fixed-size pruned row at ``ratio`` removes (0 if none)."""
     others = [r["decoder_params_removed"] for r in matching_rows(store.rows, s)[0]
-              if r["variant"] not in ("dense", variant.id) and math.isclose(r["ratio"], ratio)]
+              if r["variant"] != "dense" and not VARIANT_BY_ID[r["variant"]].match_removed
+              and math.isclose(r["ratio"], ratio)]
     return max(others, default=0.0)
 
 
@@ -361,16 +365,17 @@ def table_notes(ppl_rows: list[dict], s: Settings) -> str:
                      "adaptive AL-AM structure (one global threshold, the budget counted in decoder-layer parameters, "
                      "added biases included) and affine least squares (ridge fit to the original module's output plus "
                      "a bias for the mean shift of the dropped inputs). Run at the ratio that removes at least as many "
-                     "decoder-layer parameters as every other row of its column (+0.1 %): "
+                     "decoder-layer parameters as every fixed-size row of its column (+0.1 %), as FLAP (AL-AM) is: "
                      + ", ".join(f"{100 * r['ratio']:.0f}%: ratio {r['config']['ratio']:.4f}" for r in ours)
                      + "; λ from {" + ", ".join(f"{x:g}" for x in VARIANT_BY_ID['rcpu_affine'].lambdas)
                      + f"}} by the lowest mean NLL on the same {s.ls_heldout} held-out windows: "
                      + ", ".join(f"{100 * r['ratio']:.0f}%: λ={r['ls']['lambda']:g}" for r in ours if r.get("ls")) + ".")
     if any(r["variant"].startswith("flap") for r in ppl_rows):
         notes.append("- FLAP (AL-AM) uses FLAP's global adaptive structure (per-layer counts differ), its threshold set "
-                     "to remove the requested share of decoder-layer parameters (FLAP's code takes the share of the "
-                     "prunable heads and channels, which removed 18.7 % at 20 % here); FLAP rows use FLAP's bias "
-                     "compensation.")
+                     "to remove a share of the decoder-layer parameters (FLAP's code takes the share of the prunable "
+                     "heads and channels only, which removes less): the requested ratio, or the size of the uniform "
+                     "rows of its column where that is larger (whole heads make them overshoot), so that every row "
+                     "of a column compares at one size (in parentheses); FLAP rows use FLAP's bias compensation.")
     notes.append("- WANDA-sp has no compensation; RCPU rows use RCPU's variance-aware score (γ) for selection.")
     if any(r["variant"] in ("rcpu_o_proj_only", "rcpu_down_proj_only") for r in ppl_rows):
         notes.append("- o_proj only / down_proj only: the same heads and channels are removed as in RCPU (rot); rotation "

@@ -250,8 +250,10 @@ def test_every_quality_variant_runs_on_a_tiny_model(tmp_path):
     assert rows["rcpu_refresh_mlp"]["config"]["refresh_mlp_stats"] and rows["rcpu_o_proj_only"]["config"]["targets"] == "o_proj"
     assert rows["flap_al_am"]["config"]["structure"] == "al_am"
     # ours runs last, at the ratio that removes at least what every other row removes
-    ours, most = rows["rcpu_affine"], max(r["decoder_params_removed"] for v, r in rows.items() if v not in ("dense", "rcpu_affine"))
+    fixed = [r["decoder_params_removed"] for v, r in rows.items() if v not in ("dense", "rcpu_affine", "flap_al_am")]
+    ours, most = rows["rcpu_affine"], max(fixed)
     assert ours["matched_removed"] == most and ours["config"]["ratio"] == pytest.approx(max(0.34, most + q.MATCH_MARGIN))
+    assert rows["flap_al_am"]["config"]["ratio"] == ours["config"]["ratio"]  # both adaptive rows at one size
     assert ours["config"]["compensation"] == "affine_least_squares" and set(ours["ls"]["heldout_mean_nll"]) == {"0.01", "0.1"}
     assert ours["decoder_params_removed"] >= most - 0.02  # the nearest AL-AM prefix: within half a head slot here
     assert dense.model.layers[0].self_attn.q_proj.out_features == 48  # the dense model itself is never pruned
@@ -472,3 +474,22 @@ def test_which_method_section_reads_the_best_rows_off_the_quality_file(tmp_path)
     assert "best with equal shapes in every layer: LS (λ_best) 90.00" in text  # named where ours (al_am) leads
     assert "- **30 %**: best LS (λ_best) 100.00" in text and "lowest perplexity at 20 %." in text
     assert "Speed" not in text  # no inference rows
+
+
+def test_heldout_script_scores_configs_on_held_out_windows_and_skips_finished_ones(tmp_path, capsys):
+    from benchmarks import heldout
+
+    sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+    from tiny_setup import save_tiny_llama, write_tiny_wikitext
+
+    model, data = save_tiny_llama(tmp_path / "model"), write_tiny_wikitext(tmp_path / "data")
+    out = tmp_path / "heldout.json"
+    args = ["--model", str(model), "--data-dir", str(data), "--nsamples", "8", "--seqlen", "16", "--windows", "4",
+            "--threads", "1", "--out", str(out)]
+    configs = ['{"ratio": 0.34}', '{"ratio": 0.34, "structure": "al_am", "compensation": "affine_least_squares"}']
+    assert heldout.main(args + configs) == 0
+    rows = json.loads(out.read_text())
+    assert [r["config"]["structure"] if "structure" in r["config"] else "uniform" for r in rows] == ["uniform", "al_am"]
+    assert all(r["heldout_ppl"] > 1 and r["heldout_windows"] == 4 and r["decoder_params_removed"] > 0.2 for r in rows)
+    assert rows[0]["config"]["head_rounding"] == "nearest" and "8x16@seed0" in rows[0]["key"]
+    assert heldout.main(args + configs[:1]) == 0 and "measured already" in capsys.readouterr().out
