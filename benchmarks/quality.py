@@ -365,7 +365,8 @@ def table_notes(ppl_rows: list[dict], s: Settings) -> str:
                      "adaptive AL-AM structure (one global threshold, the budget counted in decoder-layer parameters, "
                      "added biases included) and affine least squares (ridge fit to the original module's output plus "
                      "a bias for the mean shift of the dropped inputs). Run at the ratio that removes at least as many "
-                     "decoder-layer parameters as every fixed-size row of its column (+0.1 %), as FLAP (AL-AM) is: "
+                     f"decoder-layer parameters as every fixed-size row of its column (+{100 * MATCH_MARGIN:g} %), as "
+                     "FLAP (AL-AM) is: "
                      + ", ".join(f"{100 * r['ratio']:.0f}%: ratio {r['config']['ratio']:.4f}" for r in ours)
                      + "; λ from {" + ", ".join(f"{x:g}" for x in VARIANT_BY_ID['rcpu_affine'].lambdas)
                      + f"}} by the lowest mean NLL on the same {s.ls_heldout} held-out windows: "

@@ -67,7 +67,7 @@ def which_method_section(results: Path) -> str:
     cell = lambda r: f"{label(r)} {r['ppl']:.2f} ({100 * r['decoder_params_removed']:.1f}% removed)"  # noqa: E731
     zs = Q.zeroshot_means(Q.matching_rows(rows, s)[1])
     lines = ["### Which method should I use?\n",
-             f"Read off the rows below (SmolLM2-135M, WikiText-2 perplexity on {'all' if not s.ppl_windows else s.ppl_windows} "
+             f"Read off the rows below ({s.model}, WikiText-2 perplexity on {'all' if not s.ppl_windows else s.ppl_windows} "
              "test windows; lower is better):\n"]
     for x in sorted({r["ratio"] for r in ppl}):
         col = sorted((r for r in ppl if r["ratio"] == x), key=lambda r: r["ppl"])

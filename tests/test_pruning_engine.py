@@ -461,3 +461,16 @@ def test_compensated_error_selection_leaves_less_down_proj_error_than_scores():
         _logits(dense, _ids()), _logits(model, _ids())
         errors[selection] = float(sum(((a - b) ** 2).sum() for a, b in zip(seen["dense"], seen["pruned"])))
     assert errors["compensated_error"] < 0.9 * errors["score"], errors
+
+
+def test_added_bias_count_matches_the_biases_a_bias_compensation_adds():
+    from rcpu_lightning.pruning.surgery import added_bias_params
+
+    for shape, cfg in (({}, dict(ratio=0.5)), (GQA, dict(ratio=0.34)), (GQA, dict(ratio=0.5, gqa_mode="whole_group"))):
+        model = make_tiny_llama(**shape, num_layers=1)
+        parts = layer_parts(decoder_layers(model)[0])
+        report = _prune(model, compensation="bias", head_rounding="nearest", **cfg)
+        heads, channels = parts.num_heads - report.layers[0]["heads"], parts.intermediate_size - report.layers[0]["channels"]
+        predicted = added_bias_params(parts, {"attn", "mlp"}, heads, channels, cfg.get("gqa_mode", "per_group"))
+        biases = sum(m.bias.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None)
+        assert predicted == biases, (shape, cfg)

@@ -190,6 +190,9 @@ class CausalLMModule(PruningPlanMixin):
 
     # -- evaluation --------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        if self.checkpoint_source is not None and stage != "predict":
+            raise ValueError(f"an out-of-core module (out_of_core=True) holds no weights: it can only calibrate for "
+                             f"the pruning callback (predict), not {stage}; load the pruned folder it wrote instead")
         # Create every task metric up front: compute() is a collective, so every rank needs the
         # same metrics even when it received no item of some task.
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None

@@ -67,8 +67,9 @@ class PruningConfig:
         selection: which heads/channels of each layer go: ``score`` (the lowest scores of ``method``;
             the paper) or ``compensated_error`` (greedily, the ones whose removal leaves the least
             affine least-squares error once the rest is refitted, :mod:`.error_selection`; needs a
-            compensation that refits: not ``none``/``bias``). The counts per layer come from
-            ``structure`` either way.
+            compensation that refits: not ``none``/``bias``; a module that ``targets`` leaves
+            uncompensated is selected by score; with ``target: dense`` the error is still measured
+            against the module's own output). The counts per layer come from ``structure`` either way.
         target: what a compensated module is fitted to: ``pruned`` (its own output on the pruned-so-far
             inputs; the paper) or ``dense`` (the dense model's residual stream after the module, so the
             errors of earlier layers are corrected too; keeps a second copy of the activations and

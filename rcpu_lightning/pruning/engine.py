@@ -210,8 +210,13 @@ def al_am_structure(
     channel_params = 3 * layer_parts(layers[0]).down_proj.out_features  # one MLP channel: gate, up, down
     budget = config.ratio * sum(_count(layer) for layer in layers) / channel_params  # in channel units
     counts = al_am_counts(units, config.ratio, budget)
-    added = _added_bias_params(model, config, counts)  # a bias-adding compensation's biases count as kept
-    return al_am_counts(units, config.ratio, budget + added / channel_params) if added else counts
+    for _ in range(3):  # a bias-adding compensation's biases count as kept: budget for them, until stable
+        added = _added_bias_params(model, config, counts)
+        recount = al_am_counts(units, config.ratio, budget + added / channel_params) if added else counts
+        if recount == counts:
+            break
+        counts = recount
+    return counts
 
 
 def _bias_blocks(model: nn.Module, config: PruningConfig, counts: list[tuple[int, int]]) -> set[str]:
@@ -258,7 +263,7 @@ def validate_counts(model: nn.Module, counts: list[tuple[int, int]]) -> None:
 # -- one layer ----------------------------------------------------------------------------------
 def _decide_heads(parts: LayerParts, stats: ChannelStats, n_remove: int, config: PruningConfig):
     layout = head_layout(parts.num_heads, parts.num_kv_heads, config.gqa_mode)
-    if config.selection == "compensated_error":
+    if config.selection == "compensated_error" and config.compensates("o_proj"):
         kept_heads, kept_kv = select_heads_by_error(parts.o_proj.weight, stats, layout, parts.head_dim, n_remove,
                                                     config.ls_lambda)
     else:
@@ -270,7 +275,7 @@ def _decide_heads(parts: LayerParts, stats: ChannelStats, n_remove: int, config:
 
 
 def _decide_channels(parts: LayerParts, stats: ChannelStats, n_remove: int, config: PruningConfig):
-    if config.selection == "compensated_error":
+    if config.selection == "compensated_error" and config.compensates("down_proj"):
         kept = select_channels_by_error(parts.down_proj.weight, stats, n_remove, config.ls_lambda)
     else:
         kept = select_channels(column_scores(config.method, parts.down_proj.weight, stats, "down_proj"), n_remove)

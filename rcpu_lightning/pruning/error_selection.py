@@ -17,8 +17,12 @@ and the survivors absorb it: ``W' ← W' − W'_B [(H⁻¹)_BB]⁻¹ (H⁻¹)_B,
 ``H⁻¹ ← H⁻¹ − (H⁻¹)_:,B [(H⁻¹)_BB]⁻¹ (H⁻¹)_B,:`` (the inverse of ``H`` on the remaining columns).
 Each step removes the cheapest block allowed (per-group GQA: every kv group gives the same number of
 heads); channels go ``ceil(n / 256)`` per step, so a 7B layer takes at most 256 updates. The kept set
-is then compensated by the configured compensation (``affine_least_squares`` minimises exactly
-``E``; the others use it as a proxy).
+is then compensated by the configured compensation; ``E`` is a proxy for what that refit leaves:
+``H`` carries the refit's ridge (taken over all columns here, over the kept ones in
+``affine_least_squares``, which also pulls towards ``W_K`` rather than 0), so even for
+``affine_least_squares`` the two agree only as the ridge goes to 0. Within one channel step the
+columns are ranked by their single costs (two twins may go together); for SmolLM2's 307 channels a
+step holds 2, for LLaMA-7B's 2,200 of 11,008 it holds 9.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..models.adapter import LayerParts, decoder_layers, layer_parts
 from .plan import LayerPlan, PruningPlan
+from .selection import head_layout
 
 ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
@@ -150,7 +151,8 @@ def bias_blocks(model_type: str, adds_bias: bool, compensates: dict[str, bool],
 def added_bias_params(parts: LayerParts, blocks: set[str], heads: int, channels: int, gqa_mode: str) -> int:
     """Parameters the zero/compensation biases of ``blocks`` add to one layer losing ``heads`` query heads
     and ``channels`` MLP channels (projections that already carry a bias add none)."""
-    kv_lost = heads * parts.num_kv_heads // parts.num_heads if gqa_mode == "whole_group" else 0
+    whole = head_layout(parts.num_heads, parts.num_kv_heads, gqa_mode).whole_group  # MHA: a head takes its k/v
+    kv_lost = heads * parts.num_kv_heads // parts.num_heads if whole else 0
     sizes = {"q_proj": (parts.num_heads - heads) * parts.head_dim,
              "k_proj": (parts.num_kv_heads - kv_lost) * parts.head_dim,
              "v_proj": (parts.num_kv_heads - kv_lost) * parts.head_dim,
