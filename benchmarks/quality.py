@@ -70,10 +70,12 @@ VARIANTS: list[Variant] = [
     Variant("rcpu_o_proj_only", "RCPU rot, o_proj only", {"method": "rcpu", "targets": "o_proj"}),
     Variant("rcpu_down_proj_only", "RCPU rot, down_proj only", {"method": "rcpu", "targets": "down_proj"}),
     Variant("rcpu_refresh_mlp", "RCPU rot, refreshed MLP stats", {"method": "rcpu", "refresh_mlp_stats": True}),
-    # ours beyond the paper (configs/rcpu-affine.yaml): γ selection, AL-AM structure, affine least squares
-    Variant("rcpu_affine", "RCPU-affine (AL-AM, affine LS)",
-            {"method": "rcpu", "structure": "al_am", "compensation": "affine_least_squares"}, table2=True,
-            tune_lambda=True, plot=True, lambdas=(1e-2, 1e-1), match_removed=True),
+    # ours beyond the paper (configs/rcpu-affine.yaml): FLAP's AL-AM allocation, selection by compensated
+    # error, affine least squares; chosen on held-out windows (results/heldout.json)
+    Variant("rcpu_affine", "RCPU-affine (AL-AM, error selection, affine LS)",
+            {"method": "flap", "structure": "al_am", "compensation": "affine_least_squares",
+             "selection": "compensated_error"}, table2=True, tune_lambda=True, plot=True, lambdas=(1e-2, 1e-1),
+            match_removed=True),
 ]
 VARIANT_BY_ID = {v.id: v for v in VARIANTS}
 QUICK_VARIANTS = ["dense", "wanda_sp", "rcpu_nocomp", "rcpu_rot"]
@@ -361,10 +363,12 @@ def table_notes(ppl_rows: list[dict], s: Settings) -> str:
                      "Chosen: " + ", ".join(f"{100 * x:.0f}%: λ={v['lambda']:g}" for x, v in sorted(ls.items())) + ".")
     ours = sorted((r for r in ppl_rows if r["variant"] == "rcpu_affine"), key=lambda r: r["ratio"])
     if ours:
-        notes.append("- RCPU-affine (ours, beyond the paper; `configs/rcpu-affine.yaml`): RCPU's γ scores, FLAP's "
-                     "adaptive AL-AM structure (one global threshold, the budget counted in decoder-layer parameters, "
-                     "added biases included) and affine least squares (ridge fit to the original module's output plus "
-                     "a bias for the mean shift of the dropped inputs). Run at the ratio that removes at least as many "
+        notes.append("- RCPU-affine (ours, beyond the paper; `configs/rcpu-affine.yaml`): FLAP's adaptive AL-AM "
+                     "structure decides how many heads and channels each layer loses (one global threshold on FLAP's "
+                     "scores, the budget counted in decoder-layer parameters, added biases included); which ones go is "
+                     "chosen greedily by the error left after refitting (`selection: compensated_error`); the kept "
+                     "columns are refitted by affine least squares (ridge fit to the original module's output plus a "
+                     "bias for the mean of the dropped inputs). Run at the ratio that removes at least as many "
                      f"decoder-layer parameters as every fixed-size row of its column (+{100 * MATCH_MARGIN:g} %), as "
                      "FLAP (AL-AM) is: "
                      + ", ".join(f"{100 * r['ratio']:.0f}%: ratio {r['config']['ratio']:.4f}" for r in ours)

@@ -470,7 +470,7 @@ def test_which_method_section_reads_the_best_rows_off_the_quality_file(tmp_path)
                      "config": {"structure": structure}})
     (tmp_path / "quality.json").write_text(json.dumps(rows))
     text = rr.which_method_section(tmp_path)
-    assert "- **20 %**: best RCPU-affine (AL-AM, affine LS) 70.00 (20.0% removed); next LS (λ_best) 90.00" in text
+    assert "- **20 %**: best RCPU-affine (AL-AM, error selection, affine LS) 70.00 (20.0% removed); next LS (λ_best) 90.00" in text
     assert "best with equal shapes in every layer: LS (λ_best) 90.00" in text  # named where ours (al_am) leads
     assert "- **30 %**: best LS (λ_best) 100.00" in text and "lowest perplexity at 20 %." in text
     assert "Speed" not in text  # no inference rows
