@@ -90,8 +90,27 @@ def which_method_section(results: Path) -> str:
                      "Its layers differ in shape, so the saved folder loads with `load_pruned` (or `cli.py "
                      "--model.model DIR`); for a folder that plain `from_pretrained` loads, take the best equal-shape "
                      "row. The paper's rotation (`configs/smollm2-rcpu.yaml`) reproduces the paper.")
-    lines += inference_summary(results)
+    lines += inference_summary(results) + heldout_lines(results)
     return "\n".join(lines) + "\n"
+
+
+def heldout_lines(results: Path) -> list[str]:
+    """The variants compared on held-out windows (``heldout.py``), best first per ratio."""
+    rows = _load(results / "heldout.json") or []
+    if not rows:
+        return []
+    lines = ["\n#### How RCPU-affine was chosen: held-out perplexity\n",
+             f"From `heldout.json`: {rows[0]['heldout_windows']} windows of the calibration split that overlap no "
+             "calibration window (never the test split), SmolLM2, 128 × 128 calibration. Only the fields that differ "
+             "from `PruningConfig`'s defaults are shown (`method` rcpu, `structure` uniform, `selection` score, "
+             "`compensation` the method's own: rotation for rcpu, bias for flap).\n",
+             "| ratio | config | decoder-layer params removed | held-out PPL |", "|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (round(r["config"].get("ratio", 0.2), 1), r["heldout_ppl"])):
+        shown = {k: v for k, v in r["config"].items() if k not in ("ratio", "head_rounding")}
+        text = ", ".join(f"{k}: {v}" for k, v in shown.items()) or "(the paper's RCPU)"
+        lines.append(f"| {100 * round(r['config'].get('ratio', 0.2), 1):.0f}% | {text} | "
+                     f"{100 * r['decoder_params_removed']:.2f}% | {r['heldout_ppl']:.2f} |")
+    return lines
 
 
 def inference_summary(results: Path) -> list[str]:
