@@ -76,8 +76,8 @@ from ..pruning.inputs import LayerInputCatcher, LayerInputs, StopForward, captur
 from ..pruning.io import save_pruned
 from ..pruning.plan import LayerPlan, PruningPlan
 from ..pruning.progress import default_progress
-from ..pruning.streaming import CheckpointSource, prune_skeleton
 from ..pruning.selection import feasible_count, head_layout
+from ..pruning.streaming import CheckpointSource, prune_skeleton
 from ..pruning.surgery import ATTN_PROJ, MLP_PROJ, head_rows
 from .checkpointing import as_plan, find_causal_lm, install_plan_hooks, set_plan
 from .logs import configure_logging
