@@ -313,7 +313,7 @@ def versus_table(ppl_rows: list[dict], ratios: list[float], ours: str = "rcpu_af
         lines.append(f"| {100 * x:.0f}% | {mine['ppl']:.2f} ({100 * mine['decoder_params_removed']:.2f}%) | "
                      f"{VARIANT_BY_ID[best['variant']].label} | {best['ppl']:.2f} ({100 * best['decoder_params_removed']:.2f}%) "
                      f"| {mine['ppl'] / best['ppl']:.3f} | {'yes' if mine['decoder_params_removed'] >= most else 'no'} "
-                     f"({100 * mine['decoder_params_removed']:.2f}% vs at most {100 * most:.2f}%) |")
+                     f"({100 * mine['decoder_params_removed']:.3f}% vs at most {100 * most:.3f}%) |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
