@@ -85,9 +85,18 @@ def which_method_section(results: Path) -> str:
     ratios = sorted({r["ratio"] for r in ppl})
     leads = [x for x in ratios if min((r for r in ppl if r["ratio"] == x), key=lambda r: r["ppl"])["variant"] == "rcpu_affine"]
     if leads:
-        where = "every ratio measured" if leads == ratios else ", ".join(f"{100 * x:.0f} %" for x in leads)
-        lines.append(f"- Start from **RCPU-affine** (`-c configs/rcpu-affine.yaml`): the lowest perplexity at {where}. "
-                     "Its layers differ in shape, so the saved folder loads with `load_pruned` (or `cli.py "
+        where = ", ".join(f"{100 * x:.0f} %" for x in leads)
+        measured = ", ".join(f"{100 * r['ratio']:.0f} %" for r in sorted(ppl, key=lambda r: r["ratio"])
+                             if r["variant"] == "rcpu_affine")
+        zs_lead = [x for x in ratios if max(((v, z) for (v, r), z in zs.items() if r == x and v != "dense"),
+                                            key=lambda t: t[1][0], default=(None,))[0] == "rcpu_affine"]
+        head = ("Start from **RCPU-affine** (`-c configs/rcpu-affine.yaml`): the lowest perplexity at every ratio "
+                "measured." if leads == ratios else
+                f"**RCPU-affine** (`-c configs/rcpu-affine.yaml`) has the lowest perplexity at {where} only (measured "
+                f"at {measured}); at the other ratios take the best row named above.")
+        if not zs_lead:
+            head += " Where zero-shot accuracy matters more than perplexity, it is not the best row (above)."
+        lines.append(f"- {head} Its layers differ in shape, so the saved folder loads with `load_pruned` (or `cli.py "
                      "--model.model DIR`); for a folder that plain `from_pretrained` loads, take the best equal-shape "
                      "row. The paper's rotation (`configs/smollm2-rcpu.yaml`) reproduces the paper.")
     lines += inference_summary(results) + heldout_lines(results)

@@ -472,7 +472,7 @@ def test_which_method_section_reads_the_best_rows_off_the_quality_file(tmp_path)
     text = rr.which_method_section(tmp_path)
     assert "- **20 %**: best RCPU-affine (AL-AM, error selection, affine LS) 70.00 (20.0% removed); next LS (λ_best) 90.00" in text
     assert "best with equal shapes in every layer: LS (λ_best) 90.00" in text  # named where ours (al_am) leads
-    assert "- **30 %**: best LS (λ_best) 100.00" in text and "lowest perplexity at 20 %." in text
+    assert "- **30 %**: best LS (λ_best) 100.00" in text and "lowest perplexity at 20 % only" in text
     assert "Speed" not in text and "held-out perplexity" not in text  # no inference or held-out rows
     (tmp_path / "heldout.json").write_text(json.dumps([
         {"config": {"ratio": 0.2, "head_rounding": "nearest"}, "heldout_windows": 64, "heldout_ppl": 140.0,
