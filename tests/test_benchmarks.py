@@ -495,7 +495,12 @@ def test_heldout_script_scores_configs_on_held_out_windows_and_skips_finished_on
     args = ["--model", str(model), "--data-dir", str(data), "--nsamples", "8", "--seqlen", "16", "--windows", "4",
             "--threads", "1", "--out", str(out)]
     configs = ['{"ratio": 0.34}', '{"ratio": 0.34, "structure": "al_am", "compensation": "affine_least_squares"}']
-    assert heldout.main(args + configs) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert heldout.main(args + configs) == 0
+    finally:  # the script's setup_torch switches autograd off and sets threads for the whole process
+        torch.set_grad_enabled(True)
+        torch.set_num_threads(threads)
     rows = json.loads(out.read_text())
     assert [r["config"]["structure"] if "structure" in r["config"] else "uniform" for r in rows] == ["uniform", "al_am"]
     assert all(r["heldout_ppl"] > 1 and r["heldout_windows"] == 4 and r["decoder_params_removed"] > 0.2 for r in rows)
