@@ -215,7 +215,7 @@ def _least_squares(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, c
 
 def _affine_least_squares(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
     n, mean = stats.n.double(), stats.mean().double()
-    cov = stats.G.double() / n - torch.outer(mean, mean)  # [d_in, d_in]
+    cov = stats.covariance()  # [d_in, d_in]
     if stats.C is None:
         return Compensated(*affine_least_squares(w.double(), cov, mean, keep, config.ls_lambda))
     t_mean = stats.tsum.double() / n  # explicit targets: their covariance with the inputs

@@ -32,7 +32,7 @@ import math
 import torch
 from torch import Tensor
 
-from .selection import HeadLayout
+from .selection import HeadLayout, kept_from_mask
 from .stats import ChannelStats
 
 MAX_CHANNEL_STEPS = 256
@@ -40,8 +40,7 @@ MAX_CHANNEL_STEPS = 256
 
 def error_hessian(stats: ChannelStats, lam: float) -> Tensor:
     """``H = Σ + λ' I`` [d, d] float64, ``Σ`` the inputs' covariance, ``λ' = λ · mean(diag Σ)``."""
-    n, mean = stats.n.double(), stats.mean().double()
-    cov = stats.G.double() / n - torch.outer(mean, mean)
+    cov = stats.covariance()
     ridge = lam * float(torch.diagonal(cov).mean())
     return cov + max(ridge, 1e-12) * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
 
@@ -114,8 +113,5 @@ def select_heads_by_error(weight: Tensor, stats: ChannelStats, layout: HeadLayou
     gone = greedy_removal(w, hinv, blocks, groups, quota)
     keep = torch.ones(n_kv, g, dtype=torch.bool)
     for b in gone:
-        if layout.whole_group:
-            keep[b] = False
-        else:
-            keep[b // g, b % g] = False
-    return keep.flatten().nonzero().flatten().tolist(), keep.any(1).nonzero().flatten().tolist()
+        keep[b if layout.whole_group else (b // g, b % g)] = False
+    return kept_from_mask(keep)

@@ -106,9 +106,12 @@ def select_heads(scores: Tensor, layout: HeadLayout, n_remove: int) -> tuple[lis
         per_group = n_remove // n_kv
         for group in range(n_kv):
             keep[group, _lowest(by_group[group], per_group)] = False
-    kept_heads = keep.flatten().nonzero().flatten().tolist()
-    kept_kv = keep.any(1).nonzero().flatten().tolist()
-    return kept_heads, kept_kv
+    return kept_from_mask(keep)
+
+
+def kept_from_mask(keep: Tensor) -> tuple[list[int], list[int]]:
+    """Kept query heads and kept kv heads (ascending) from a keep mask [H_kv, g]."""
+    return keep.flatten().nonzero().flatten().tolist(), keep.any(1).nonzero().flatten().tolist()
 
 
 def head_unit_scores(head_score: Tensor, layout: HeadLayout) -> Tensor:

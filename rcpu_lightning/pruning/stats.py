@@ -105,6 +105,11 @@ class ChannelStats:
         """Population variance ``G_jj / n − (s1_j / n)²``, clamped at 0 [d]."""
         return (self.diag() / self.n - self.mean() ** 2).clamp_min(0)
 
+    def covariance(self) -> Tensor:
+        """Population covariance ``G / n − μμᵀ`` [d, d] in float64 (full statistics only)."""
+        mean = self.mean().double()
+        return self.G.double() / self.n.double() - torch.outer(mean, mean)
+
     def l2(self) -> Tensor:
         """``||X[j, :]||₂ = sqrt(G_jj)`` [d]."""
         return self.diag().clamp_min(0).sqrt()
