@@ -282,3 +282,37 @@ def test_compensated_error_selection_needs_a_refitting_compensation():
     with pytest.raises(ValueError, match="refits nothing"):
         PruningConfig(selection="compensated_error", compensation="none")
     assert PruningConfig(selection="compensated_error", compensation="affine_least_squares").selection == "compensated_error"
+
+
+def test_blockwise_products_equal_the_whole_ones(monkeypatch):
+    from rcpu_lightning.pruning import compensation as comp
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 12, generator=g, dtype=torch.float64)
+    G, w = x.T @ x, torch.randn(5, 12, generator=g, dtype=torch.float64)
+    keep = torch.tensor([0, 2, 3, 5, 7, 8, 11])
+    Q = procrustes_rotation(cross_gram(w, G, keep))
+    whole = (comp.weight_gram_columns(w, G, keep, torch.float64), comp.blockwise_cross_gram(w, G, keep, torch.float64),
+             comp.rotate_columns(Q, w, keep), comp.z_norm2(w, G, keep))
+    monkeypatch.setattr(comp, "_BLOCK", 30)  # blocks of 2-3 columns (uneven last block)
+    blocked = (comp.weight_gram_columns(w, G, keep, torch.float64), comp.blockwise_cross_gram(w, G, keep, torch.float64),
+               comp.rotate_columns(Q, w, keep), comp.z_norm2(w, G, keep))
+    references = (w @ G[:, keep], cross_gram(w, G, keep), Q @ w[:, keep],
+                  torch.trace(w[:, keep] @ G[keep][:, keep] @ w[:, keep].T))
+    for a, b, ref in zip(whole, blocked, references):
+        torch.testing.assert_close(a, ref, atol=1e-9, rtol=1e-12)
+        torch.testing.assert_close(b, ref, atol=1e-9, rtol=1e-12)
+
+
+def test_blockwise_gram_update_equals_the_whole_product(monkeypatch):
+    from rcpu_lightning.pruning import stats as stats_module
+
+    x = torch.randn(3, 7, 10, generator=_gen(4))
+    whole = ChannelStats.zeros(10)
+    whole.update(x, torch.float32)
+    monkeypatch.setattr(stats_module, "_GRAM_BLOCK", 35)  # 3 columns per block
+    blocked = ChannelStats.zeros(10)
+    blocked.update(x, torch.float32)
+    torch.testing.assert_close(blocked.G, whole.G, atol=1e-5, rtol=1e-6)  # float32 products: rounding only
+    x64 = x.reshape(-1, 10).double()
+    torch.testing.assert_close(whole.G, x64.T @ x64, atol=1e-5, rtol=1e-6)

@@ -559,9 +559,9 @@ class RCPUPruningCallback(Callback):
         strategy = trainer.strategy
 
         def reduce(t: torch.Tensor) -> torch.Tensor:
-            # strategy.reduce all-reduces in place (gloo has no AVG; integers would truncate):
-            # sum a float64 copy, hand back the caller's dtype.
-            buf = t.detach().to(torch.float64).clone()
+            # strategy.reduce all-reduces in place (gloo has no AVG; integers would truncate): the
+            # engine hands over a fresh buffer of its own, so a float64 one is summed where it is
+            buf = t.detach().to(torch.float64)
             return strategy.reduce(buf, reduce_op="sum").to(t.dtype)
 
         return reduce

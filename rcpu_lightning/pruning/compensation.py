@@ -37,6 +37,47 @@ def cross_gram(weight: Tensor, G: Tensor, keep: Tensor) -> Tensor:
     return weight @ G[:, keep] @ weight[:, keep].T
 
 
+#: Elements of one block of ``G`` columns in the blockwise products below (4 M: 32 MB in float64).
+_BLOCK = 1 << 22
+
+
+def _column_blocks(keep: Tensor, rows: int) -> list[Tensor]:
+    """``keep`` cut into blocks of columns with about ``_BLOCK`` elements each (``rows`` per column)."""
+    return list(keep.split(max(1, _BLOCK // rows)))
+
+
+def weight_gram_columns(weight: Tensor, G: Tensor, keep: Tensor, dtype: torch.dtype) -> Tensor:
+    """``A = W G[:, K]`` -> [d_out, |K|] in float64, the products in ``dtype``, a block of columns at a
+    time (neither ``W G`` nor ``G`` in ``dtype`` is ever whole: for a 7B down_proj that is 0.5 GB each)."""
+    w = weight.to(dtype)
+    out = torch.empty(weight.shape[0], keep.numel(), dtype=torch.float64, device=weight.device)
+    j = 0
+    for cols in _column_blocks(keep, G.shape[0]):
+        out[:, j : j + cols.numel()] = w @ G[:, cols].to(dtype)  # [d_out, d_in] @ [d_in, block]
+        j += cols.numel()
+    return out
+
+
+def blockwise_cross_gram(weight: Tensor, G: Tensor, keep: Tensor, dtype: torch.dtype) -> Tensor:
+    """``M = W G[:, K] W_Kᵀ`` -> [d_out, d_out] in float64 (:func:`cross_gram`), the products with ``G``
+    in ``dtype``, summed over blocks of ``K`` (``W G[:, K]`` itself is never whole)."""
+    w = weight.to(dtype)
+    M = torch.zeros(weight.shape[0], weight.shape[0], dtype=torch.float64, device=weight.device)
+    for cols in _column_blocks(keep, G.shape[0]):
+        M += (w @ G[:, cols].to(dtype)).double() @ weight[:, cols].double().T
+    return M
+
+
+def rotate_columns(Q: Tensor, weight: Tensor, keep: Tensor) -> Tensor:
+    """``Q W_K`` -> [d_out, |K|] in float64, a block of columns at a time (no float64 copy of ``W_K``)."""
+    out = torch.empty(weight.shape[0], keep.numel(), dtype=torch.float64, device=weight.device)
+    j = 0
+    for cols in _column_blocks(keep, weight.shape[0]):
+        out[:, j : j + cols.numel()] = Q @ weight[:, cols].double()
+        j += cols.numel()
+    return out
+
+
 def procrustes_rotation(M: Tensor) -> Tensor:
     """Orthogonal Procrustes: ``argmin_{QᵀQ=I} ||Y − Q Z||_F`` with ``M = Y Zᵀ = U Σ Vᵀ`` is ``Q = U Vᵀ``.
 
@@ -97,17 +138,16 @@ def fast_rotation(weight: Tensor, G: Tensor, keep: Tensor, rcond32: float = 1e-5
     weights), ``A`` is recomputed in float64 — cheap there, since o_proj is square. ``cross``
     (``Σ t xᵀ`` of explicit targets) gives ``A = cross[:, K]`` directly.
     """
-    B = weight[:, keep].double()  # W_K [d_out, |K|]
+    thin = keep.numel() < weight.shape[0]  # M has rank |K| < d_out
     if cross is not None:
-        A = cross[:, keep].double()
-        return thin_rotation(A, B) if B.shape[1] < B.shape[0] else _full_rotation(A, B)
-    if B.shape[1] < B.shape[0]:
-        return thin_rotation((weight.double() @ G.double())[:, keep], B)
-    A = (weight.float() @ G.float())[:, keep].double()  # W G[:, K] [d_out, |K|]
-    Q, sigma = polar_factor(A @ B.T)  # M = Y Zᵀ [d_out, d_out]
+        A, B = cross[:, keep].double(), weight[:, keep].double()  # [d_out, |K|] each
+        return thin_rotation(A, B) if thin else _full_rotation(A, B)
+    if thin:
+        return thin_rotation(weight_gram_columns(weight, G, keep, torch.float64), weight[:, keep].double())
+    Q, sigma = polar_factor(blockwise_cross_gram(weight, G, keep, torch.float32))  # M = Y Zᵀ [d_out, d_out]
     if sigma[-1] < rcond32 * sigma[0]:
-        Q, sigma = polar_factor((weight.double() @ G.double())[:, keep] @ B.T)
-    return Q @ B, sigma
+        Q, sigma = polar_factor(blockwise_cross_gram(weight, G, keep, torch.float64))
+    return rotate_columns(Q, weight, keep), sigma
 
 
 def _full_rotation(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
@@ -115,10 +155,17 @@ def _full_rotation(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
     return Q @ B, sigma
 
 
-def z_norm2(weight: Tensor, G: Tensor, keep: Tensor) -> Tensor:
-    """``||Z||_F² = trace(W_K G[K,K] W_Kᵀ)`` (float64 scalar)."""
-    w_k = weight[:, keep]
-    return torch.sum((w_k @ G[keep][:, keep]) * w_k, dtype=torch.float64)
+def z_norm2(weight: Tensor, G: Tensor, keep: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``||Z||_F² = trace(W_K G[K,K] W_Kᵀ)`` (float64 scalar), the products in ``dtype`` (default:
+    ``G``'s), summed over blocks of ``K``."""
+    dtype = dtype or G.dtype
+    w_k = weight[:, keep].to(dtype)  # [d_out, |K|]
+    total, j = torch.zeros((), dtype=torch.float64, device=weight.device), 0
+    for cols in _column_blocks(keep, keep.numel()):
+        block = w_k @ G[keep[:, None], cols].to(dtype)  # W_K G[K, block] [d_out, block]
+        total += torch.sum(block * w_k[:, j : j + cols.numel()], dtype=torch.float64)
+        j += cols.numel()
+    return total
 
 
 def least_squares_compensation(weight: Tensor, G: Tensor, keep: Tensor, lam: float) -> Tensor:
@@ -198,7 +245,7 @@ def _rotation_scale(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, 
     if config.arithmetic == "float64" and stats.C is None:
         return Compensated(rotation_scale_compensation(w.double(), stats.G.double(), keep))
     rotated, sigma = fast_rotation(w, stats.G, keep, cross=stats.C)
-    z = z_norm2(w.float(), stats.G.float(), keep)  # float32 products, float64 sum
+    z = z_norm2(w, stats.G, keep, torch.float32)  # float32 products, float64 sum
     return Compensated((sigma.sum() / z if z > 0 else 1.0) * rotated)
 
 

@@ -21,6 +21,9 @@ from torch import Tensor, nn
 
 Reduce = Callable[[Tensor], Tensor]
 
+#: Elements of one block of a Gram update (``x.T @ x[:, block]``): 8 M, 32 MB in float32.
+_GRAM_BLOCK = 1 << 23
+
 
 @dataclass
 class ChannelStats:
@@ -73,7 +76,14 @@ class ChannelStats:
         self.n += x.shape[0]
         self.s1 += x.sum(0)
         self.sabs += x.abs().sum(0)
-        self.G += (x * x).sum(0) if self.diag_only else x.T @ x  # [d, d] in the product dtype, summed in G's
+        if self.diag_only:
+            self.G += (x * x).sum(0)
+            return
+        # [d, d] in the product dtype, summed in G's, a block of columns at a time: the product of a
+        # whole 11008-wide MLP input would be a 0.5 GB temporary (1 GB with its cast) beside G
+        step = max(1, _GRAM_BLOCK // self.dim)
+        for j in range(0, self.dim, step):
+            self.G[:, j : j + step] += x.T @ x[:, j : j + step]
 
     def merge(self, other: "ChannelStats") -> "ChannelStats":
         """Sum of two statistics (new object)."""
@@ -123,7 +133,8 @@ class ChannelStats:
         self.tsum += t.sum(0)
 
     def is_finite(self) -> bool:
-        return bool(all(torch.isfinite(t).all() for t in self.tensors()))
+        # a block at a time: isfinite makes temporaries of its input's size (an abs() copy and masks)
+        return all(bool(torch.isfinite(block).all()) for t in self.tensors() for block in t.reshape(-1).split(_GRAM_BLOCK))
 
     def tensors(self) -> tuple[Tensor, ...]:
         return (self.n, self.s1, self.sabs, self.G) + ((self.C, self.tsum) if self.C is not None else ())
@@ -132,11 +143,13 @@ class ChannelStats:
 def reduce_stats(stats: Sequence[ChannelStats], fn: Reduce | None) -> list[ChannelStats]:
     """Sum ``stats`` over processes with ONE call of ``fn`` on a packed flat tensor.
 
-    All statistics must share dtype and device. Returns new objects; ``fn=None`` returns copies.
+    All statistics must share dtype and device. ``fn`` gets a fresh buffer of its own (it may reduce
+    in place); the results are views into what it returns (no further copy: statistics of a 7B MLP are
+    ~1 GB). ``fn=None`` (one process) returns ``stats`` themselves.
     """
     stats = list(stats)
     if fn is None or not stats:
-        return [ChannelStats(*(t.clone() for t in s.tensors())) for s in stats]
+        return stats
     dtypes = {s.s1.dtype for s in stats}
     devices = {s.s1.device for s in stats}
     if len(dtypes) != 1 or len(devices) != 1:
@@ -149,7 +162,7 @@ def reduce_stats(stats: Sequence[ChannelStats], fn: Reduce | None) -> list[Chann
     for s in stats:
         parts = []
         for t in s.tensors():
-            parts.append(out[offset : offset + t.numel()].reshape(t.shape).clone())
+            parts.append(out[offset : offset + t.numel()].view(t.shape))
             offset += t.numel()
         result.append(ChannelStats(*parts))
     return result
