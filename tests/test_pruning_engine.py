@@ -277,6 +277,8 @@ def test_pruning_does_not_overwrite_what_a_full_forward_returned():
         (dict(stats_dtype="float16"), r"stats_dtype='float16'.*'float64'"),
         (dict(ls_lambda=-1.0), r"ls_lambda"),
         (dict(structure="al_am", mlp_ratio=0.2), r"mlp_ratio=0\.2.*al_am"),
+        (dict(max_layer_ratio=0.5), r"max_layer_ratio=0\.5.*structure='al_am'"),
+        (dict(structure="al_am", ratio=0.3, max_layer_ratio=0.2), r"max_layer_ratio=0\.2 .*\[0\.3, 1\]"),
     ],
 )
 def test_invalid_config_values_raise_clear_errors(kwargs, match):
@@ -386,6 +388,14 @@ def test_al_am_removes_the_requested_share_of_decoder_parameters(ratio, compensa
     report = _prune(model, method="flap", structure="al_am", ratio=ratio, compensation=compensation)
     # the nearest prefix: within half a head slot (2 heads x (q rows + o columns) = 1536 of ~75k parameters)
     assert abs(report.decoder_params_removed - ratio) < 0.011, report.decoder_params_removed
+
+
+def test_al_am_cap_bounds_every_layer_and_still_removes_the_requested_share():
+    model = make_tiny_llama(**GQA, num_layers=3, intermediate_size=96)
+    report = _prune(model, method="flap", structure="al_am", ratio=0.3, max_layer_ratio=0.45)
+    for layer in report.plan.layers:  # heads: 6 in units of 2 -> at most 1 unit; channels: at most 43 of 96
+        assert len(layer.kept_heads) >= 4 and len(layer.kept_channels) >= 96 - 43, layer
+    assert abs(report.decoder_params_removed - 0.3) < 0.011, report.decoder_params_removed
 
 
 # -- dense targets (pruning/dense_target.py) -------------------------------------------------------------

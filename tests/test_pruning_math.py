@@ -145,6 +145,22 @@ def test_al_am_counts_weighted_global_threshold():
     assert al_am_counts(units, 3 / 14) == [(1, 1), (0, 0)]
 
 
+def test_al_am_counts_cap_per_layer_moves_the_threshold_to_other_layers():
+    units = [
+        LayerUnits(torch.tensor([0.0, 5.0]), head_unit_size=1, head_unit_weight=1.0,
+                   channel_scores=torch.tensor([-3.0, -2.0, -1.0, 4.0])),
+        LayerUnits(torch.tensor([1.0, 6.0]), head_unit_size=1, head_unit_weight=1.0,
+                   channel_scores=torch.tensor([0.5, 2.0, 3.0, 7.0])),
+    ]
+    # weight 12; 4 go: uncapped, the four lowest scores (three channels and a head of layer 0)
+    assert al_am_counts(units, 4 / 12) == [(1, 3), (0, 0)]
+    # at most half of each layer's heads and channels: layer 0 keeps its -1 channel, layer 1's 0.5 goes
+    assert al_am_counts(units, 4 / 12, max_layer_ratio=0.5) == [(1, 2), (0, 1)]
+    # a quarter: no head unit (floor 0.5) and one channel per layer = 2 of 12
+    with pytest.raises(ValueError, match="max_layer_ratio=0.25 lets at most 16.7%"):
+        al_am_counts(units, 5 / 12, max_layer_ratio=0.25)
+
+
 # -- the fast arithmetic: the same rotation, cheaper -------------------------------------------------
 def _svd_polar(M: torch.Tensor) -> torch.Tensor:
     U, _, Vh = torch.linalg.svd(M.double())

@@ -51,6 +51,8 @@ class PruningConfig:
             null picks the method's default (rcpu: rotation, flap: bias, others: none).
         structure: ``uniform`` (the same ratio in every layer, as the paper) or ``al_am`` (FLAP's
             adaptive structure: one global threshold over all layers and both module kinds).
+        max_layer_ratio: ``al_am`` only: no layer loses more than this fraction of its head units or of
+            its MLP channels (the threshold moves on to other layers); null: no cap (FLAP).
         ratio: fraction of attention heads and of MLP channels to remove, in [0, 1).
         attn_ratio: fraction of attention heads to remove instead of ``ratio`` (uniform structure only).
         mlp_ratio: fraction of MLP channels to remove instead of ``ratio`` (uniform structure only).
@@ -88,6 +90,7 @@ class PruningConfig:
     method: Method = "rcpu"
     compensation: Optional[Compensation] = None
     structure: Structure = "uniform"
+    max_layer_ratio: Optional[float] = None
     ratio: float = 0.2
     attn_ratio: Optional[float] = None
     mlp_ratio: Optional[float] = None
@@ -119,6 +122,13 @@ class PruningConfig:
                         "(one global threshold over both module kinds); use structure='uniform' "
                         f"or leave {name} unset"
                     )
+        if self.max_layer_ratio is not None:
+            if self.structure != "al_am":
+                raise ValueError(f"max_layer_ratio={self.max_layer_ratio!r} caps the adaptive structure; "
+                                 "it needs structure='al_am' (leave it unset for 'uniform')")
+            if not _is_number(self.max_layer_ratio) or not self.ratio <= self.max_layer_ratio <= 1.0:
+                raise ValueError(f"max_layer_ratio={self.max_layer_ratio!r} is out of range; allowed: a number "
+                                 f"in [ratio, 1] = [{self.ratio}, 1]")
         if not _is_number(self.ls_lambda) or not math.isfinite(self.ls_lambda) or self.ls_lambda < 0:
             raise ValueError(f"ls_lambda must be a finite number >= 0, got {self.ls_lambda!r}")
         for name in ("refresh_mlp_stats", "offload_inputs"):

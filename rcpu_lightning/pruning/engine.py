@@ -209,10 +209,11 @@ def al_am_structure(
         units.append(_layer_units(layer_parts(layer), o_stats, d_stats, terms[i], config))
     channel_params = 3 * layer_parts(layers[0]).down_proj.out_features  # one MLP channel: gate, up, down
     budget = config.ratio * sum(_count(layer) for layer in layers) / channel_params  # in channel units
-    counts = al_am_counts(units, config.ratio, budget)
+    counts = al_am_counts(units, config.ratio, budget, config.max_layer_ratio)
     for _ in range(3):  # a bias-adding compensation's biases count as kept: budget for them, until stable
         added = _added_bias_params(model, config, counts)
-        recount = al_am_counts(units, config.ratio, budget + added / channel_params) if added else counts
+        recount = (al_am_counts(units, config.ratio, budget + added / channel_params, config.max_layer_ratio)
+                   if added else counts)
         if recount == counts:
             break
         counts = recount

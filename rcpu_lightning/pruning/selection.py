@@ -137,7 +137,8 @@ class LayerUnits:
     channel_scores: Tensor  # [intermediate]
 
 
-def al_am_counts(layers: list[LayerUnits], ratio: float, budget: float | None = None) -> list[tuple[int, int]]:
+def al_am_counts(layers: list[LayerUnits], ratio: float, budget: float | None = None,
+                 max_layer_ratio: float | None = None) -> list[tuple[int, int]]:
     """FLAP's AL-AM: one threshold over all layers and both kinds -> (heads, channels) removed per layer.
 
     Units are sorted by standardised score (descending); each carries its parameter weight
@@ -145,10 +146,14 @@ def al_am_counts(layers: list[LayerUnits], ratio: float, budget: float | None = 
     The kept prefix is the one whose removed weight is nearest to ``budget`` (in channel units;
     default ``ratio · total``, FLAP's ``argmin |cumsum − total·(1−ratio)|``; FLAP then also removes
     the unit at that position, we keep it, so ratio 0 removes nothing).
+
+    ``max_layer_ratio`` (not in FLAP): no layer may lose more than that fraction of its head units or
+    of its channels; the units above the cap (a layer's highest scores) are always kept, and the
+    threshold moves on to the other layers.
     """
     scores, weights, owner = [], [], []  # owner: (layer, 0 = head unit, 1 = channel)
     for i, lu in enumerate(layers):
-        scores += [lu.head_units.double().cpu(), lu.channel_scores.double().cpu()]
+        scores += [_capped(lu.head_units, max_layer_ratio), _capped(lu.channel_scores, max_layer_ratio)]
         weights += [torch.full((lu.head_units.numel(),), float(lu.head_unit_weight), dtype=torch.float64),
                     torch.ones(lu.channel_scores.numel(), dtype=torch.float64)]
         owner += [(i, 0)] * lu.head_units.numel() + [(i, 1)] * lu.channel_scores.numel()
@@ -156,9 +161,22 @@ def al_am_counts(layers: list[LayerUnits], ratio: float, budget: float | None = 
     order = torch.argsort(score, descending=True, stable=True)
     cum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(weight[order], 0)])
     removed = cum[-1] * ratio if budget is None else min(float(budget), float(cum[-1]))
+    removable = float(weight[torch.isfinite(score)].sum())
+    if removed > removable + 1e-9:
+        raise ValueError(f"max_layer_ratio={max_layer_ratio} lets at most {removable / float(cum[-1]):.1%} of the "
+                         f"heads' and channels' parameters go, {float(removed / cum[-1]):.1%} are asked for: raise it")
     n_keep = int(torch.argmin((cum - (cum[-1] - removed)).abs()))
     counts = [[0, 0] for _ in layers]
     for idx in order[n_keep:].tolist():
         layer, kind = owner[idx]
         counts[layer][kind] += layers[layer].head_unit_size if kind == 0 else 1
     return [(h, c) for h, c in counts]
+
+
+def _capped(scores: Tensor, max_ratio: float | None) -> Tensor:
+    """``scores`` (float64, CPU) with all but the ``floor(max_ratio · n)`` lowest set to +inf (never removed)."""
+    scores = scores.double().cpu().clone()
+    if max_ratio is not None:
+        removable = int(math.floor(max_ratio * scores.numel() + _EPS))
+        scores[torch.argsort(scores, stable=True)[removable:]] = math.inf
+    return scores
