@@ -506,3 +506,24 @@ def test_heldout_script_scores_configs_on_held_out_windows_and_skips_finished_on
     assert all(r["heldout_ppl"] > 1 and r["heldout_windows"] == 4 and r["decoder_params_removed"] > 0.2 for r in rows)
     assert rows[0]["config"]["head_rounding"] == "nearest" and "8x16@seed0" in rows[0]["key"]
     assert heldout.main(args + configs[:1]) == 0 and "measured already" in capsys.readouterr().out
+
+
+def test_big_models_section_reads_targets_off_the_scale_rows(tmp_path):
+    def row(mode, layers, ckpt, peak, spl, impl="ours", diff=None, hidden=2048):
+        return {"mode": mode, "impl": impl, "layers": layers, "hidden": hidden, "intermediate": 5504, "heads": 16,
+                "params": layers * 50_000_000, "checkpoint_mb": ckpt, "peak_rss_mb": peak, "seconds_per_layer": spl,
+                "calib_samples": 64, "calib_seqlen": 128, "arithmetic": "fast",
+                "max_abs_logit_diff_vs_in_memory": diff, "run": {"loadavg_1m": 1.5}}
+    d = tmp_path / "results"
+    d.mkdir()
+    rows = [row("disk", 2, 402, 1250, 20.0, diff=2e-6), row("memory", 2, 402, 1700, 25.0, diff=2e-6),
+            row("disk", 21, 4200, 1260, 21.0), row("disk", 32, 6400, 1270, 22.0),
+            row("layer7b", 2, 1540, 5000, 45.0, hidden=4096), row("layer7b", 2, 1540, 5300, 95.0, "reference", hidden=4096)]
+    (d / "scale.json").write_text(json.dumps(rows))
+    text = rr.big_models_section(d, tmp_path / "README.md")
+    assert "| disk | h 2048 × 21 layers | 1.05 B | 4200 | 1260 | 0.30 | 21.0 | – | 1.5 |" in text
+    assert "1250 MB at 2 layers, 1260 MB at 21 layers, 1270 MB at 32 layers (flat in depth)" in text
+    assert "0.30 × the 4.1 GiB checkpoint (not met); 0.20 × the 6.2 GiB checkpoint (met)" in text
+    assert "disk vs memory at 2 layers: max abs logit difference 2.0e-06 (met)" in text
+    assert "ours 45.0 s" in text and "2.11× faster (met" in text
+    assert "GPU (`benchmarks/gpu_llama7b.py`): not run yet" in text
