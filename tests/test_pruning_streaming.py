@@ -194,3 +194,26 @@ def test_an_out_of_core_module_needs_save_dir_and_only_prunes(tmp_path):
     with pytest.raises(ValueError, match="local checkpoint folder"):
         CausalLMModule(str(tmp_path / "nowhere"), out_of_core=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_out_of_core_pruning_fixes_the_glibc_mmap_threshold(tmp_path, monkeypatch):
+    from rcpu_lightning.pruning import allocator
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.delenv(allocator.ENV, raising=False)
+    monkeypatch.setattr(allocator.sys, "platform", "linux")
+    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name: FakeLibc())
+    prune_checkpoint(_checkpoint(tmp_path / "dense"), tmp_path / "pruned", PruningConfig(ratio=0.34), _batches(),
+                     progress=False)
+    assert calls == [(allocator.M_MMAP_THRESHOLD, 1 << 20)]  # M_MMAP_THRESHOLD = -3, fixed at 1 MiB
+    monkeypatch.setenv(allocator.ENV, "4194304")  # the user's own setting wins: no call
+    assert allocator.fix_mmap_threshold() and len(calls) == 1
+    monkeypatch.delenv(allocator.ENV)
+    monkeypatch.setattr(allocator.sys, "platform", "darwin")  # not glibc: nothing to fix
+    assert not allocator.fix_mmap_threshold() and len(calls) == 1

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..files import atomic_dir, check_output_path
 from ..models.adapter import check_supported, decoder_layers
+from .allocator import fix_mmap_threshold
 from .config import PruningConfig
 from .engine import PruningReport, prune_model
 from .inputs import LayerInputs, capture_layer_inputs
@@ -218,7 +219,11 @@ def prune_skeleton(
 ) -> PruningReport:
     """The pruning half of :func:`prune_checkpoint`, for callers that built the skeleton
     (:func:`build_skeleton`) and captured its layer-0 inputs themselves (the Lightning callback's predict
-    loop does). ``inputs`` are released as the layers go."""
+    loop does). ``inputs`` are released as the layers go.
+
+    Fixes glibc's mmap threshold for the process (:mod:`.allocator`: otherwise freed layers stay in
+    the heap and the peak grows with depth); ``MALLOC_MMAP_THRESHOLD_`` in the environment wins."""
+    fix_mmap_threshold()
     dtype = model.get_input_embeddings().weight.dtype
     device = torch.device(config.execution_device or "cpu")
     with atomic_dir(target, overwrite, "target", "overwrite=True") if write else nullcontext() as staged:
