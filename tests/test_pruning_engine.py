@@ -484,3 +484,26 @@ def test_added_bias_count_matches_the_biases_a_bias_compensation_adds():
         predicted = added_bias_params(parts, {"attn", "mlp"}, heads, channels, cfg.get("gqa_mode", "per_group"))
         biases = sum(m.bias.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None)
         assert predicted == biases, (shape, cfg)
+
+
+def test_statistics_pass_stops_before_down_proj_with_the_same_statistics():
+    from rcpu_lightning.models.adapter import decoder_layers, layer_parts
+    from rcpu_lightning.pruning.engine import layer_stats, run_layer
+    from rcpu_lightning.pruning.stats import collect_input_stats
+
+    model = make_tiny_llama(**GQA)
+    batches = list(_inputs(model).batches)
+    layer, config = decoder_layers(model)[0], PruningConfig()
+    parts = layer_parts(layer)
+    modules = {"o_proj": parts.o_proj, "down_proj": parts.down_proj}
+    with collect_input_stats(modules, torch.float64, False, torch.float32) as whole:  # the whole layer, as fast does
+        run_layer(layer, batches, offload=False, replace=False)
+    calls = []
+    handle = parts.down_proj.register_forward_hook(lambda *a: calls.append(1))
+    stopped = layer_stats(layer, batches, modules, config, None, 0)
+    handle.remove()
+    assert calls == []  # down_proj itself never ran
+    for name in modules:
+        for got, want in zip(stopped[name].tensors(), whole[name].tensors()):
+            torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert not parts.down_proj._forward_pre_hooks  # the stop is removed afterwards

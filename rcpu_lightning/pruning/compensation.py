@@ -8,10 +8,10 @@ Two ways to the same rotation (``PruningConfig.arithmetic``):
 
 * ``float64``: the equations as written, every product and the SVD in float64
   (:func:`rotation_compensation`, :func:`rotation_scale_compensation`).
-* ``fast`` (:func:`fast_rotation`): the large product ``W G`` in float32; the polar factor of
-  ``M = A Bᵀ`` (``A = W G[:, K]``, ``B = W_K``) in float64 from the eigendecomposition of ``MᵀM``
-  (:func:`polar_factor`: several times cheaper than an SVD on a CPU, with an SVD fallback when
-  ``M`` is ill-conditioned). Where ``|K| < d_out`` (o_proj once heads go) ``M`` has rank ``|K|``:
+* ``fast`` (:func:`fast_rotation`): the large products (``W G[:, K] W_Kᵀ``, ``Q W_K``) in float32;
+  the polar factor of ``M = A Bᵀ`` (``A = W G[:, K]``, ``B = W_K``) in float64 from the
+  eigendecomposition of ``MᵀM`` (:func:`polar_factor`: several times cheaper than an SVD on a CPU,
+  with an SVD fallback when ``M`` is ill-conditioned). Where ``|K| < d_out`` (o_proj once heads go) ``M`` has rank ``|K|``:
   with ``A = Q_A R_A`` and ``B = Q_B R_B`` (thin QR) the rotated weight ``Q W_K = Q_A P R_B`` where
   ``P`` is the polar factor of the small ``R_A R_Bᵀ`` (:func:`thin_rotation`); the completion of
   ``Q`` outside the row space of ``W_K`` never touches ``W_K``, so nothing is lost.
@@ -59,21 +59,22 @@ def weight_gram_columns(weight: Tensor, G: Tensor, keep: Tensor, dtype: torch.dt
 
 
 def blockwise_cross_gram(weight: Tensor, G: Tensor, keep: Tensor, dtype: torch.dtype) -> Tensor:
-    """``M = W G[:, K] W_Kᵀ`` -> [d_out, d_out] in float64 (:func:`cross_gram`), the products with ``G``
-    in ``dtype``, summed over blocks of ``K`` (``W G[:, K]`` itself is never whole)."""
+    """``M = W G[:, K] W_Kᵀ`` -> [d_out, d_out] in float64 (:func:`cross_gram`): the products in ``dtype``
+    over one block of ``K`` at a time, the blocks summed in float64 (``W G[:, K]`` is never whole)."""
     w = weight.to(dtype)
     M = torch.zeros(weight.shape[0], weight.shape[0], dtype=torch.float64, device=weight.device)
     for cols in _column_blocks(keep, G.shape[0]):
-        M += (w @ G[:, cols].to(dtype)).double() @ weight[:, cols].double().T
+        M += (w @ G[:, cols].to(dtype)) @ w[:, cols].T  # [d_out, block] @ [block, d_out]
     return M
 
 
-def rotate_columns(Q: Tensor, weight: Tensor, keep: Tensor) -> Tensor:
-    """``Q W_K`` -> [d_out, |K|] in float64, a block of columns at a time (no float64 copy of ``W_K``)."""
+def rotate_columns(Q: Tensor, weight: Tensor, keep: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+    """``Q W_K`` -> [d_out, |K|] in float64, the product in ``dtype``, a block of columns at a time
+    (no float64 copy of ``W_K``)."""
     out = torch.empty(weight.shape[0], keep.numel(), dtype=torch.float64, device=weight.device)
-    j = 0
+    q, j = Q.to(dtype), 0
     for cols in _column_blocks(keep, weight.shape[0]):
-        out[:, j : j + cols.numel()] = Q @ weight[:, cols].double()
+        out[:, j : j + cols.numel()] = q @ weight[:, cols].to(dtype)
         j += cols.numel()
     return out
 
@@ -132,11 +133,12 @@ def fast_rotation(weight: Tensor, G: Tensor, keep: Tensor, rcond32: float = 1e-5
                   cross: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The RCPU rotation of the ``fast`` arithmetic -> ``(Q W_K [d_out, |K|], Σ)`` in float64.
 
-    ``A = W G[:, K]`` is a float32 product when ``M = A Bᵀ`` has full rank and is well conditioned
+    ``M = A Bᵀ`` (``A = W G[:, K]``, ``B = W_K``) comes from float32 products summed in float64 over
+    blocks of ``K``, and ``Q W_K`` is a float32 product, when ``M`` has full rank and is well conditioned
     (``σ_min >= rcond32 · σ_max``); otherwise, and always in the rank-deficient case (o_proj once
     heads go, where ``M`` can have a condition number of 1e8 and a float32 ``A`` costs 1e-3 on the
-    weights), ``A`` is recomputed in float64 — cheap there, since o_proj is square. ``cross``
-    (``Σ t xᵀ`` of explicit targets) gives ``A = cross[:, K]`` directly.
+    weights), the products are float64 — cheap there, since o_proj is square. ``cross``
+    (``Σ t xᵀ`` of explicit targets) gives ``A = cross[:, K]`` directly. The polar factor is float64.
     """
     thin = keep.numel() < weight.shape[0]  # M has rank |K| < d_out
     if cross is not None:
@@ -147,7 +149,8 @@ def fast_rotation(weight: Tensor, G: Tensor, keep: Tensor, rcond32: float = 1e-5
     Q, sigma = polar_factor(blockwise_cross_gram(weight, G, keep, torch.float32))  # M = Y Zᵀ [d_out, d_out]
     if sigma[-1] < rcond32 * sigma[0]:
         Q, sigma = polar_factor(blockwise_cross_gram(weight, G, keep, torch.float64))
-    return rotate_columns(Q, weight, keep), sigma
+        return rotate_columns(Q, weight, keep), sigma
+    return rotate_columns(Q, weight, keep, torch.float32), sigma  # Q orthogonal: float32 costs ~3e-7
 
 
 def _full_rotation(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:

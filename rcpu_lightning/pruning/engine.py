@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -117,7 +119,12 @@ def run_layer(layer: nn.Module, batches: Batches, offload: bool, replace: bool, 
     """
     device = _device(layer_parts(layer))
     for k, (hidden, kwargs) in enumerate(batches):
-        h = layer(hidden.to(device), **to_device(kwargs, device))
+        try:
+            h = layer(hidden.to(device), **to_device(kwargs, device))
+        except _SkipRest:  # a statistics pass has what it needs (see _stop_before)
+            if replace:
+                raise
+            continue
         if replace:
             h = h[0] if isinstance(h, tuple) else h
             if in_place and h.shape == hidden.shape and h.dtype == hidden.dtype:
@@ -127,13 +134,40 @@ def run_layer(layer: nn.Module, batches: Batches, offload: bool, replace: bool, 
         del h
 
 
+class _SkipRest(Exception):
+    """Ends a statistics pass's forward of one batch once the last module's inputs are recorded."""
+
+
+@contextmanager
+def _stop_before(module: nn.Module | None) -> Iterator[None]:
+    """While open, a forward reaching ``module`` stops before computing it (hooks registered earlier,
+    e.g. the statistics', still see its inputs). ``None``: nothing stops."""
+    if module is None:
+        yield
+        return
+
+    def hook(mod, args, kwargs):
+        raise _SkipRest
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def layer_stats(
     layer: nn.Module, batches: Batches, modules: dict[str, nn.Module], config: PruningConfig,
     reduce: Reduce | None, layer_idx: int, diag_only: bool = False, where: str = "",
 ) -> dict[str, ChannelStats]:
-    """Reduced input statistics of ``modules`` while ``layer`` runs on ``batches`` (outputs dropped)."""
+    """Reduced input statistics of ``modules`` while ``layer`` runs on ``batches`` (outputs dropped).
+
+    down_proj is the layer's last product: when its inputs are among those recorded, each batch's
+    forward stops there (at LLaMA-7B's dimensions the down_proj product is a fifth of the layer's)."""
     dtype = getattr(torch, config.stats_dtype)
-    with collect_input_stats(modules, dtype, diag_only, product_dtype(config)) as local:
+    last = layer_parts(layer).down_proj
+    with collect_input_stats(modules, dtype, diag_only, product_dtype(config)) as local, \
+            _stop_before(last if any(m is last for m in modules.values()) else None):
         run_layer(layer, batches, config.offload_inputs, replace=False)
     names = list(local)
     stats = dict(zip(names, reduce_stats([local[n] for n in names], reduce)))
