@@ -79,11 +79,17 @@ class ChannelStats:
         if self.diag_only:
             self.G += (x * x).sum(0)
             return
-        # [d, d] in the product dtype, summed in G's, a block of columns at a time: the product of a
-        # whole 11008-wide MLP input would be a 0.5 GB temporary (1 GB with its cast) beside G
-        step = max(1, _GRAM_BLOCK // self.dim)
-        for j in range(0, self.dim, step):
-            self.G[:, j : j + step] += x.T @ x[:, j : j + step]
+        # [d, d] in the product dtype, summed in G's, a block of columns at a time (the product of a
+        # whole 11008-wide MLP input would be a 0.5 GB temporary, 1 GB with its cast, beside G). G is
+        # symmetric: each block is computed from its diagonal down and mirrored above it (half the work)
+        d = self.dim
+        step = max(1, _GRAM_BLOCK // d)
+        for j in range(0, d, step):
+            e = min(j + step, d)
+            block = x[:, j:].T @ x[:, j:e]  # [d - j, e - j]: rows j.. of columns j..e
+            self.G[j:, j:e] += block
+            if e < d:
+                self.G[j:e, e:] += block[e - j :].T
 
     def merge(self, other: "ChannelStats") -> "ChannelStats":
         """Sum of two statistics (new object)."""
