@@ -518,12 +518,14 @@ def test_big_models_section_reads_targets_off_the_scale_rows(tmp_path):
     d.mkdir()
     rows = [row("disk", 2, 402, 1250, 20.0, diff=2e-6), row("memory", 2, 402, 1700, 25.0, diff=2e-6),
             row("disk", 21, 4200, 1260, 21.0), row("disk", 32, 6400, 1270, 22.0),
-            row("layer7b", 2, 1540, 5000, 45.0, hidden=4096), row("layer7b", 2, 1540, 5300, 95.0, "reference", hidden=4096)]
+            row("layer7b", 2, 1540, 5000, 45.0, hidden=4096), row("layer7b", 2, 1540, 5300, 95.0, "reference", hidden=4096),
+            {**row("layer7b", 2, 1540, 6000, 80.0, hidden=4096), "calib_samples": 128}]  # ours alone at 128
     (d / "scale.json").write_text(json.dumps(rows))
     text = rr.big_models_section(d, tmp_path / "README.md")
     assert "| disk | h 2048 × 21 layers | 1.05 B | 4200 | 1260 | 0.30 | 21.0 | – | 1.5 |" in text
-    assert "1250 MB at 2 layers, 1260 MB at 21 layers, 1270 MB at 32 layers (flat in depth)" in text
+    assert "1250 MB at 2 layers, 1260 MB at 21 layers, 1270 MB at 32 layers;" in text
     assert "0.30 × the 4.1 GiB checkpoint (not met); 0.20 × the 6.2 GiB checkpoint (met)" in text
     assert "disk vs memory at 2 layers: max abs logit difference 2.0e-06 (met)" in text
-    assert "ours 45.0 s" in text and "2.11× faster (met" in text
+    assert "64 × 128 calibration; the model in memory): ours 45.0 s" in text and "2.11× faster (met" in text
+    assert "128 × 128 calibration; the model in memory): ours 80.0 s, peak 5.86 GiB." in text  # not paired
     assert "GPU (`benchmarks/gpu_llama7b.py`): not run yet" in text
