@@ -140,7 +140,8 @@ class ChannelStats:
 
     def is_finite(self) -> bool:
         # a block at a time: isfinite makes temporaries of its input's size (an abs() copy and masks)
-        return all(bool(torch.isfinite(block).all()) for t in self.tensors() for block in t.reshape(-1).split(_GRAM_BLOCK))
+        blocks = (block for t in self.tensors() for block in t.reshape(-1).split(_GRAM_BLOCK))
+        return all(bool(torch.isfinite(block).all()) for block in blocks)
 
     def tensors(self) -> tuple[Tensor, ...]:
         return (self.n, self.s1, self.sabs, self.G) + ((self.C, self.tsum) if self.C is not None else ())
