@@ -202,17 +202,18 @@ def big_models_section(results: Path, readme: Path) -> str:
     if not rows:
         return "### Big models\n\nNo rows yet (`python benchmarks/scale.py`).\n"
     label = " — quick (`--quick`)" if quick else ""
+    store = [r for r in rows if r["mode"] in ("disk", "memory")]
+    first = store[0] if store else rows[0]  # the checkpoint rows' calibration (layer7b rows may differ)
     lines = [f"### Big models: pruning from disk, and LLaMA-7B layers on a CPU{label}\n",
              f"From `{_rel(path, readme)}`: random-weight LLaMA-architecture checkpoints (float32, one shard per "
              "layer), RCPU (rot) at 20 %, calibration "
-             f"{rows[0]['calib_samples']} random windows of {rows[0]['calib_seqlen']} tokens, `arithmetic: "
-             f"{rows[0]['arithmetic']}`, each row a fresh process. *disk*: `prune_checkpoint` (one layer at a time, "
+             f"{first['calib_samples']} random windows of {first['calib_seqlen']} tokens, `arithmetic: "
+             f"{first['arithmetic']}`, each row a fresh process. *disk*: `prune_checkpoint` (one layer at a time, "
              "disk to disk); *memory*: the whole model loaded and pruned by `prune_model`. Peak = the process's "
              "RSS high-water mark (Python and torch included).\n",
              "| mode | model | params | checkpoint MB | peak RSS MB | peak / checkpoint | s / layer | "
              "max abs logit diff vs in-memory | load (1 min) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    store = [r for r in rows if r["mode"] in ("disk", "memory")]
     for r in sorted(store, key=lambda r: (r["checkpoint_mb"], r["mode"])):
         lines.append(f"| {r['mode']} | h {r['hidden']} × {r['layers']} layers | {r['params'] / 1e9:.2f} B | "
                      f"{r['checkpoint_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / r['checkpoint_mb']:.2f} | "
