@@ -37,7 +37,7 @@ from .compensation import COMPENSATIONS, compensate
 from .config import PruningConfig
 from .dense_target import copy_layer, dense_copy, paired_pass
 from .error_selection import select_channels_by_error, select_heads_by_error
-from .inputs import LayerInputs, to_device
+from .inputs import LayerInputs, StopForward, to_device
 from .layer_store import LayerStore, ResidentLayers
 from .plan import LayerPlan, PruningPlan
 from .progress import LayerProgress, ProgressFn, device_peak_mb, resolve_progress, rss_mb
@@ -121,7 +121,7 @@ def run_layer(layer: nn.Module, batches: Batches, offload: bool, replace: bool, 
     for k, (hidden, kwargs) in enumerate(batches):
         try:
             h = layer(hidden.to(device), **to_device(kwargs, device))
-        except _SkipRest:  # a statistics pass has what it needs (see _stop_before)
+        except StopForward:  # a statistics pass has what it needs (see _stop_before)
             if replace:
                 raise
             continue
@@ -134,10 +134,6 @@ def run_layer(layer: nn.Module, batches: Batches, offload: bool, replace: bool, 
         del h
 
 
-class _SkipRest(Exception):
-    """Ends a statistics pass's forward of one batch once the last module's inputs are recorded."""
-
-
 @contextmanager
 def _stop_before(module: nn.Module | None) -> Iterator[None]:
     """While open, a forward reaching ``module`` stops before computing it (hooks registered earlier,
@@ -147,7 +143,7 @@ def _stop_before(module: nn.Module | None) -> Iterator[None]:
         return
 
     def hook(mod, args, kwargs):
-        raise _SkipRest
+        raise StopForward
 
     handle = module.register_forward_pre_hook(hook, with_kwargs=True)
     try:

@@ -22,7 +22,8 @@ _DROPPED_KWARGS = ("cache", "past_key_values", "past_key_value", "hidden_states"
 class StopForward(Exception):
     """Raised once decoder layer 0's inputs are recorded, to end a calibration forward early (the
     other layers and the LM head are not needed). :func:`capture_layer_inputs` swallows it; a
-    LightningModule whose ``predict_step`` swallows it sets ``stops_calibration_forward = True``."""
+    LightningModule whose ``predict_step`` swallows it sets ``stops_calibration_forward = True``.
+    The engine's statistics passes raise it too, before a layer's down_proj (``engine.layer_stats``)."""
 
 
 #: Batch keys that are model inputs of a calibration forward (others are dropped).
