@@ -11,10 +11,11 @@ Two ways to the same rotation (``PruningConfig.arithmetic``):
 * ``fast`` (:func:`fast_rotation`): the large products (``W G[:, K] W_Kᵀ``, ``Q W_K``) in float32;
   the polar factor of ``M = A Bᵀ`` (``A = W G[:, K]``, ``B = W_K``) in float64 from the
   eigendecomposition of ``MᵀM`` (:func:`polar_factor`: several times cheaper than an SVD on a CPU,
-  with an SVD fallback when ``M`` is ill-conditioned). Where ``|K| < d_out`` (o_proj once heads go) ``M`` has rank ``|K|``:
-  with ``A = Q_A R_A`` and ``B = Q_B R_B`` (thin QR) the rotated weight ``Q W_K = Q_A P R_B`` where
-  ``P`` is the polar factor of the small ``R_A R_Bᵀ`` (:func:`thin_rotation`); the completion of
-  ``Q`` outside the row space of ``W_K`` never touches ``W_K``, so nothing is lost.
+  with an SVD fallback when ``M`` is ill-conditioned). Where ``|K| < d_out`` (o_proj once heads go)
+  ``M`` has rank ``|K|``: with ``A = Q_A R_A`` and ``B = Q_B R_B`` (thin QR) the rotated weight
+  ``Q W_K = Q_A P R_B`` where ``P`` is the polar factor of the small ``R_A R_Bᵀ``
+  (:func:`thin_rotation`); the completion of ``Q`` outside the row space of ``W_K`` never touches
+  ``W_K``, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -46,16 +47,21 @@ def _column_blocks(keep: Tensor, rows: int) -> list[Tensor]:
     return list(keep.split(max(1, _BLOCK // rows)))
 
 
+def _columns_by_block(keep: Tensor, rows: int, d_out: int, block_fn) -> Tensor:
+    """[d_out, |K|] float64, filled one block of ``keep`` at a time with ``block_fn(cols)`` [d_out, block]."""
+    out = torch.empty(d_out, keep.numel(), dtype=torch.float64, device=keep.device)
+    j = 0
+    for cols in _column_blocks(keep, rows):
+        out[:, j : j + cols.numel()] = block_fn(cols)
+        j += cols.numel()
+    return out
+
+
 def weight_gram_columns(weight: Tensor, G: Tensor, keep: Tensor, dtype: torch.dtype) -> Tensor:
     """``A = W G[:, K]`` -> [d_out, |K|] in float64, the products in ``dtype``, a block of columns at a
     time (neither ``W G`` nor ``G`` in ``dtype`` is ever whole: for a 7B down_proj that is 0.5 GB each)."""
     w = weight.to(dtype)
-    out = torch.empty(weight.shape[0], keep.numel(), dtype=torch.float64, device=weight.device)
-    j = 0
-    for cols in _column_blocks(keep, G.shape[0]):
-        out[:, j : j + cols.numel()] = w @ G[:, cols].to(dtype)  # [d_out, d_in] @ [d_in, block]
-        j += cols.numel()
-    return out
+    return _columns_by_block(keep, G.shape[0], w.shape[0], lambda cols: w @ G[:, cols].to(dtype))
 
 
 def blockwise_cross_gram(weight: Tensor, G: Tensor, keep: Tensor, dtype: torch.dtype) -> Tensor:
@@ -71,12 +77,8 @@ def blockwise_cross_gram(weight: Tensor, G: Tensor, keep: Tensor, dtype: torch.d
 def rotate_columns(Q: Tensor, weight: Tensor, keep: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
     """``Q W_K`` -> [d_out, |K|] in float64, the product in ``dtype``, a block of columns at a time
     (no float64 copy of ``W_K``)."""
-    out = torch.empty(weight.shape[0], keep.numel(), dtype=torch.float64, device=weight.device)
-    q, j = Q.to(dtype), 0
-    for cols in _column_blocks(keep, weight.shape[0]):
-        out[:, j : j + cols.numel()] = q @ weight[:, cols].to(dtype)
-        j += cols.numel()
-    return out
+    q = Q.to(dtype)
+    return _columns_by_block(keep, weight.shape[0], weight.shape[0], lambda cols: q @ weight[:, cols].to(dtype))
 
 
 def procrustes_rotation(M: Tensor) -> Tensor:
@@ -162,13 +164,12 @@ def z_norm2(weight: Tensor, G: Tensor, keep: Tensor, dtype: torch.dtype | None =
     """``||Z||_F² = trace(W_K G[K,K] W_Kᵀ)`` (float64 scalar), the products in ``dtype`` (default:
     ``G``'s), summed over blocks of ``K``."""
     dtype = dtype or G.dtype
-    w_k = weight[:, keep].to(dtype)  # [d_out, |K|]
-    total, j = torch.zeros((), dtype=torch.float64, device=weight.device), 0
-    for cols in _column_blocks(keep, keep.numel()):
-        block = w_k @ G[keep[:, None], cols].to(dtype)  # W_K G[K, block] [d_out, block]
-        total += torch.sum(block * w_k[:, j : j + cols.numel()], dtype=torch.float64)
-        j += cols.numel()
-    return total
+    w = weight.to(dtype)
+    w_k = w[:, keep]  # [d_out, |K|]
+    zero = torch.zeros((), dtype=torch.float64, device=weight.device)
+    # Σ over blocks of K: sum of (W_K G[K, block]) ⊙ W_block
+    return sum((torch.sum((w_k @ G[keep[:, None], cols].to(dtype)) * w[:, cols], dtype=torch.float64)
+                for cols in _column_blocks(keep, keep.numel())), zero)
 
 
 def least_squares_compensation(weight: Tensor, G: Tensor, keep: Tensor, lam: float) -> Tensor:
