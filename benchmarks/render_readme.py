@@ -38,13 +38,18 @@ def _pick(results: Path, stem: str) -> tuple[Path | None, bool]:
     return None, False
 
 
+def _picked_rows(results: Path, stem: str) -> tuple[Path | None, list, bool]:
+    """(file, its rows or [], is_quick) of :func:`_pick`."""
+    path, quick = _pick(results, stem)
+    return path, (_load(path) if path else None) or [], quick
+
+
 def _rel(path: Path, readme: Path) -> str:
     return Path(os.path.relpath(path, readme.parent)).as_posix()
 
 
 def quality_section(results: Path, readme: Path) -> str:
-    path, quick = _pick(results, "quality")
-    rows = _load(path) if path else None
+    path, rows, quick = _picked_rows(results, "quality")
     s = Q.settings_from_rows(rows) if rows else None
     if not s:
         return "### Quality\n\nNo quality rows yet (`python benchmarks/quality.py`).\n"
@@ -57,8 +62,7 @@ def quality_section(results: Path, readme: Path) -> str:
 def which_method_section(results: Path) -> str:
     """'Which method should I use?': the best row per ratio, the best uniform one, and the speed, read off the
     quality and inference rows."""
-    path, _ = _pick(results, "quality")
-    rows = _load(path) if path else None
+    _, rows, _ = _picked_rows(results, "quality")
     s = Q.settings_from_rows(rows) if rows else None
     ppl = [r for r in Q.matching_rows(rows, s)[0] if r["variant"] != "dense"] if s else []
     if not ppl:
@@ -137,8 +141,7 @@ def inference_summary(results: Path) -> list[str]:
 
 
 def scaling_section(results: Path, readme: Path) -> str:
-    path, quick = _pick(results, "calibration_scaling")
-    rows = _load(path) if path else None
+    path, rows, quick = _picked_rows(results, "calibration_scaling")
     if not rows:
         return "### Calibration scaling\n\nNo rows yet (`python benchmarks/calibration_scaling.py`).\n"
     label = " — quick (`--quick`)" if quick else ""
@@ -197,8 +200,7 @@ def scaling_targets(rows: list[dict], at128: dict) -> list[str]:
 
 def big_models_section(results: Path, readme: Path) -> str:
     """Out-of-core pruning of random LLaMA-architecture checkpoints and LLaMA-7B layers (``scale.py``)."""
-    path, quick = _pick(results, "scale")
-    rows = _load(path) if path else None
+    path, rows, quick = _picked_rows(results, "scale")
     if not rows:
         return "### Big models\n\nNo rows yet (`python benchmarks/scale.py`).\n"
     label = " — quick (`--quick`)" if quick else ""
@@ -327,9 +329,8 @@ def _inf_sort(r: dict) -> tuple:
 
 def inference_section(results: Path, readme: Path) -> str:
     """Dense vs pruned throughput (``inference.py``), the ideal FLOP ratio and the investigation rows."""
-    path, quick = _pick(results, "inference")
-    rows = _load(path) if path else None
-    main = sorted((r for r in rows or [] if r.get("kind") == "pruned" and r.get("group_kind") == "main"), key=_inf_sort)
+    path, rows, quick = _picked_rows(results, "inference")
+    main = sorted((r for r in rows if r.get("kind") == "pruned" and r.get("group_kind") == "main"), key=_inf_sort)
     if not main:
         return "### Inference speed\n\nNo rows yet (`python benchmarks/inference.py`).\n"
     label = " — quick (`--quick`), not the full benchmark" if quick else ""
