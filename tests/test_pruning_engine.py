@@ -279,6 +279,9 @@ def test_pruning_does_not_overwrite_what_a_full_forward_returned():
         (dict(structure="al_am", mlp_ratio=0.2), r"mlp_ratio=0\.2.*al_am"),
         (dict(max_layer_ratio=0.5), r"max_layer_ratio=0\.5.*structure='al_am'"),
         (dict(structure="al_am", ratio=0.3, max_layer_ratio=0.2), r"max_layer_ratio=0\.2 .*\[0\.3, 1\]"),
+        (dict(allocation="compensated_error", compensation="least_squares"), r"allocation=.*structure='al_am'"),
+        (dict(structure="al_am", allocation="compensated_error", method="flap"), r"compensation='bias' refits nothing"),
+        (dict(structure="al_am", allocation="gradient"), r"allocation='gradient'.*'compensated_error'"),
     ],
 )
 def test_invalid_config_values_raise_clear_errors(kwargs, match):
@@ -396,6 +399,66 @@ def test_al_am_cap_bounds_every_layer_and_still_removes_the_requested_share():
     for layer in report.plan.layers:  # heads: 6 in units of 2 -> at most 1 unit; channels: at most 43 of 96
         assert len(layer.kept_heads) >= 4 and len(layer.kept_channels) >= 96 - 43, layer
     assert abs(report.decoder_params_removed - 0.3) < 0.011, report.decoder_params_removed
+
+
+# -- allocation by compensated error (engine.error_units) -----------------------------------------------
+ERROR_ALLOCATION = dict(method="flap", structure="al_am", allocation="compensated_error",
+                        compensation="affine_least_squares", selection="compensated_error", ls_lambda=1e-2)
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.3])
+def test_error_allocation_removes_the_requested_share_of_decoder_parameters(ratio):
+    model = make_tiny_llama(**GQA, num_layers=3, intermediate_size=96)
+    report = _prune(model, **{**ERROR_ALLOCATION, "ratio": ratio})
+    # the biases of affine_least_squares count as kept; within half a head slot, as for FLAP's ranking
+    assert abs(report.decoder_params_removed - ratio) < 0.011, report.decoder_params_removed
+    for layer in report.plan.layers:  # the last head unit and channel of a layer always stay
+        assert len(layer.kept_heads) >= 2 and len(layer.kept_channels) >= 1
+
+
+def test_error_allocation_takes_from_the_layer_whose_mlp_barely_writes_to_the_residual():
+    """Layer 1's down_proj scaled by 1e-3: its channels cost almost nothing once divided by the residual
+    energy, so the error ranking strips that layer; FLAP's standardised scores cannot see the scale."""
+    counts = {}
+    for allocation in ("score", "compensated_error"):
+        model = make_tiny_llama(num_layers=2, intermediate_size=96)
+        with torch.no_grad():
+            layer_parts(decoder_layers(model)[1]).down_proj.weight.mul_(1e-3)
+        report = _prune(model, **{**ERROR_ALLOCATION, "allocation": allocation, "ratio": 0.25})
+        counts[allocation] = [len(layer.kept_channels) for layer in report.plan.layers]
+    assert counts["compensated_error"][1] < counts["compensated_error"][0], counts
+    assert counts["compensated_error"][1] < counts["score"][1], counts
+
+
+def test_error_allocation_statistics_weight_each_token_by_its_inverse_residual_norm():
+    from rcpu_lightning.pruning.engine import _inverse_residual_norm, run_layer
+    from rcpu_lightning.pruning.stats import collect_input_stats
+
+    model = make_tiny_llama(**GQA)
+    batches = list(_inputs(model).batches)
+    layer = decoder_layers(model)[0]
+    parts = layer_parts(layer)
+    seen = []
+    handle = parts.down_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))
+    with torch.no_grad(), _inverse_residual_norm(layer) as scale, \
+            collect_input_stats({"d": parts.down_proj}, torch.float64, token_scale=scale) as st:
+        run_layer(layer, batches, offload=False, replace=False)
+    handle.remove()
+    x = torch.cat([a.reshape(-1, a.shape[-1]) for a in seen]).double()  # [N, d_in]
+    h = torch.cat([b.reshape(-1, b.shape[-1]) for b, _ in batches]).double()  # [N, hidden], same token order
+    w = 1.0 / (h * h).sum(1, keepdim=True)  # 1 / ‖h_t‖²
+    torch.testing.assert_close(st["d"].G, (x * w).T @ x, atol=1e-6, rtol=1e-4)  # float32 inputs
+    torch.testing.assert_close(st["d"].s1, (x * w.sqrt()).sum(0), atol=1e-6, rtol=1e-4)
+
+
+def test_error_allocation_reduces_once_per_layer_and_decides_alike_on_doubled_statistics():
+    reports, calls = [], []
+    for reduce in (None, lambda t: calls.append(1) or t * 2):  # two ranks holding identical data
+        model = make_tiny_llama(**GQA, num_layers=3, intermediate_size=96)
+        reports.append(prune_model(model, _inputs(model), PruningConfig(**ERROR_ALLOCATION, ratio=0.3), reduce=reduce,
+                                   progress=False))
+    assert len(calls) == 3 + 3  # allocation pass: one per layer; pruning pass: one per layer
+    assert reports[0].plan.layers == reports[1].plan.layers
 
 
 # -- dense targets (pruning/dense_target.py) -------------------------------------------------------------

@@ -257,11 +257,12 @@ def test_greedy_removal_pays_exactly_the_error_left_after_refitting():
     hinv = torch.linalg.inv(h)
     assert [_block_cost(w, hinv, b) for b in blocks] == pytest.approx(first, rel=1e-8)  # the OBS cost is E(K)
     work = w.clone()
-    gone = greedy_removal(work, hinv, blocks, [0] * len(blocks), {0: 3})
+    gone, costs = greedy_removal(work, hinv, blocks, [0] * len(blocks), {0: 3})
     assert gone[0] == min(range(len(blocks)), key=first.__getitem__)  # the cheapest goes first
     keep = everything[~torch.isin(everything, torch.cat([blocks[b] for b in gone]))]
     refit = torch.linalg.solve(h[keep][:, keep], (w @ h[:, keep]).T).T
     torch.testing.assert_close(work[:, keep], refit, atol=1e-9, rtol=1e-9)  # the updates refit the survivors
+    assert sum(costs) == pytest.approx(_error_of(w, h, keep), rel=1e-8)  # the costs add up to E(K)
 
 
 def test_compensated_error_drops_a_duplicated_channel_that_scores_keep():
@@ -284,6 +285,33 @@ def test_compensated_error_drops_a_duplicated_channel_that_scores_keep():
     kept_heads, kept_kv = select_heads_by_error(torch.randn(3, 6, generator=_gen(15), dtype=torch.float64),
                                                 _stats6(), head_layout(6, 2, "whole_group"), 1, 3, lam=1e-3)
     assert len(kept_heads) == 3 and len(kept_kv) == 1 and {h // 3 for h in kept_heads} == set(kept_kv)
+
+
+def test_error_curves_add_up_to_the_error_of_the_greedy_selections():
+    from rcpu_lightning.pruning.error_selection import (
+        channel_error_curve, error_hessian, head_unit_error_curve, select_channels_by_error, select_heads_by_error)
+    from rcpu_lightning.pruning.selection import head_layout
+
+    d_in, lam = 12, 1e-2
+    w = torch.randn(4, d_in, generator=_gen(21), dtype=torch.float64)
+    stats = ChannelStats.zeros(d_in)
+    stats.update(torch.randn(300, d_in, generator=_gen(22), dtype=torch.float64) @ torch.randn(
+        d_in, d_in, generator=_gen(23), dtype=torch.float64))
+    h = error_hessian(stats, lam)
+    curve = channel_error_curve(w, stats, d_in - 1, lam)
+    assert curve.shape == (d_in - 1,) and bool((curve >= 0).all())
+    for k in (1, 5, d_in - 1):  # one column per step: the running sum is E of the k-channel greedy selection
+        kept = torch.tensor(select_channels_by_error(w, stats, k, lam))
+        assert float(curve[:k].sum()) == pytest.approx(_error_of(w, h, kept), rel=1e-7)
+    # heads: 6 heads of width 2 in 2 kv groups; the first round (one head per group) is the
+    # selection of 2 heads, and whole kv groups are nested rounds of the 1-unit greedy
+    for mode, first_units in (("per_group", 2), ("whole_group", 3)):
+        layout = head_layout(6, 2, mode)
+        heads = head_unit_error_curve(w, stats, layout, 2, lam)
+        assert heads.shape == (layout.num_units - 1,)
+        kept_heads, _ = select_heads_by_error(w, stats, layout, 2, first_units, lam)
+        cols = torch.tensor([2 * q + j for q in kept_heads for j in (0, 1)])
+        assert float(heads[0]) == pytest.approx(_error_of(w, h, cols), rel=1e-7)
 
 
 def _stats6() -> ChannelStats:

@@ -23,6 +23,7 @@ StatsDtype = Literal["float64", "float32"]
 Arithmetic = Literal["fast", "float64"]
 Target = Literal["pruned", "dense"]
 Selection = Literal["score", "compensated_error"]
+Allocation = Literal["score", "compensated_error"]
 
 #: The compensation each method uses when ``compensation`` is left unset.
 DEFAULT_COMPENSATION: dict[str, str] = {
@@ -51,6 +52,11 @@ class PruningConfig:
             null picks the method's default (rcpu: rotation, flap: bias, others: none).
         structure: ``uniform`` (the same ratio in every layer, as the paper) or ``al_am`` (FLAP's
             adaptive structure: one global threshold over all layers and both module kinds).
+        allocation: ``al_am`` only: what the global threshold ranks: ``score`` (each layer's standardised
+            ``method`` scores; FLAP) or ``compensated_error`` (each head unit's and channel's share of the
+            error left after refitting, per parameter, each token's error relative to its residual-stream
+            norm, from a dense pass with one layer's full statistics at a time; beyond FLAP, needs a
+            compensation that refits, see :func:`.engine.error_units`).
         max_layer_ratio: ``al_am`` only: no layer loses more than this fraction of its head units or of
             its MLP channels (the threshold moves on to other layers); null: no cap (FLAP).
         ratio: fraction of attention heads and of MLP channels to remove, in [0, 1).
@@ -90,6 +96,7 @@ class PruningConfig:
     method: Method = "rcpu"
     compensation: Optional[Compensation] = None
     structure: Structure = "uniform"
+    allocation: Allocation = "score"
     max_layer_ratio: Optional[float] = None
     ratio: float = 0.2
     attn_ratio: Optional[float] = None
@@ -138,6 +145,12 @@ class PruningConfig:
                                                                 "affine_least_squares"):
             raise ValueError(f"target='dense' fits compensation to explicit targets; compensation={self.compensation!r} "
                              "does not; use rotation, rotation_scale, least_squares or affine_least_squares")
+        if self.allocation != "score" and self.structure != "al_am":
+            raise ValueError(f"allocation={self.allocation!r} sets the adaptive structure's per-layer counts; "
+                             "it needs structure='al_am' (leave it 'score' for 'uniform')")
+        if self.allocation == "compensated_error" and self.compensation in ("none", "bias"):
+            raise ValueError(f"allocation='compensated_error' ranks what a refit leaves; compensation="
+                             f"{self.compensation!r} refits nothing: use allocation='score' or a refitting compensation")
         if self.selection == "compensated_error" and self.compensation in ("none", "bias"):
             raise ValueError(f"selection='compensated_error' picks what a refit absorbs; compensation="
                              f"{self.compensation!r} refits nothing: use selection='score' or a refitting compensation")
@@ -169,6 +182,7 @@ class PruningConfig:
 _ENUMS = {
     "method": Method,
     "structure": Structure,
+    "allocation": Allocation,
     "targets": Targets,
     "head_rounding": HeadRounding,
     "gqa_mode": GqaMode,

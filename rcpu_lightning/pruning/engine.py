@@ -12,7 +12,9 @@ changes, so a ratio that would empty a layer fails first:
 * ``al_am``: FLAP's global threshold cannot be decided greedily layer by layer, so a first
   *dense* pass runs all layers unpruned, collecting only the diagonal statistics the scores need
   (one ``reduce`` call for all layers), standardises each layer's scores, applies FLAP's weighted
-  global threshold, and yields per-layer counts; the usual layer-by-layer pass then picks *which*
+  global threshold, and yields per-layer counts (``allocation: compensated_error``: the dense pass
+  collects each layer's full statistics instead, one layer and one ``reduce`` at a time, and ranks
+  by compensated error); the usual layer-by-layer pass then picks *which*
   heads/channels with those counts, on the pruned-so-far inputs.
 
 Non-finite statistics are refused before the layer's weights change. With ``refresh_mlp_stats``
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,7 +38,12 @@ from ..models.adapter import LayerParts, check_supported, decoder_layers, layer_
 from .compensation import COMPENSATIONS, compensate
 from .config import PruningConfig
 from .dense_target import copy_layer, dense_copy, paired_pass
-from .error_selection import select_channels_by_error, select_heads_by_error
+from .error_selection import (
+    channel_error_curve,
+    head_unit_error_curve,
+    select_channels_by_error,
+    select_heads_by_error,
+)
 from .inputs import LayerInputs, StopForward, to_device
 from .layer_store import LayerStore, ResidentLayers
 from .plan import LayerPlan, PruningPlan
@@ -211,32 +218,15 @@ def al_am_structure(
 ) -> list[tuple[int, int]]:
     """Dense pass + FLAP's AL-AM global threshold -> (heads, channels) to remove per layer.
 
-    Each layer is loaded once; its weight terms of the scores (a [d_in] vector per module) are kept,
-    so the scores are computed after ONE ``reduce`` over all layers' statistics. The threshold is
+    The dense pass ranks every layer's head units and channels: by the method's standardised scores
+    (:func:`score_units`, FLAP) or by compensated error (:func:`error_units`). The threshold is
     set so that ``ratio`` of the *decoder-layer parameters* go (to within one unit), the same measure
     as the uniform structure's ``decoder_params_removed``: FLAP's code takes the ratio of the
     prunable heads and channels only, which removes less (18.7 % of SmolLM2's decoder for 0.2).
     """
-    layers, local, terms = decoder_layers(model), [], []
-    dtype = getattr(torch, config.stats_dtype)
-    score = SCORES[config.method]
-    batches = list(batches)  # this dense pass must not overwrite the caller's layer-0 inputs
-    for i, layer in enumerate(layers):
-        store.load(i, layer)
-        parts = layer_parts(layer)
-        with collect_input_stats({"o": parts.o_proj, "d": parts.down_proj}, dtype, diag_only=True) as st:
-            run_layer(layer, batches, config.offload_inputs, replace=True, in_place=i > 0)  # ours after layer 0
-        local += [st["o"], st["d"]]
-        terms.append((score.weight_term(parts.o_proj.weight).cpu(), score.weight_term(parts.down_proj.weight).cpu()))
-        store.unload(i, layer)
-    del batches
-    reduced = reduce_stats(local, reduce)
-    units = []
-    for i, layer in enumerate(layers):
-        o_stats, d_stats = reduced[2 * i], reduced[2 * i + 1]
-        check_stats(o_stats, f"layer {i} o_proj (AL-AM pass)")
-        check_stats(d_stats, f"layer {i} down_proj (AL-AM pass)")
-        units.append(_layer_units(layer_parts(layer), o_stats, d_stats, terms[i], config))
+    layers = decoder_layers(model)
+    rank = error_units if config.allocation == "compensated_error" else score_units
+    units = rank(model, list(batches), config, reduce, store)  # a list: the caller's layer-0 inputs stay
     channel_params = 3 * layer_parts(layers[0]).down_proj.out_features  # one MLP channel: gate, up, down
     budget = config.ratio * sum(_count(layer) for layer in layers) / channel_params  # in channel units
     counts = al_am_counts(units, config.ratio, budget, config.max_layer_ratio)
@@ -248,6 +238,100 @@ def al_am_structure(
             break
         counts = recount
     return counts
+
+
+def score_units(model: nn.Module, batches: Batches, config: PruningConfig, reduce: Reduce | None,
+                store: LayerStore) -> list[LayerUnits]:
+    """FLAP's ranking: each layer is loaded once and run dense, collecting only the diagonal statistics
+    the scores need; its weight terms (a [d_in] vector per module) are kept, so the scores are computed
+    after ONE ``reduce`` over all layers' statistics."""
+    layers, local, terms = decoder_layers(model), [], []
+    dtype = getattr(torch, config.stats_dtype)
+    score = SCORES[config.method]
+    for i, layer in enumerate(layers):
+        store.load(i, layer)
+        parts = layer_parts(layer)
+        with collect_input_stats({"o": parts.o_proj, "d": parts.down_proj}, dtype, diag_only=True) as st:
+            run_layer(layer, batches, config.offload_inputs, replace=True, in_place=i > 0)  # ours after layer 0
+        local += [st["o"], st["d"]]
+        terms.append((score.weight_term(parts.o_proj.weight).cpu(), score.weight_term(parts.down_proj.weight).cpu()))
+        store.unload(i, layer)
+    reduced = reduce_stats(local, reduce)
+    units = []
+    for i, layer in enumerate(layers):
+        o_stats, d_stats = reduced[2 * i], reduced[2 * i + 1]
+        check_stats(o_stats, f"layer {i} o_proj (AL-AM pass)")
+        check_stats(d_stats, f"layer {i} down_proj (AL-AM pass)")
+        units.append(_layer_units(layer_parts(layer), o_stats, d_stats, terms[i], config))
+    return units
+
+
+def error_units(model: nn.Module, batches: Batches, config: PruningConfig, reduce: Reduce | None,
+                store: LayerStore) -> list[LayerUnits]:
+    """Ranking by compensated error (``allocation: compensated_error``; beyond FLAP).
+
+    Each layer runs dense once with its o_proj/down_proj full statistics (one ``reduce`` per layer,
+    freed before the next). The statistics are token-weighted by ``1 / ‖h_t‖``, ``h_t`` the residual
+    stream entering the layer: the next RMSNorm divides an error on token ``t`` by about ``‖h_t‖``, and
+    residual norms differ by orders of magnitude between tokens (massive activations). A unit's cost
+    is then its greedy ΔE (:mod:`.error_selection`: the error left once the rest is refitted) in
+    those relative units, per parameter (a head unit's ΔE over its weight in MLP channels). Costs are
+    made non-decreasing in removal order, so the threshold takes each layer's units in that order;
+    the last head unit and channel of a layer always stay.
+    """
+    dtype = getattr(torch, config.stats_dtype)
+    units = []
+    for i, layer in enumerate(decoder_layers(model)):
+        store.load(i, layer)
+        parts = layer_parts(layer)
+        with _inverse_residual_norm(layer) as scale, collect_input_stats(
+                {"o": parts.o_proj, "d": parts.down_proj}, dtype, False, product_dtype(config), scale) as st:
+            run_layer(layer, batches, config.offload_inputs, replace=True, in_place=i > 0)
+        o_stats, d_stats = reduce_stats([st["o"], st["d"]], reduce)
+        check_stats(o_stats, f"layer {i} o_proj (allocation pass)")
+        check_stats(d_stats, f"layer {i} down_proj (allocation pass)")
+        units.append(_error_layer_units(parts, o_stats, d_stats, config))
+        del st, o_stats, d_stats
+        store.unload(i, layer)
+    return units
+
+
+@contextmanager
+def _inverse_residual_norm(layer: nn.Module) -> Iterator[Callable[[], Tensor]]:
+    """While open, the returned function gives ``1 / ‖h_t‖`` [B, T, 1] of the batch ``layer`` is running."""
+    current: list[Tensor] = []
+
+    def hook(mod, args, kwargs):
+        h = args[0] if args else kwargs["hidden_states"]
+        current[:] = [torch.rsqrt((h.float() ** 2).sum(-1, keepdim=True).clamp_min(1e-30))]
+
+    handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield lambda: current[0]
+    finally:
+        handle.remove()
+
+
+def _error_layer_units(parts: LayerParts, o_stats: ChannelStats, d_stats: ChannelStats,
+                       config: PruningConfig) -> LayerUnits:
+    layout = head_layout(parts.num_heads, parts.num_kv_heads, config.gqa_mode)
+    unit_weight = _head_unit_weight(parts, layout)
+    heads = head_unit_error_curve(parts.o_proj.weight, o_stats, layout, parts.head_dim, config.ls_lambda)
+    channels = channel_error_curve(parts.down_proj.weight, d_stats, parts.intermediate_size - 1, config.ls_lambda)
+    inf = torch.full((1,), float("inf"), dtype=torch.float64)
+
+    def ranked(cost: Tensor, weight: float) -> Tensor:  # [n - 1] costs -> [n] non-decreasing, last kept
+        return torch.cat([torch.cummax(cost / weight, 0).values, inf]) if cost.numel() else inf
+
+    return LayerUnits(head_units=ranked(heads, unit_weight), head_unit_size=layout.unit_size,
+                      head_unit_weight=unit_weight, channel_scores=ranked(channels, 1.0))
+
+
+def _head_unit_weight(parts: LayerParts, layout) -> float:
+    """Parameters of one head unit / parameters of one MLP channel (3 · hidden; hidden cancels out)."""
+    hd, g = parts.head_dim, layout.group_size
+    per_unit = 2 * g * hd + 2 * hd if layout.whole_group else 2 * hd * layout.unit_size
+    return per_unit / 3.0
 
 
 def _bias_blocks(model: nn.Module, config: PruningConfig, counts: list[tuple[int, int]]) -> set[str]:
@@ -266,13 +350,10 @@ def _layer_units(parts: LayerParts, o_stats: ChannelStats, d_stats: ChannelStats
     layout = head_layout(parts.num_heads, parts.num_kv_heads, config.gqa_mode)
     o_cols = standardize(column_scores(config.method, None, o_stats, "o_proj", weight_term=terms[0]))
     head = o_cols.reshape(-1, parts.head_dim).mean(1)  # [H] mean of standardised columns
-    hd, g = parts.head_dim, layout.group_size
-    # parameters per unit / parameters per MLP channel (3 * hidden); hidden cancels out
-    per_unit = 2 * g * hd + 2 * hd if layout.whole_group else 2 * hd * layout.unit_size
     return LayerUnits(
         head_units=head_unit_scores(head, layout),
         head_unit_size=layout.unit_size,
-        head_unit_weight=per_unit / 3.0,
+        head_unit_weight=_head_unit_weight(parts, layout),
         channel_scores=standardize(column_scores(config.method, None, d_stats, "down_proj", weight_term=terms[1])),
     )
 
@@ -388,7 +469,8 @@ def prune_model(
     """Prune ``model`` in place, layer by layer, calibrated on ``inputs`` (from ``capture_layer_inputs``).
 
     ``reduce(t) -> t`` sums a tensor over processes (supplied by the caller; None on one process).
-    It is called once per layer (twice with ``refresh_mlp_stats``; once more for ``al_am``),
+    It is called once per layer (twice with ``refresh_mlp_stats``; once more for ``al_am``, once more
+    per layer with ``allocation: compensated_error``),
     however many batches this process holds; the layers are re-run on the batches as captured.
     ``progress``: ``True`` = a bar on a terminal, log lines otherwise; ``False`` = silent; or a
     function called with a :class:`~rcpu_lightning.pruning.progress.LayerProgress` per layer.

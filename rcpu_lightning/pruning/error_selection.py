@@ -62,37 +62,74 @@ def _remove(w: Tensor, hinv: Tensor, cols: Tensor) -> None:
 
 
 def greedy_removal(weight: Tensor, hinv: Tensor, blocks: list[Tensor], groups: list[int],
-                   quota: dict[int, int]) -> list[int]:
-    """Blocks removed, cheapest compensated error first, ``quota[g]`` from each group ``g``.
+                   quota: dict[int, int], gone: tuple[int, ...] = ()) -> tuple[list[int], list[float]]:
+    """Blocks removed, cheapest compensated error first, ``quota[g]`` from each group ``g``, with their
+    costs ``ΔE``; the blocks ``gone`` are already removed.
 
     ``weight`` [d_out, d_in] and ``hinv`` [d_in, d_in] (float64) are updated in place."""
-    quota, removed = dict(quota), []
+    quota, removed, costs = dict(quota), [], []
     while any(quota.values()):
-        allowed = [b for b in range(len(blocks)) if b not in removed and quota[groups[b]] > 0]
-        best = min(allowed, key=lambda b: _block_cost(weight, hinv, blocks[b]))
+        allowed = [b for b in range(len(blocks)) if b not in removed and b not in gone and quota[groups[b]] > 0]
+        cost = {b: _block_cost(weight, hinv, blocks[b]) for b in allowed}
+        best = min(allowed, key=cost.__getitem__)
         _remove(weight, hinv, blocks[best])
         removed.append(best)
+        costs.append(cost[best])
         quota[groups[best]] -= 1
-    return removed
+    return removed, costs
+
+
+def _channel_steps(weight: Tensor, hinv: Tensor, n_remove: int, with_cost: bool = False):
+    """Greedy channel removal, ``ceil(n_remove / 256)`` columns per step: yields (columns, ΔE of the step
+    or 0 when not ``with_cost``) and updates ``weight`` [d_out, d_in] and ``hinv`` in place."""
+    alive = torch.ones(weight.shape[1], dtype=torch.bool, device=weight.device)
+    per_step = math.ceil(n_remove / MAX_CHANNEL_STEPS) if n_remove else 1
+    left = n_remove
+    while left > 0:
+        cost = (weight * weight).sum(0) / torch.diagonal(hinv).clamp_min(1e-300)  # [d_in] ‖W'_j‖² / (H⁻¹)_jj
+        cost[~alive] = math.inf
+        cols = torch.argsort(cost, stable=True)[: min(per_step, left)]
+        step_cost = _block_cost(weight, hinv, cols) if with_cost else 0.0
+        _remove(weight, hinv, cols)
+        alive[cols] = False
+        left -= int(cols.numel())
+        yield cols, step_cost
+
+
+def _problem(weight: Tensor, stats: ChannelStats, lam: float) -> tuple[Tensor, Tensor]:
+    """Float64 copies of ``weight`` and ``H⁻¹`` on the statistics' device, for the greedy updates."""
+    return (weight.detach().to(device=stats.G.device, dtype=torch.float64).clone(),
+            torch.linalg.inv(error_hessian(stats, lam)))
 
 
 def select_channels_by_error(weight: Tensor, stats: ChannelStats, n_remove: int, lam: float) -> list[int]:
     """Kept channel indices (ascending) of a module with weight [d_out, d_in] after removing ``n_remove``
     input columns greedily by compensated error (``ceil(n_remove / 256)`` per step)."""
-    d_in = weight.shape[1]
-    w = weight.detach().to(device=stats.G.device, dtype=torch.float64).clone()
-    hinv = torch.linalg.inv(error_hessian(stats, lam))
-    alive = torch.ones(d_in, dtype=torch.bool, device=w.device)
-    per_step = math.ceil(n_remove / MAX_CHANNEL_STEPS) if n_remove else 1
-    left = n_remove
-    while left > 0:
-        cost = (w * w).sum(0) / torch.diagonal(hinv).clamp_min(1e-300)  # [d_in] ‖W'_j‖² / (H⁻¹)_jj
-        cost[~alive] = math.inf
-        cols = torch.argsort(cost, stable=True)[: min(per_step, left)]
-        _remove(w, hinv, cols)
+    w, hinv = _problem(weight, stats, lam)
+    alive = torch.ones(w.shape[1], dtype=torch.bool, device=w.device)
+    for cols, _ in _channel_steps(w, hinv, n_remove):
         alive[cols] = False
-        left -= int(cols.numel())
     return alive.nonzero().flatten().cpu().tolist()
+
+
+def channel_error_curve(weight: Tensor, stats: ChannelStats, n_max: int, lam: float) -> Tensor:
+    """ΔE of each of the first ``n_max`` channels in greedy removal order [n_max] (float64, CPU): a step
+    of several columns shares its cost equally. Their running sums approximate ``E`` after removing
+    1, 2, … channels and refitting the rest."""
+    w, hinv = _problem(weight, stats, lam)
+    costs = [torch.full((cols.numel(),), c / cols.numel(), dtype=torch.float64)
+             for cols, c in _channel_steps(w, hinv, n_max, with_cost=True)]
+    return torch.cat(costs) if costs else torch.zeros(0, dtype=torch.float64)
+
+
+def _head_blocks(layout: HeadLayout, head_dim: int, device) -> tuple[list[Tensor], list[int]]:
+    """o_proj's column blocks and the group each belongs to: a kv group with its ``g`` query heads
+    (whole groups), else one query head (its kv group)."""
+    g, n_kv = layout.group_size, layout.num_kv_heads
+    cols = torch.arange(layout.num_heads * head_dim, device=device).reshape(n_kv, g * head_dim)
+    if layout.whole_group:
+        return list(cols), [0] * n_kv
+    return [c for row in cols for c in row.reshape(g, head_dim)], [h // g for h in range(layout.num_heads)]
 
 
 def select_heads_by_error(weight: Tensor, stats: ChannelStats, layout: HeadLayout, head_dim: int,
@@ -102,16 +139,29 @@ def select_heads_by_error(weight: Tensor, stats: ChannelStats, layout: HeadLayou
     if n_remove % layout.unit_size:
         raise ValueError(f"{n_remove} heads cannot be removed in units of {layout.unit_size}")
     g, n_kv = layout.group_size, layout.num_kv_heads
-    w = weight.detach().to(device=stats.G.device, dtype=torch.float64).clone()
-    hinv = torch.linalg.inv(error_hessian(stats, lam))
-    cols = torch.arange(layout.num_heads * head_dim, device=w.device).reshape(n_kv, g * head_dim)
-    if layout.whole_group:  # a block is a kv group with its g query heads
-        blocks, groups, quota = list(cols), [0] * n_kv, {0: n_remove // g}
-    else:  # a block is one query head; every kv group gives n_remove / n_kv of them
-        blocks = [c for row in cols for c in row.reshape(g, head_dim)]
-        groups, quota = [h // g for h in range(layout.num_heads)], {k: n_remove // n_kv for k in range(n_kv)}
-    gone = greedy_removal(w, hinv, blocks, groups, quota)
+    w, hinv = _problem(weight, stats, lam)
+    blocks, groups = _head_blocks(layout, head_dim, w.device)
+    quota = {0: n_remove // g} if layout.whole_group else {k: n_remove // n_kv for k in range(n_kv)}
+    gone, _ = greedy_removal(w, hinv, blocks, groups, quota)
     keep = torch.ones(n_kv, g, dtype=torch.bool)
     for b in gone:
         keep[b if layout.whole_group else (b // g, b % g)] = False
     return kept_from_mask(keep)
+
+
+def head_unit_error_curve(weight: Tensor, stats: ChannelStats, layout: HeadLayout, head_dim: int,
+                          lam: float) -> Tensor:
+    """ΔE of each head unit but the last, in greedy removal order [num_units - 1] (float64, CPU).
+
+    A unit is a kv group (whole groups) or one query head from every kv group: each round removes
+    one unit's blocks greedily, so after ``k`` rounds every group has given the same number."""
+    w, hinv = _problem(weight, stats, lam)
+    blocks, groups = _head_blocks(layout, head_dim, w.device)
+    per_round = {0: 1} if layout.whole_group else {k: 1 for k in range(layout.num_kv_heads)}
+    gone: list[int] = []
+    costs = []
+    for _ in range(layout.num_units - 1):
+        removed, cost = greedy_removal(w, hinv, blocks, groups, per_round, tuple(gone))
+        gone += removed
+        costs.append(sum(cost))
+    return torch.tensor(costs, dtype=torch.float64)

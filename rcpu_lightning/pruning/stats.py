@@ -181,11 +181,14 @@ def collect_input_stats(
     dtype: torch.dtype = torch.float64,
     diag_only: bool = False,
     product_dtype: torch.dtype | None = None,
+    token_scale: Callable[[], Tensor] | None = None,
 ) -> Iterator[dict[str, ChannelStats]]:
     """Forward hooks accumulating each module's input statistics while the context is open.
 
     Yields ``{name: ChannelStats}`` (zero-initialised, so a process without batches still has
-    statistics of the right shape). Hooks are removed on exit, even on error.
+    statistics of the right shape). Hooks are removed on exit, even on error. ``token_scale()``, when
+    given, returns a per-token factor [..., 1] that multiplies each input before it is added (the
+    statistics of ``s_t x_t``: a token-weighted Gram ``Σ s_t² x_t x_tᵀ``).
     """
     stats = {
         name: ChannelStats.zeros(m.in_features, dtype, m.weight.device, diag_only) for name, m in modules.items()
@@ -194,7 +197,7 @@ def collect_input_stats(
     def make_hook(name: str):
         def hook(module, args, kwargs):
             x = args[0] if args else kwargs["input"]
-            stats[name].update(x, product_dtype)
+            stats[name].update(x if token_scale is None else x * token_scale().to(x.device, x.dtype), product_dtype)
 
         return hook
 
