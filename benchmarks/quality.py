@@ -70,12 +70,16 @@ VARIANTS: list[Variant] = [
     Variant("rcpu_o_proj_only", "RCPU rot, o_proj only", {"method": "rcpu", "targets": "o_proj"}),
     Variant("rcpu_down_proj_only", "RCPU rot, down_proj only", {"method": "rcpu", "targets": "down_proj"}),
     Variant("rcpu_refresh_mlp", "RCPU rot, refreshed MLP stats", {"method": "rcpu", "refresh_mlp_stats": True}),
-    # ours beyond the paper (configs/rcpu-affine.yaml): FLAP's AL-AM allocation, selection by compensated
-    # error, affine least squares; chosen on held-out windows (results/heldout.json)
-    Variant("rcpu_affine", "RCPU-affine (AL-AM, error selection, affine LS)",
+    # ours beyond the paper (configs/rcpu-affine.yaml): AL-AM allocation by compensated error, selection by
+    # compensated error, affine least squares; chosen on held-out windows (results/heldout.json)
+    Variant("rcpu_affine", "RCPU-affine (error allocation and selection, affine LS)",
+            {"method": "flap", "structure": "al_am", "allocation": "compensated_error",
+             "compensation": "affine_least_squares", "selection": "compensated_error"},
+            table2=True, tune_lambda=True, plot=True, lambdas=(1e-1,), match_removed=True),
+    # its previous allocation: FLAP's scores (the RCPU-affine of the previous release)
+    Variant("rcpu_affine_flap", "RCPU-affine with FLAP's allocation",
             {"method": "flap", "structure": "al_am", "compensation": "affine_least_squares",
-             "selection": "compensated_error"}, table2=True, tune_lambda=True, plot=True, lambdas=(1e-2, 1e-1),
-            match_removed=True),
+             "selection": "compensated_error"}, tune_lambda=True, lambdas=(1e-2, 1e-1), match_removed=True),
 ]
 VARIANT_BY_ID = {v.id: v for v in VARIANTS}
 QUICK_VARIANTS = ["dense", "wanda_sp", "rcpu_nocomp", "rcpu_rot"]
@@ -363,18 +367,22 @@ def table_notes(ppl_rows: list[dict], s: Settings) -> str:
                      "Chosen: " + ", ".join(f"{100 * x:.0f}%: λ={v['lambda']:g}" for x, v in sorted(ls.items())) + ".")
     ours = sorted((r for r in ppl_rows if r["variant"] == "rcpu_affine"), key=lambda r: r["ratio"])
     if ours:
-        notes.append("- RCPU-affine (ours, beyond the paper; `configs/rcpu-affine.yaml`): FLAP's adaptive AL-AM "
-                     "structure decides how many heads and channels each layer loses (one global threshold on FLAP's "
-                     "scores, the budget counted in decoder-layer parameters, added biases included); which ones go is "
-                     "chosen greedily by the error left after refitting (`selection: compensated_error`); the kept "
-                     "columns are refitted by affine least squares (ridge fit to the original module's output plus a "
-                     "bias for the mean of the dropped inputs). Run at the ratio that removes at least as many "
-                     f"decoder-layer parameters as every fixed-size row of its column (+{100 * MATCH_MARGIN:g} %), as "
-                     "FLAP (AL-AM) is: "
+        notes.append("- RCPU-affine (ours, beyond the paper; `configs/rcpu-affine.yaml`): an adaptive AL-AM structure "
+                     "decides how many heads and channels each layer loses, by one global threshold on each unit's "
+                     "compensated error per parameter (`allocation: compensated_error`: the error its removal leaves "
+                     "once the rest is refitted, each token's error relative to its residual-stream norm; the budget "
+                     "counted in decoder-layer parameters, added biases included); which ones go is chosen greedily by "
+                     "the error left after refitting (`selection: compensated_error`); the kept columns are refitted "
+                     "by affine least squares (ridge fit to the original module's output plus a bias for the mean of "
+                     "the dropped inputs). Run at the ratio that removes at least as many decoder-layer parameters as "
+                     f"every fixed-size row of its column (+{100 * MATCH_MARGIN:g} %), as FLAP (AL-AM) is: "
                      + ", ".join(f"{100 * r['ratio']:.0f}%: ratio {r['config']['ratio']:.4f}" for r in ours)
-                     + "; λ from {" + ", ".join(f"{x:g}" for x in VARIANT_BY_ID['rcpu_affine'].lambdas)
-                     + f"}} by the lowest mean NLL on the same {s.ls_heldout} held-out windows: "
-                     + ", ".join(f"{100 * r['ratio']:.0f}%: λ={r['ls']['lambda']:g}" for r in ours if r.get("ls")) + ".")
+                     + "; " + _lambda_note(VARIANT_BY_ID["rcpu_affine"], ours, s) + ".")
+    flap_alloc = sorted((r for r in ppl_rows if r["variant"] == "rcpu_affine_flap"), key=lambda r: r["ratio"])
+    if flap_alloc:
+        notes.append("- RCPU-affine with FLAP's allocation: the same, with FLAP's scores setting the per-layer counts "
+                     "(`allocation: score`; the RCPU-affine of the previous release); "
+                     + _lambda_note(VARIANT_BY_ID["rcpu_affine_flap"], flap_alloc, s) + ".")
     if any(r["variant"].startswith("flap") for r in ppl_rows):
         notes.append("- FLAP (AL-AM) uses FLAP's global adaptive structure (per-layer counts differ), its threshold set "
                      "to remove a share of the decoder-layer parameters (FLAP's code takes the share of the prunable "
@@ -388,6 +396,15 @@ def table_notes(ppl_rows: list[dict], s: Settings) -> str:
                      "Where no head is removed (10 %), o_proj only is the same model as RCPU, no compensation, and "
                      "down_proj only the same as RCPU (rot).")
     return "\n".join(notes) + "\n"
+
+
+def _lambda_note(variant: Variant, rows: list[dict], s: Settings) -> str:
+    """How a tuned variant's λ was set: fixed (a one-value grid, chosen with benchmarks/heldout.py) or searched."""
+    if len(variant.lambdas) == 1:
+        return f"λ {variant.lambdas[0]:g} (chosen on held-out windows with `benchmarks/heldout.py`)"
+    return ("λ from {" + ", ".join(f"{x:g}" for x in variant.lambdas) + f"}} by the lowest mean NLL on the same "
+            f"{s.ls_heldout} held-out windows: "
+            + ", ".join(f"{100 * r['ratio']:.0f}%: λ={r['ls']['lambda']:g}" for r in rows if r.get("ls")))
 
 
 # -- the paper's claims, checked on these rows --------------------------------------------------------

@@ -250,11 +250,17 @@ def test_every_quality_variant_runs_on_a_tiny_model(tmp_path):
     assert rows["rcpu_refresh_mlp"]["config"]["refresh_mlp_stats"] and rows["rcpu_o_proj_only"]["config"]["targets"] == "o_proj"
     assert rows["flap_al_am"]["config"]["structure"] == "al_am"
     # ours runs last, at the ratio that removes at least what every other row removes
-    fixed = [r["decoder_params_removed"] for v, r in rows.items() if v not in ("dense", "rcpu_affine", "flap_al_am")]
+    adaptive = {v.id for v in q.VARIANTS if v.match_removed}
+    assert adaptive == {"flap_al_am", "rcpu_affine", "rcpu_affine_flap"}
+    fixed = [r["decoder_params_removed"] for v, r in rows.items() if v not in {"dense", *adaptive}]
     ours, most = rows["rcpu_affine"], max(fixed)
     assert ours["matched_removed"] == most and ours["config"]["ratio"] == pytest.approx(max(0.34, most + q.MATCH_MARGIN))
-    assert rows["flap_al_am"]["config"]["ratio"] == ours["config"]["ratio"]  # both adaptive rows at one size
-    assert ours["config"]["compensation"] == "affine_least_squares" and set(ours["ls"]["heldout_mean_nll"]) == {"0.01", "0.1"}
+    for v in adaptive:  # every adaptive row at one size
+        assert rows[v]["config"]["ratio"] == ours["config"]["ratio"]
+    assert ours["config"]["compensation"] == "affine_least_squares" and ours["config"]["allocation"] == "compensated_error"
+    assert ours["ls"]["lambda"] == 0.1 and ours["ls"]["heldout_mean_nll"] == {"0.1": None}  # one λ: no search
+    assert set(rows["rcpu_affine_flap"]["ls"]["heldout_mean_nll"]) == {"0.01", "0.1"}
+    assert rows["rcpu_affine_flap"]["config"]["allocation"] == "score"
     assert ours["decoder_params_removed"] >= most - 0.02  # the nearest AL-AM prefix: within half a head slot here
     assert dense.model.layers[0].self_attn.q_proj.out_features == 48  # the dense model itself is never pruned
     # resuming LS with its λ known prunes once, without a search
@@ -470,7 +476,8 @@ def test_which_method_section_reads_the_best_rows_off_the_quality_file(tmp_path)
                      "config": {"structure": structure}})
     (tmp_path / "quality.json").write_text(json.dumps(rows))
     text = rr.which_method_section(tmp_path)
-    assert "- **20 %**: best RCPU-affine (AL-AM, error selection, affine LS) 70.00 (20.0% removed); next LS (λ_best) 90.00" in text
+    assert ("- **20 %**: best RCPU-affine (error allocation and selection, affine LS) 70.00 (20.0% removed); "
+            "next LS (λ_best) 90.00") in text
     assert "best with equal shapes in every layer: LS (λ_best) 90.00" in text  # named where ours (al_am) leads
     assert "- **30 %**: best LS (λ_best) 100.00" in text and "lowest perplexity at 20 % only" in text
     assert "Speed" not in text and "held-out perplexity" not in text  # no inference or held-out rows
