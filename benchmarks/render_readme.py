@@ -115,7 +115,7 @@ def heldout_lines(results: Path) -> list[str]:
     lines = ["\n#### How RCPU-affine was chosen: held-out perplexity\n",
              f"From `heldout.json`: {rows[0]['heldout_windows']} windows of the calibration split that overlap no "
              "calibration window (never the test split), SmolLM2, 128 × 128 calibration. Only the fields that differ "
-             "from `PruningConfig`'s defaults are shown (`method` rcpu, `structure` uniform, `selection` score, "
+             "from `PruningConfig`'s defaults are shown (`method` rcpu, `structure` uniform, `allocation` and `selection` score, "
              "`compensation` the method's own: rotation for rcpu, bias for flap).\n",
              "| ratio | config | decoder-layer params removed | held-out PPL |", "|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (round(r["config"].get("ratio", 0.2), 1), r["heldout_ppl"])):
