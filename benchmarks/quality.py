@@ -82,6 +82,7 @@ VARIANTS: list[Variant] = [
              "selection": "compensated_error"}, tune_lambda=True, lambdas=(1e-2, 1e-1), match_removed=True),
 ]
 VARIANT_BY_ID = {v.id: v for v in VARIANTS}
+OURS = "rcpu_affine"  # the row compared with every other one (versus_table); it matches every row's size
 QUICK_VARIANTS = ["dense", "wanda_sp", "rcpu_nocomp", "rcpu_rot"]
 
 FULL = {"ratios": [0.1, 0.2, 0.3], "nsamples": 128, "ppl_windows": 0, "zeroshot": True}
@@ -156,7 +157,8 @@ def plan_jobs(store: C.RowStore, s: Settings, variants: list[Variant], ratios: l
             skipped += [k for k in [pk, *zk.values()] if k in have]
             if pk not in have or missing:
                 jobs.append(Job(v, ratio, pk not in have, missing))
-    jobs.sort(key=lambda j: j.variant.match_removed)  # adaptive rows last: they match the fixed-size rows' size
+    # adaptive rows after the fixed-size ones (they match their size), ours last (it matches every row's)
+    jobs.sort(key=lambda j: (j.variant.match_removed, j.variant.id == OURS))
     return jobs, skipped
 
 
@@ -262,10 +264,11 @@ def run_job(job: Job, dense, tokenizer, calib, windows, heldout_fn, store: C.Row
 
 
 def matched_removed(store: C.RowStore, s: Settings, variant: Variant, ratio: float) -> float:
-    """The most decoder-layer parameters any fixed-size pruned row at ``ratio`` removes (0 if none)."""
+    """The most decoder-layer parameters any fixed-size pruned row at ``ratio`` removes (0 if none); for
+    :data:`OURS`, any other pruned row (the adaptive ones land within half a unit of their ratio, either side)."""
     others = [r["decoder_params_removed"] for r in matching_rows(store.rows, s)[0]
-              if r["variant"] != "dense" and not VARIANT_BY_ID[r["variant"]].match_removed
-              and math.isclose(r["ratio"], ratio)]
+              if r["variant"] not in ("dense", variant.id) and math.isclose(r["ratio"], ratio)
+              and (variant.id == OURS or not VARIANT_BY_ID[r["variant"]].match_removed)]
     return max(others, default=0.0)
 
 
@@ -303,7 +306,7 @@ def ppl_table(ppl_rows: list[dict], ratios: list[float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def versus_table(ppl_rows: list[dict], ratios: list[float], ours: str = "rcpu_affine") -> str:
+def versus_table(ppl_rows: list[dict], ratios: list[float], ours: str = OURS) -> str:
     """Ours against the best other pruned row of each column: PPL ratio and decoder-layer parameters removed."""
     lines = ["| ratio | ours: PPL (removed) | best other row | its PPL (removed) | ours / best | "
              "removes at least as much |", "|---|---|---|---|---|---|"]
@@ -365,7 +368,7 @@ def table_notes(ppl_rows: list[dict], s: Settings) -> str:
                      f"on {s.ls_heldout} held-out windows of the calibration split that overlap no calibration "
                      "window (reconstruction error on the calibration set itself always favours the smallest λ). "
                      "Chosen: " + ", ".join(f"{100 * x:.0f}%: λ={v['lambda']:g}" for x, v in sorted(ls.items())) + ".")
-    ours = sorted((r for r in ppl_rows if r["variant"] == "rcpu_affine"), key=lambda r: r["ratio"])
+    ours = sorted((r for r in ppl_rows if r["variant"] == OURS), key=lambda r: r["ratio"])
     if ours:
         notes.append("- RCPU-affine (ours, beyond the paper; `configs/rcpu-affine.yaml`): an adaptive AL-AM structure "
                      "decides how many heads and channels each layer loses, by one global threshold on each unit's "
@@ -377,7 +380,7 @@ def table_notes(ppl_rows: list[dict], s: Settings) -> str:
                      "the dropped inputs). Run at the ratio that removes at least as many decoder-layer parameters as "
                      f"every fixed-size row of its column (+{100 * MATCH_MARGIN:g} %), as FLAP (AL-AM) is: "
                      + ", ".join(f"{100 * r['ratio']:.0f}%: ratio {r['config']['ratio']:.4f}" for r in ours)
-                     + "; " + _lambda_note(VARIANT_BY_ID["rcpu_affine"], ours, s) + ".")
+                     + "; " + _lambda_note(VARIANT_BY_ID[OURS], ours, s) + ".")
     flap_alloc = sorted((r for r in ppl_rows if r["variant"] == "rcpu_affine_flap"), key=lambda r: r["ratio"])
     if flap_alloc:
         notes.append("- RCPU-affine with FLAP's allocation: the same, with FLAP's scores setting the per-layer counts "

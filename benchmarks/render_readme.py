@@ -87,13 +87,13 @@ def which_method_section(results: Path) -> str:
                      f"{100 * best_zs[1][0]:.2f} %")
         lines.append(text + ".")
     ratios = sorted({r["ratio"] for r in ppl})
-    leads = [x for x in ratios if min((r for r in ppl if r["ratio"] == x), key=lambda r: r["ppl"])["variant"] == "rcpu_affine"]
+    leads = [x for x in ratios if min((r for r in ppl if r["ratio"] == x), key=lambda r: r["ppl"])["variant"] == Q.OURS]
     if leads:
         where = ", ".join(f"{100 * x:.0f} %" for x in leads)
         measured = ", ".join(f"{100 * r['ratio']:.0f} %" for r in sorted(ppl, key=lambda r: r["ratio"])
-                             if r["variant"] == "rcpu_affine")
+                             if r["variant"] == Q.OURS)
         zs_lead = [x for x in ratios if max(((v, z) for (v, r), z in zs.items() if r == x and v != "dense"),
-                                            key=lambda t: t[1][0], default=(None,))[0] == "rcpu_affine"]
+                                            key=lambda t: t[1][0], default=(None,))[0] == Q.OURS]
         head = ("Start from **RCPU-affine** (`-c configs/rcpu-affine.yaml`): the lowest perplexity at every ratio "
                 "measured." if leads == ratios else
                 f"**RCPU-affine** (`-c configs/rcpu-affine.yaml`) has the lowest perplexity at {where} only (measured "

@@ -238,8 +238,10 @@ def test_every_quality_variant_runs_on_a_tiny_model(tmp_path):
     s = q.Settings(nsamples=8, seqlen=16, ppl_windows=4, ls_lambdas=(1e-3, 1.0), ls_heldout=4)
     store = C.RowStore(tmp_path / "q.json")
     args = argparse.Namespace(eval_batch_size=2, total_windows=10, data_dir=None)
-    for v in q.VARIANTS:
-        q.run_job(q.Job(v, 0.34, True, []), dense, None, calib, windows, lambda: heldout, store, s, args)
+    jobs, _ = q.plan_jobs(store, s, q.VARIANTS, [0.34], [], [])
+    assert jobs[-1].variant.id == q.OURS  # ours last: it matches the size of every other row
+    for job in jobs:
+        q.run_job(job, dense, None, calib, windows, lambda: heldout, store, s, args)
     rows = {r["variant"]: r for r in C.RowStore(tmp_path / "q.json")}
     assert set(rows) == set(q.VARIANT_BY_ID)
     for vid, r in rows.items():
@@ -253,10 +255,14 @@ def test_every_quality_variant_runs_on_a_tiny_model(tmp_path):
     adaptive = {v.id for v in q.VARIANTS if v.match_removed}
     assert adaptive == {"flap_al_am", "rcpu_affine", "rcpu_affine_flap"}
     fixed = [r["decoder_params_removed"] for v, r in rows.items() if v not in {"dense", *adaptive}]
-    ours, most = rows["rcpu_affine"], max(fixed)
-    assert ours["matched_removed"] == most and ours["config"]["ratio"] == pytest.approx(max(0.34, most + q.MATCH_MARGIN))
-    for v in adaptive:  # every adaptive row at one size
-        assert rows[v]["config"]["ratio"] == ours["config"]["ratio"]
+    most = max(fixed)
+    for v in adaptive - {q.OURS}:  # the adaptive baselines match the fixed-size rows
+        assert rows[v]["matched_removed"] == most
+        assert rows[v]["config"]["ratio"] == pytest.approx(max(0.34, most + q.MATCH_MARGIN))
+    # ours runs last and matches every other row, the adaptive ones included (they land either side of their ratio)
+    ours = rows[q.OURS]
+    every = max(r["decoder_params_removed"] for v, r in rows.items() if v not in ("dense", q.OURS))
+    assert ours["matched_removed"] == every and ours["config"]["ratio"] == pytest.approx(max(0.34, every + q.MATCH_MARGIN))
     assert ours["config"]["compensation"] == "affine_least_squares" and ours["config"]["allocation"] == "compensated_error"
     assert ours["ls"]["lambda"] == 0.1 and ours["ls"]["heldout_mean_nll"] == {"0.1": None}  # one λ: no search
     assert set(rows["rcpu_affine_flap"]["ls"]["heldout_mean_nll"]) == {"0.01", "0.1"}
