@@ -274,7 +274,7 @@ def test_every_quality_variant_runs_on_a_tiny_model(tmp_path):
     q.run_job(q.Job(v, 0.34, False, []), dense, None, calib, windows, lambda: 1 / 0, store, s, args)
     text = q.report_markdown(store.rows, s)
     assert "LS (λ_best)" in text and "λ=" in text
-    assert "Ours against the best other row" in text and "RCPU-affine" in text
+    assert "Ours against the best baseline" in text and "RCPU-affine" in text
 
 
 def test_ours_only_scaling_row_renders_without_store_all(tmp_path):
