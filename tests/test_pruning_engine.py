@@ -15,6 +15,7 @@ from rcpu_lightning.pruning import (
     capture_layer_inputs,
     prune_model,
 )
+from rcpu_lightning.pruning.engine import check_feasible
 
 GQA = dict(num_heads=6, num_kv_heads=2)
 
@@ -116,6 +117,17 @@ def test_head_rounding_nearest_vs_floor_on_gqa():
     assert [lp.num_heads for lp in r_floor.plan.layers] == [6, 6]
     assert [lp.num_heads for lp in r_nearest.plan.layers] == [4, 4]
     assert r_nearest.decoder_params_removed > r_floor.decoder_params_removed > 0
+
+
+def test_rounding_note_is_logged_once_by_the_prune_and_not_by_the_preflight_check(caplog):
+    model = make_tiny_llama(**GQA)
+    config = PruningConfig(ratio=0.2, head_rounding="nearest", compensation="none")
+    with caplog.at_level("INFO", logger="rcpu_lightning.pruning.engine"):
+        check_feasible(model, config)
+        assert not [r for r in caplog.records if "heads: ratio" in r.getMessage()]
+        report = prune_model(model, _inputs(model), config, progress=False)
+    logged = [r.getMessage() for r in caplog.records if "heads: ratio" in r.getMessage()]
+    assert logged == report.notes and len(logged) == 1 and "removing 2" in logged[0]
 
 
 def test_doubling_reduce_gives_same_decisions_and_weights_and_few_calls():

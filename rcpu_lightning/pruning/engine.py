@@ -194,7 +194,8 @@ def check_stats(stats: ChannelStats, where: str) -> None:
 
 # -- counts -------------------------------------------------------------------------------------
 def uniform_counts(model: nn.Module, config: PruningConfig, notes: list[str]) -> list[tuple[int, int]]:
-    """(heads, channels) to remove per layer at the configured ratios; the rounding is told in ``notes``."""
+    """(heads, channels) to remove per layer at the configured ratios; the rounding is told in ``notes``
+    (not logged here: the pre-flight check calls this too, and the prune logs its notes once)."""
     counts, logged = [], set()
     for parts in map(layer_parts, decoder_layers(model)):
         layout = head_layout(parts.num_heads, parts.num_kv_heads, config.gqa_mode)
@@ -209,7 +210,6 @@ def uniform_counts(model: nn.Module, config: PruningConfig, notes: list[str]) ->
                 f"{'whole kv groups' if layout.whole_group else 'equal numbers per kv group'}); "
                 f"channels: removing {channels} of {parts.intermediate_size}"
             )
-            log.info("%s", notes[-1])
     return counts
 
 
@@ -502,6 +502,8 @@ def prune_model(
     with torch.no_grad():
         counts = (al_am_structure(model, batches, config, reduce, store) if config.structure == "al_am"
                   else uniform_counts(model, config, notes))
+        for note in notes:
+            log.info("%s", note)
         validate_counts(model, counts)
         blocks = _bias_blocks(model, config, counts)
         for i, layer in enumerate(layers):
