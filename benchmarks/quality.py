@@ -308,10 +308,12 @@ def ppl_table(ppl_rows: list[dict], ratios: list[float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def versus_table(ppl_rows: list[dict], ratios: list[float], ours: str = OURS) -> str:
-    """Ours against the best baseline row of each column: PPL ratio and decoder-layer parameters removed."""
+def versus_table(ppl_rows: list[dict], zs_rows: list[dict], ratios: list[float], ours: str = OURS) -> str:
+    """Ours against the best baseline row of each column: PPL ratio, decoder-layer parameters removed, and
+    the mean zero-shot accuracy against the best baseline's mean (where both are measured)."""
     lines = ["| ratio | ours: PPL (removed) | best baseline | its PPL (removed) | ours / best | "
-             "removes at least as much |", "|---|---|---|---|---|---|"]
+             "removes at least as much | zero-shot mean: ours vs best baseline's |", "|---|---|---|---|---|---|---|"]
+    means = zeroshot_means(zs_rows)
     for x in ratios:
         mine = next((r for r in ppl_rows if r["variant"] == ours and math.isclose(r["ratio"], x)), None)
         others = [r for r in ppl_rows if r["variant"] != "dense" and VARIANT_BY_ID[r["variant"]].baseline
@@ -323,8 +325,21 @@ def versus_table(ppl_rows: list[dict], ratios: list[float], ours: str = OURS) ->
         lines.append(f"| {100 * x:.0f}% | {mine['ppl']:.2f} ({100 * mine['decoder_params_removed']:.2f}%) | "
                      f"{VARIANT_BY_ID[best['variant']].label} | {best['ppl']:.2f} ({100 * best['decoder_params_removed']:.2f}%) "
                      f"| {mine['ppl'] / best['ppl']:.3f} | {'yes' if mine['decoder_params_removed'] >= most else 'no'} "
-                     f"({100 * mine['decoder_params_removed']:.3f}% vs at most {100 * most:.3f}%) |")
+                     f"({100 * mine['decoder_params_removed']:.3f}% vs at most {100 * most:.3f}%) | "
+                     f"{_zeroshot_versus(means, ours, [r['variant'] for r in others], mine['ratio'])} |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def _zeroshot_versus(means: dict[tuple[str, float], tuple[float, float]], ours: str, baselines: list[str],
+                     ratio: float) -> str:
+    """``not lower: 43.80 vs 43.69 (LS (λ_best), < 2 s.e.)``; – when ours or every baseline lacks a mean."""
+    theirs = [(means[(v, ratio)], v) for v in baselines if (v, ratio) in means]
+    if (ours, ratio) not in means or not theirs:
+        return "–"
+    (mine, se), ((best, best_se), v) = means[(ours, ratio)], max(theirs, key=lambda t: t[0][0])
+    noise = abs(mine - best) < 2 * math.sqrt(se**2 + best_se**2)
+    return (f"{'not lower' if mine >= best else 'lower'}: {100 * mine:.2f} vs {100 * best:.2f} "
+            f"({VARIANT_BY_ID[v].label}{', < 2 s.e.' if noise else ''}; {len(theirs)} of {len(baselines)} baselines measured)")
 
 
 def cost_table(ppl_rows: list[dict], ratios: list[float]) -> str:
@@ -533,7 +548,7 @@ def report_markdown(rows: list[dict], s: Settings, ratios: list[float] | None = 
         return ""
     ratios = ratios or sorted({r["ratio"] for r in ppl_rows if r["ratio"] > 0})
     parts = [f"{heading} WikiText-2 perplexity ({s.model})\n", ppl_table(ppl_rows, ratios), "", table_notes(ppl_rows, s)]
-    versus = versus_table(ppl_rows, ratios)
+    versus = versus_table(ppl_rows, zs_rows, ratios)
     if versus:
         parts += [f"\n{heading} Ours against the best baseline at the same size\n", versus]
     parts += [f"\n{heading} Size and cost per row\n", cost_table(ppl_rows, ratios), "", cost_notes()]

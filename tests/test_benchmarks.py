@@ -277,6 +277,29 @@ def test_every_quality_variant_runs_on_a_tiny_model(tmp_path):
     assert "Ours against the best baseline" in text and "RCPU-affine" in text
 
 
+def test_versus_table_compares_ours_with_the_best_baseline_in_perplexity_size_and_zero_shot():
+    from rcpu_lightning.eval.tasks import TASKS
+
+    def ppl(variant, value, removed):
+        return {"variant": variant, "ratio": 0.2, "ppl": value, "decoder_params_removed": removed}
+
+    def zs(variant, acc, se=0.02):  # the same accuracy on every task
+        return [{"variant": variant, "ratio": 0.2, "task": t,
+                 "tasks": {t: {"reported": acc, "reported_metric": "acc", "acc_stderr": se}}} for t in TASKS]
+
+    rows = [ppl(q.OURS, 80.0, 0.215), ppl("ls_best", 92.0, 0.212), ppl("flap_al_am", 95.0, 0.213),
+            ppl("rcpu_affine_flap", 70.0, 0.2)]  # a variant of ours, never the baseline compared with
+    table = q.versus_table(rows, zs(q.OURS, 0.40) + zs("ls_best", 0.45, 0.001) + zs("rcpu_affine_flap", 0.9), [0.2])
+    cells = table.splitlines()[2].split(" | ")
+    assert cells[2] == "LS (λ_best)" and cells[4] == f"{80 / 92:.3f}" and cells[5].startswith("yes")
+    # ours is lower than LS's mean by more than two standard errors; FLAP has no zero-shot rows
+    assert cells[6] == "lower: 40.00 vs 45.00 (LS (λ_best); 1 of 2 baselines measured) |"
+    table = q.versus_table(rows, zs(q.OURS, 0.46) + zs("ls_best", 0.45) + zs("flap_al_am", 0.44), [0.2])
+    assert table.splitlines()[2].endswith("| not lower: 46.00 vs 45.00 (LS (λ_best), < 2 s.e.; 2 of 2 baselines measured) |")
+    assert "| – |" in q.versus_table(rows, [], [0.2])  # no zero-shot rows: the column says so
+    assert q.versus_table([ppl("ls_best", 92.0, 0.212)], [], [0.2]) == ""  # no row of ours: no table
+
+
 def test_ours_only_scaling_row_renders_without_store_all(tmp_path):
     import argparse
 
