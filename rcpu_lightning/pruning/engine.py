@@ -196,14 +196,14 @@ def check_stats(stats: ChannelStats, where: str) -> None:
 def uniform_counts(model: nn.Module, config: PruningConfig, notes: list[str]) -> list[tuple[int, int]]:
     """(heads, channels) to remove per layer at the configured ratios; the rounding is told in ``notes``
     (not logged here: the pre-flight check calls this too, and the prune logs its notes once)."""
-    counts, logged = [], set()
+    counts, noted = [], set()
     for parts in map(layer_parts, decoder_layers(model)):
         layout = head_layout(parts.num_heads, parts.num_kv_heads, config.gqa_mode)
         heads = feasible_count(config.head_ratio, parts.num_heads, layout.unit_size, config.head_rounding)
         channels = feasible_count(config.channel_ratio, parts.intermediate_size, 1, "floor")
         counts.append((heads, channels))
-        if layout not in logged:
-            logged.add(layout)
+        if layout not in noted:
+            noted.add(layout)
             notes.append(
                 f"heads: ratio {config.head_ratio:.4g} of {parts.num_heads} = {config.head_ratio * parts.num_heads:.2f} "
                 f"requested; removing {heads} ({config.head_rounding} rounding, units of {layout.unit_size} heads, "
