@@ -343,7 +343,7 @@ def inference_section(results: Path, readme: Path) -> str:
              f"From `{_rel(path, readme)}`. Prefill: one forward of {st['prefill_batch']} × {st['prefill_seqlen']} "
              f"tokens (logits at every position); decode: greedy `generate` of exactly {st['new_tokens']} tokens "
              f"after a {st['prompt_len']}-token prompt, batch 1, KV cache, the models of a group taking their k-th "
-             f"forward in turn. float32 on {st['threads']} threads; medians of {st.get('prefill_repeats', st['repeats'])} "
+             f"forward in turn. float32 on {_threads_text(timed)}; medians of {st.get('prefill_repeats', st['repeats'])} "
              f"prefill and {st['repeats']} decode rounds in which dense and pruned models alternate, after an untimed "
              "warm-up; the dense figures come from the same rounds as the pruned ones. "
              "*Speedup* = pruned / dense throughput; "
@@ -399,6 +399,16 @@ def inference_section(results: Path, readme: Path) -> str:
                      f"{p['attn_speedup']:.2f}× ({p['attn_ideal']:.2f}×) | {p['mlp_speedup']:.2f}× ({p['mlp_ideal']:.2f}×) |")
     lines += inference_rounding(rows) + inference_gemm(rows) + inference_other_threads(results, readme)
     return "\n".join(lines) + "\n"
+
+
+def _threads_text(timed: list[dict]) -> str:
+    """``2 threads``, or per model when the rows were measured at different thread counts."""
+    by_model = {_inf_model(r): r["settings"]["threads"] for r in timed}
+    counts = sorted(set(by_model.values()))
+    plural = lambda n: f"{n} thread{'s' if n != 1 else ''}"  # noqa: E731
+    if len(counts) == 1:
+        return plural(counts[0])
+    return ", ".join(f"{plural(n)} ({m})" for m, n in sorted(by_model.items()))
 
 
 def inference_other_threads(results: Path, readme: Path) -> list[str]:

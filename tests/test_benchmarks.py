@@ -483,6 +483,16 @@ def test_inference_script_end_to_end_on_a_tiny_llama(tmp_path):
     assert "| `inference_threads1.json` | 1 | random Llama, h 64 × 2 layers | RCPU, uniform | 30% | 90 |" in text
 
 
+def test_inference_section_names_the_thread_count_of_every_model():
+    def row(model_id, hidden, threads):
+        return {"model_id": model_id, "hidden": hidden, "layers": 2, "settings": {"threads": threads}}
+
+    assert rr._threads_text([row("smollm2", 576, 2), row("stack", 4096, 2)]) == "2 threads"
+    assert rr._threads_text([row("smollm2", 576, 1)]) == "1 thread"
+    assert rr._threads_text([row("smollm2", 576, 1), row("stack", 4096, 2)]) == (
+        "1 thread (SmolLM2-135M), 2 threads (random Llama, h 4096 × 2 layers)")
+
+
 def test_inference_target_line_reads_the_4096_rows():
     row = {"hidden": 4096, "ratio": 0.3, "method": "rcpu", "structure": "uniform", "prefill_speedup": 1.30,
            "decode_speedup": 1.20, "ideal_speedup": 1.43, "prefill_efficiency": 1.30 / 1.43, "decode_efficiency": 1.20 / 1.43}
