@@ -254,6 +254,11 @@ def big_model_targets(store: list[dict], layer7b: list[dict]) -> list[str]:
                      f"{ref['peak_rss_mb'] / 1024:.2f} GiB: {speed:.2f}× faster ({'met' if speed >= 2 else 'not met'}; "
                      f"load {ours.get('run', {}).get('loadavg_1m', '–')} / {ref.get('run', {}).get('loadavg_1m', '–')})")
         out.append(line + ".")
+        affine = by_impl.get("affine")
+        if affine is not None:
+            out.append(f"  RCPU-affine (`configs/rcpu-affine.yaml`, its allocation pass included) on the same layers: "
+                       f"{affine['seconds_per_layer']:.1f} s per layer, peak {affine['peak_rss_mb'] / 1024:.2f} GiB "
+                       f"(its own run; load {affine.get('run', {}).get('loadavg_1m', '–')}).")
     return out if len(out) > 1 else []
 
 

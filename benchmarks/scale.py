@@ -16,7 +16,9 @@ processes:
   11008), pruned in memory by our engine (``ours``, fast arithmetic) and by the stored-activation
   method of the paper's reference code (``reference``: every input X of o_proj and down_proj kept in
   float32, ``Y = W X``, ``Z = W_K X_K``, ``M = Y Zᵀ`` and the SVD in float32; the baseline of
-  ``calibration_scaling.py`` at float32), one fresh process each: seconds per layer side by side.
+  ``calibration_scaling.py`` at float32), one fresh process each: seconds per layer side by side;
+  ``affine``: the same layers pruned with ``configs/rcpu-affine.yaml`` (its dense allocation pass, the
+  error-greedy selection and the affine least squares included), what RCPU-affine costs at that size.
 
 ``peak_rss_mb`` is the worker's ``VmHWM`` (the whole process: Python, torch, the skeleton, one
 layer, the calibration activations and statistics). Calibration: ``--nsamples`` random windows of
@@ -57,9 +59,10 @@ SIZES = {
     "7b-layer": (4096, 11008, 32, 32, 2, 1024),
 }
 FULL_ROWS = [("disk", "2048x2"), ("memory", "2048x2"), ("disk", "2048x8"), ("disk", "2048x22"),
-             ("layer7b-ours", "7b-layer"), ("layer7b-reference", "7b-layer")]
+             ("layer7b-ours", "7b-layer"), ("layer7b-reference", "7b-layer"), ("layer7b-affine", "7b-layer")]
 QUICK_ROWS = [("disk", "tiny"), ("memory", "tiny"), ("disk", "tiny-big"), ("layer7b-ours", "tiny"),
-              ("layer7b-reference", "tiny")]
+              ("layer7b-reference", "tiny"), ("layer7b-affine", "tiny")]
+AFFINE_CONFIG = C.REPO_ROOT / "configs" / "rcpu-affine.yaml"
 
 
 # -- random checkpoints, written layer by layer -------------------------------------------------------
@@ -154,7 +157,7 @@ def worker(args) -> dict[str, Any]:
             p.data = p.data.clone()
         report = prune_model(model, capture_layer_inputs(model, batches), cfg, progress=False, release_inputs=True)
         out["peak_rss_mb"] = vm_hwm_mb()
-    else:  # layer7b-ours / layer7b-reference: the whole (2-layer) model in memory
+    else:  # layer7b-ours / -reference / -affine: the whole (2-layer) model in memory
         import calibration_scaling as cs
         from transformers import AutoModelForCausalLM
 
@@ -163,7 +166,9 @@ def worker(args) -> dict[str, Any]:
             p.data = p.data.clone()
         inputs = capture_layer_inputs(model, batches)
         t0 = time.perf_counter()
-        if args.worker == "layer7b-ours":
+        if args.worker in ("layer7b-ours", "layer7b-affine"):
+            if args.worker == "layer7b-affine":
+                cfg = affine_config(args.arithmetic)
             report = prune_model(model, inputs, cfg, progress=False, release_inputs=True)
         else:
             cs.storeall_prune(model, inputs, cfg, dtype=torch.float32)
@@ -176,6 +181,16 @@ def worker(args) -> dict[str, Any]:
         with torch.no_grad():
             out["logits"] = model(probe_ids(config.vocab_size)).logits.tolist()
     return out
+
+
+def affine_config(arithmetic: str):
+    """``configs/rcpu-affine.yaml``'s pruning settings at :data:`RATIO`."""
+    import yaml
+
+    from rcpu_lightning.pruning import PruningConfig
+
+    settings = yaml.safe_load(AFFINE_CONFIG.read_text(encoding="utf-8"))["pruning"]["config"]
+    return PruningConfig(**{**settings, "ratio": RATIO, "arithmetic": arithmetic})
 
 
 def run_worker(mode: str, size: str, source: Path, target: Path, args, logits: bool) -> dict[str, Any]:
@@ -243,7 +258,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="results JSON (default results/scale.json, _quick with --quick)")
     p.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
     # worker side
-    p.add_argument("--worker", choices=["disk", "memory", "layer7b-ours", "layer7b-reference"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["disk", "memory", "layer7b-ours", "layer7b-reference", "layer7b-affine"], help=argparse.SUPPRESS)
     p.add_argument("--size", help=argparse.SUPPRESS)
     p.add_argument("--source", help=argparse.SUPPRESS)
     p.add_argument("--target", help=argparse.SUPPRESS)

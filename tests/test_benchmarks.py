@@ -554,6 +554,19 @@ def test_heldout_script_scores_configs_on_held_out_windows_and_skips_finished_on
     assert heldout.main(args + configs[:1]) == 0 and "measured already" in capsys.readouterr().out
 
 
+def test_obs_update_in_place_gives_the_previous_form_bit_for_bit(capsys):
+    from benchmarks import obs_update
+
+    threads = torch.get_num_threads()
+    try:
+        obs_update.main(["--dim", "96", "--out-dim", "32", "--columns", "5", "--steps", "3", "--repeats", "2",
+                         "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "d 96, 5 columns a step" in out and out.strip().endswith("max abs difference 0.0e+00")
+
+
 def test_big_models_section_reads_targets_off_the_scale_rows(tmp_path):
     def row(mode, layers, ckpt, peak, spl, impl="ours", diff=None, hidden=2048):
         return {"mode": mode, "impl": impl, "layers": layers, "hidden": hidden, "intermediate": 5504, "heads": 16,
@@ -565,6 +578,7 @@ def test_big_models_section_reads_targets_off_the_scale_rows(tmp_path):
     rows = [row("disk", 2, 402, 1250, 20.0, diff=2e-6), row("memory", 2, 402, 1700, 25.0, diff=2e-6),
             row("disk", 21, 4200, 1260, 21.0), row("disk", 32, 6400, 1270, 22.0),
             row("layer7b", 2, 1540, 5000, 45.0, hidden=4096), row("layer7b", 2, 1540, 5300, 95.0, "reference", hidden=4096),
+            row("layer7b", 2, 1540, 7168, 180.0, "affine", hidden=4096),
             {**row("layer7b", 2, 1540, 6000, 80.0, hidden=4096), "calib_samples": 128}]  # ours alone at 128
     (d / "scale.json").write_text(json.dumps(rows))
     text = rr.big_models_section(d, tmp_path / "README.md")
@@ -573,5 +587,6 @@ def test_big_models_section_reads_targets_off_the_scale_rows(tmp_path):
     assert "0.30 × the 4.1 GiB checkpoint (not met); 0.20 × the 6.2 GiB checkpoint (met)" in text
     assert "disk vs memory at 2 layers: max abs logit difference 2.0e-06 (met)" in text
     assert "64 × 128 calibration; the model in memory): ours 45.0 s" in text and "2.11× faster (met" in text
+    assert "on the same layers: 180.0 s per layer, peak 7.00 GiB (its own run; load 1.5)." in text
     assert "128 × 128 calibration; the model in memory): ours 80.0 s, peak 5.86 GiB." in text  # not paired
     assert "GPU (`benchmarks/gpu_llama7b.py`): not run yet" in text

@@ -58,8 +58,9 @@ def _block_cost(w: Tensor, hinv: Tensor, block: Tensor) -> float:
 def _remove(w: Tensor, hinv: Tensor, cols: Tensor) -> None:
     """OBS update in place: the columns ``cols`` go, the others absorb them."""
     x = torch.linalg.solve(hinv[cols][:, cols], hinv[cols, :])  # [b, d]
-    w -= w[:, cols] @ x
-    hinv -= hinv[:, cols] @ x
+    # in place: `hinv -= A @ x` built a [d, d] temporary every step (benchmarks/obs_update.py times both)
+    w.addmm_(w[:, cols], x, alpha=-1)  # W -= W[:, cols] x
+    hinv.addmm_(hinv[:, cols], x, alpha=-1)  # H⁻¹ -= H⁻¹[:, cols] x
     w[:, cols] = 0
     hinv[cols, :] = 0
     hinv[:, cols] = 0
