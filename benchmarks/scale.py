@@ -1,6 +1,6 @@
 """Big models on a small machine: out-of-core pruning of random LLaMA-architecture checkpoints.
 
-    .venv/bin/python benchmarks/scale.py                 # the rows below (about 40 min on a quiet 2-core machine)
+    .venv/bin/python benchmarks/scale.py                 # the rows below (about 50 min on a quiet 2-core machine; the affine row ~10)
     .venv/bin/python benchmarks/scale.py --quick         # tiny sizes, a minute: checks the script
     .venv/bin/python benchmarks/scale.py --rows layer7b  # only the LLaMA-7B-dimension layer rows
 
