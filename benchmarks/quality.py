@@ -337,7 +337,7 @@ def _zeroshot_versus(means: dict[tuple[str, float], tuple[float, float]], ours: 
     if (ours, ratio) not in means or not theirs:
         return "–"
     (mine, se), ((best, best_se), v) = means[(ours, ratio)], max(theirs, key=lambda t: t[0][0])
-    noise = abs(mine - best) < 2 * math.sqrt(se**2 + best_se**2)
+    noise = within_noise(mine, se, best, best_se)
     return (f"{'not lower' if mine >= best else 'lower'}: {100 * mine:.2f} vs {100 * best:.2f} "
             f"({VARIANT_BY_ID[v].label}{', < 2 s.e.' if noise else ''}; {len(theirs)} of {len(baselines)} baselines measured)")
 
@@ -488,6 +488,11 @@ def zeroshot_means(zs_rows: list[dict]) -> dict[tuple[str, float], tuple[float, 
     return out
 
 
+def within_noise(a: float, se_a: float, b: float, se_b: float) -> bool:
+    """Whether two means differ by less than twice the standard error of their difference."""
+    return abs(a - b) < 2 * math.sqrt(se_a**2 + se_b**2)
+
+
 def claim_cell(claim: Claim, values: dict[tuple[str, float], tuple[float, float | None]], ratio: float) -> str:
     """``yes (a vs b)`` / ``no (a vs b)``; zero-shot differences under two standard errors are marked."""
     a, b = values.get((claim.a, ratio)), values.get((claim.b, ratio))
@@ -499,7 +504,7 @@ def claim_cell(claim: Claim, values: dict[tuple[str, float], tuple[float, float 
         holds = abs(va - vb) <= claim.close * min(abs(va), abs(vb))
     else:
         holds = va < vb if claim.kind == "ppl" else va > vb
-    noise = sa is not None and sb is not None and abs(va - vb) < 2 * math.sqrt(sa**2 + sb**2)
+    noise = sa is not None and sb is not None and within_noise(va, sa, vb, sb)
     return f"{'yes' if holds else 'no'} ({scale * va:.2f} vs {scale * vb:.2f}{', < 2 s.e.' if noise else ''})"
 
 

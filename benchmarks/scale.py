@@ -142,7 +142,8 @@ def worker(args) -> dict[str, Any]:
     from rcpu_lightning.pruning.streaming import prune_checkpoint
 
     source, config = Path(args.source), llama_config(args.size)
-    cfg = PruningConfig(method="rcpu", compensation="rotation", ratio=RATIO, arithmetic=args.arithmetic)
+    cfg = (affine_config(args.arithmetic) if args.worker == "layer7b-affine"
+           else PruningConfig(method="rcpu", compensation="rotation", ratio=RATIO, arithmetic=args.arithmetic))
     batches = calibration(config.vocab_size, args.nsamples)
     out: dict[str, Any] = {}
     if args.worker == "disk":
@@ -166,13 +167,11 @@ def worker(args) -> dict[str, Any]:
             p.data = p.data.clone()
         inputs = capture_layer_inputs(model, batches)
         t0 = time.perf_counter()
-        if args.worker in ("layer7b-ours", "layer7b-affine"):
-            if args.worker == "layer7b-affine":
-                cfg = affine_config(args.arithmetic)
-            report = prune_model(model, inputs, cfg, progress=False, release_inputs=True)
-        else:
+        if args.worker == "layer7b-reference":
             cs.storeall_prune(model, inputs, cfg, dtype=torch.float32)
             report = None
+        else:
+            report = prune_model(model, inputs, cfg, progress=False, release_inputs=True)
         out.update(seconds=time.perf_counter() - t0, peak_rss_mb=vm_hwm_mb())
         model = model if args.logits else None
     if report is not None:
