@@ -232,6 +232,60 @@ def test_a_checkpoint_in_the_middle_of_a_schedule_resumes_to_the_uninterrupted_r
             torch.testing.assert_close(state[name], value, msg=f"{ckpt}: {name}")
 
 
+
+def _last_batch_checkpoints(tmp_path, schedule, max_epochs):
+    """An uninterrupted fit that saves a checkpoint at the last batch of every epoch (``step=8``,
+    ``step=16``, ...: what ``last.ckpt`` usually is), its final weights and its plan."""
+    ckpts = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{step}", save_top_k=-1, every_n_train_steps=8)
+    module, pruning = TinyLM(), _pruning(schedule)
+    trainer = _trainer(tmp_path, [pruning, ckpts], max_epochs=max_epochs, enable_checkpointing=True)
+    trainer.fit(module, train_dataloaders=_train_loader())
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}, module.pruning_plan, pruning.steps
+
+
+@pytest.mark.parametrize("ckpt, prunes", [("step=8.ckpt", 2), ("step=16.ckpt", 1)])
+def test_a_last_batch_checkpoint_resumes_every_step_of_the_schedule_once(tmp_path, prune_calls, ckpt, prunes):
+    # Lightning starts the epoch after a last-batch checkpoint without on_train_epoch_start: the step of
+    # that epoch must still run, once, before its first batch (issue #23: epoch 1's step was skipped)
+    schedule = {0: 0.2, 1: 0.4, 2: 0.6}
+    final, plan, steps = _last_batch_checkpoints(tmp_path, schedule, max_epochs=3)
+    assert [s["epoch"] for s in steps] == [0, 1, 2]
+    prune_calls.clear()
+    resumed, pruning = TinyLM(), _pruning(schedule)
+    trainer = _trainer(tmp_path, [pruning], max_epochs=3)
+    trainer.fit(resumed, train_dataloaders=_train_loader(), ckpt_path=tmp_path / "ckpt" / ckpt)
+    assert len(prune_calls) == prunes and [s["epoch"] for s in pruning.steps] == [0, 1, 2]
+    assert resumed.pruning_plan == plan and trainer.global_step == 24
+    state = resumed.state_dict()
+    for name, value in final.items():  # the same operations in the same order: equal up to float32 rounding
+        torch.testing.assert_close(state[name], value, msg=f"{ckpt}: {name}")
+
+
+def test_a_single_later_step_runs_after_a_last_batch_checkpoint_and_the_export_is_pruned(tmp_path, caplog):
+    # schedule {1: 0.5}, checkpoint at the last batch of epoch 0: the model was never pruned, and the
+    # log still said "pruned, fine-tuned model exported" (issue #23)
+    final, plan, _ = _last_batch_checkpoints(tmp_path, {1: 0.5}, max_epochs=2)
+    resumed, export = TinyLM(), tmp_path / "exported"
+    pruning = _pruning({1: 0.5}, export_dir=str(export))
+    with caplog.at_level("INFO"):
+        _trainer(tmp_path, [pruning], max_epochs=2).fit(resumed, train_dataloaders=_train_loader(),
+                                                         ckpt_path=tmp_path / "ckpt" / "step=8.ckpt")
+    assert [s["epoch"] for s in pruning.steps] == [1] and resumed.pruning_plan == plan
+    assert json.loads((export / "pruning_plan.json").read_text()) == plan
+    assert load_pruned(export).model.layers[0].mlp.down_proj.in_features == _shapes(resumed)[0][1] < 48
+    assert f"pruned, fine-tuned model exported to {export}" in caplog.text
+
+
+def test_a_fit_that_never_reaches_its_step_says_so_and_exports_an_unpruned_model(tmp_path, caplog):
+    module, export = TinyLM(), tmp_path / "exported"
+    pruning = _pruning({3: 0.5}, export_dir=str(export))
+    with caplog.at_level("INFO"), pytest.warns(UserWarning, match="before any pruning step.*not pruned"):
+        _trainer(tmp_path, [pruning], max_epochs=1).fit(module, train_dataloaders=_train_loader())
+    assert module.pruning_plan is None and not (export / "pruning_plan.json").exists()
+    assert f"fine-tuned model (not pruned) exported to {export}" in caplog.text and "pruned, fine-tuned" not in caplog.text
+    assert json.loads((export / "pruning_report.json").read_text())["weights"].startswith("fine-tuned, not pruned")
+
+
 # -- export ------------------------------------------------------------------------------------------------
 def test_fit_exports_the_pruned_finetuned_model_as_a_hugging_face_checkpoint(tmp_path):
     from transformers import AutoModelForCausalLM

@@ -25,7 +25,9 @@ When it prunes
     alone; otherwise the outputs are checked, the LM (built in ``__init__`` or ``configure_model``)
     is calibrated and pruned, then the original ``strategy.setup`` runs.
   - Later steps happen at ``on_train_epoch_start`` of their epoch, re-calibrated on the current
-    (pruned, fine-tuned) model. The optimizer object is kept: its ``param_groups`` get the new
+    (pruned, fine-tuned) model; after a resume from a checkpoint saved at the last batch of an epoch
+    (Lightning then starts the next epoch without that hook) at ``on_train_batch_start`` of its
+    first batch. Each step runs once, whatever the checkpoint position. The optimizer object is kept: its ``param_groups`` get the new
     parameters in place, and its state is carried over, sliced to the kept rows/columns (Adam's
     moments of the surviving units are unchanged, those of removed units dropped; a bias added by
     compensation starts with fresh state), so LR schedulers continue as they were. A DDP wrapper is
@@ -369,6 +371,13 @@ class RCPUPruningCallback(Callback):
         if self._active and trainer.current_epoch > self.last_epoch:
             self._fit_step(trainer, pl_module, trainer.current_epoch, before_setup=False)
 
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        # Resumed from a checkpoint saved at the last batch of an epoch, Lightning starts the next
+        # epoch without ``on_train_epoch_start``: its step runs here, before its first batch, with the
+        # restored optimizers (sliced as at an epoch start). Otherwise the epoch start handled it.
+        if self._active and trainer.current_epoch > self.last_epoch:
+            self._fit_step(trainer, pl_module, trainer.current_epoch, before_setup=False)
+
     def _due(self, epoch: int) -> Optional[float]:
         """The cumulative ratio due at ``epoch`` (None: no step), given the entries handled so far."""
         if self.schedule is None:
@@ -534,6 +543,9 @@ class RCPUPruningCallback(Callback):
 
     # -- export ------------------------------------------------------------------------------
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._active and not self.steps:
+            rank_zero_warn(f"fit ended (epoch {trainer.current_epoch}) before any pruning step of the schedule "
+                           f"{_describe_schedule(self.schedule)} was due: the model was not pruned")
         if self.export_dir is not None:
             self.export(trainer, pl_module, source=f"end of fit (epoch {trainer.current_epoch}, "
                                                    f"step {trainer.global_step})")
@@ -544,11 +556,14 @@ class RCPUPruningCallback(Callback):
         path = self.export_path()
         if path is None:
             raise ValueError("export needs pruning.export_dir (CLI: --pruning.export_dir DIR)")
-        info = {**(_report_fields(self.results_summary()) if self.steps else {}),
-                "weights": f"pruned and fine-tuned: {source}"}
+        # say what the model is: a fit whose schedule step never ran exports a dense model
+        pruned = bool(self.steps) or getattr(pl_module, "pruning_plan", None) is not None
+        state, model = ("pruned and fine-tuned", "pruned, fine-tuned model") if pruned else \
+            ("fine-tuned, not pruned", "fine-tuned model (not pruned)")
+        info = {**(_report_fields(self.results_summary()) if self.steps else {}), "weights": f"{state}: {source}"}
         self._write(trainer, pl_module, path, info, what="pruning.export_dir", overwrite=self.overwrite)
         self.exported_to = path
-        rank_zero_info(f"pruned, fine-tuned model exported to {path}")
+        rank_zero_info(f"{model} exported to {path}")
         return path
 
     # -- the work ----------------------------------------------------------------------------
