@@ -445,3 +445,22 @@ def test_prune_streams_an_out_of_core_model_from_disk_to_disk(pruned_run, tiny, 
     with pytest.raises(SystemExit) as exit_info:  # evaluation asked for: refused before any work
         main(["prune", "-c", str(cfg)])
     assert exit_info.value.code == 2 and not (tmp_path / "out2").exists()
+
+
+# -- a run's own outputs (issue #23) -------------------------------------------------------------------
+def test_a_run_that_fails_leaves_nothing_that_blocks_its_retry(tiny, tmp_path, capsys, monkeypatch):
+    # no data_dir and the hub unreachable: the run fails after setup, when it builds the calibration
+    # windows; its config file used to be written in setup and refused the identical retry (issue #23)
+    import datasets
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'wikitext' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    monkeypatch.delenv("RCPU_DATA_DIR", raising=False)
+    _, model, _ = tiny
+    cfg = tiny_config(tmp_path / "c.yaml", model, "unused", tmp_path / "out", data__data_dir=None)
+    for attempt in ("first", "retry"):
+        err = _fails(["prune", "-c", str(cfg)], capsys)
+        assert "Couldn't reach 'wikitext'" in err and "OutputExistsError" not in err, (attempt, err)
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*")), attempt

@@ -37,7 +37,7 @@ from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from ..files import check_output_path, format_output_path, write_text_atomic
+from ..files import check_output_path, format_output_path
 from ..models.adapter import check_supported
 from ..models.loading import check_model_spec
 from ..pruning.config import PruningConfig
@@ -198,8 +198,9 @@ class RCPUTrainer(Trainer):
 
 
 class RunConfig(SaveConfigCallback):
-    """Saves the run's resolved config beside its results JSON (``<results>.config.yaml``) and into
-    the JSON itself (``config``), so every results file says how to reproduce it."""
+    """Gives the results writers the run's resolved config: they save it into the results JSON
+    (``config``) and beside it (``<results>.config.yaml``) when they write the results, so every
+    results file says how to reproduce it and a run that fails before its results leaves no config."""
 
     def __init__(self, parser, config, **kwargs: Any) -> None:
         super().__init__(parser, config, save_to_log_dir=False, **kwargs)
@@ -208,8 +209,6 @@ class RunConfig(SaveConfigCallback):
         text = self.parser.dump(self.config, skip_none=False)
         for writer in _writers(trainer):
             writer.extra["config"] = text
-            if writer.config_path() is not None:
-                write_text_atomic(writer.config_path(), text)
 
 
 class RCPUCLI(LightningCLI):

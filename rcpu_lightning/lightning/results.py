@@ -26,7 +26,7 @@ from typing import Any, Optional
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from ..files import check_output_path, format_output_path, write_json_atomic
+from ..files import check_output_path, format_output_path, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,8 @@ class RCPUResultsWriter(Callback):
         self.record = record
         if trainer.is_global_zero:
             write_json_atomic(self.resolved, record)
+            if self.extra.get("config") is not None:  # cli.py's resolved config: written with the results, so a
+                write_text_atomic(config_path(self.resolved), self.extra["config"])  # failed run leaves none
             rank_zero_info(f"results written to {self.resolved}")
 
     @staticmethod
