@@ -1,9 +1,13 @@
 """Writing outputs safely: one rule for what may be replaced, one atomic writer for files and folders.
 
 The rule (README "Outputs"): an output location that already exists and is not empty is never
-replaced unless the caller passes ``overwrite=True``. What this package wrote itself gets no
-exception. :func:`check_output_path` applies the rule *before* any work starts (it also proves the
-location is writable without leaving anything behind); the writers apply it again at the end.
+replaced unless the caller passes ``overwrite=True``, and even then a folder is replaced only when
+this tool wrote it: it holds one of :data:`OUTPUT_MARKERS` (every folder output does) and nothing
+but :data:`OWN_FILES`. A folder with anything else in it (a user's notes, a subfolder) is refused
+with or without the flag, naming a few of those files (:func:`foreign_files`). What this package
+wrote itself gets no other exception. :func:`check_output_path` applies the rule *before* any work
+starts (it also proves the location is writable without leaving anything behind); the writers apply
+it again at the end.
 
 Writers stage everything in a hidden sibling (``.<name>.tmp-<random>``) and rename it into place,
 so a reader sees the old output or the complete new one, never half of it; a failure removes the
@@ -20,14 +24,21 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from fnmatch import fnmatchcase
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "OUTPUT_MARKERS",
     "OUTPUT_PATH_FIELDS",
+    "OWN_FILES",
     "OutputExistsError",
+    "PLAN_FILE",
+    "REPORT_FILE",
     "atomic_dir",
     "check_output_path",
+    "foreign_files",
     "format_output_path",
     "write_atomic",
     "write_json_atomic",
@@ -38,8 +49,22 @@ __all__ = [
 OUTPUT_PATH_FIELDS = ("method", "compensation", "structure", "targets", "ratio", "ratio_pct", "nsamples", "stage")
 
 
+PLAN_FILE = "pruning_plan.json"  # the pruning plan of a pruned model folder
+REPORT_FILE = "pruning_report.json"  # what the pruning did, and which weights the folder holds
+#: A folder holding one of these files was written by this tool (every folder output holds at least one).
+OUTPUT_MARKERS = (PLAN_FILE, REPORT_FILE)
+#: What this tool writes into an output folder (name patterns): its own files, and the Hugging Face
+#: model, config and tokenizer files that ``save_pretrained`` writes.
+OWN_FILES = (*OUTPUT_MARKERS, "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+             "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json",
+             "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "added_tokens.json",
+             "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
+_NAMED = 3  # foreign files named in a refusal
+
+
 class OutputExistsError(FileExistsError):
-    """An output location exists (and is not empty) and replacing it was not asked for."""
+    """An output location exists (and is not empty) and replacing it was not asked for, or it is a
+    folder holding files this tool did not write."""
 
 
 def format_output_path(template: str, fields: dict[str, Any]) -> str:
@@ -65,12 +90,48 @@ def _occupied(path: Path) -> bool:
     return path.exists() or path.is_symlink()
 
 
+def _foreign(folder: Path) -> Iterator[str]:
+    """The files (relative paths) in ``folder`` that this tool did not write: all of them when it holds
+    no :data:`OUTPUT_MARKERS`, else those matching no :data:`OWN_FILES` (a subfolder's contents too)."""
+    entries = sorted(folder.iterdir())
+    ours = any(e.name in OUTPUT_MARKERS and e.is_file() and not e.is_symlink() for e in entries)
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            inside = sorted(p for p in entry.rglob("*") if not p.is_dir() or p.is_symlink())
+            yield from (str(p.relative_to(folder)) for p in inside) if inside else [entry.name + "/"]
+        elif not ours or entry.is_symlink() or not any(fnmatchcase(entry.name, p) for p in OWN_FILES):
+            yield entry.name
+
+
+def foreign_files(path: str | os.PathLike, limit: int = _NAMED + 1) -> list[str]:
+    """Up to ``limit`` files in the folder ``path`` that this tool did not write ([]: ``overwrite``
+    may replace it; also for a path that is not a folder)."""
+    path = Path(path).expanduser()
+    if not path.is_dir() or path.is_symlink():
+        return []
+    return list(islice(_foreign(path), limit))
+
+
 def _refuse(path: Path, what: str, flag: str) -> None:
     kind = "folder" if path.is_dir() else "file"
     raise OutputExistsError(
         f"{what} {str(path)!r} already exists and is a non-empty {kind}; nothing was changed. "
         f"Choose another path or pass {flag} to replace it"
     )
+
+
+def _refuse_unless_replaceable(path: Path, overwrite: bool, what: str, flag: str) -> None:
+    """The rule (module docstring), for a location about to be written."""
+    if not _occupied(path):
+        return
+    if not overwrite:
+        _refuse(path, what, flag)
+    foreign = foreign_files(path)
+    if foreign:
+        named = ", ".join(foreign[:_NAMED]) + (", ..." if len(foreign) > _NAMED else "")
+        raise OutputExistsError(
+            f"{what} {str(path)!r} holds files this tool did not write ({named}); nothing was changed. "
+            f"{flag} replaces only a folder this tool wrote: move those files away or choose another path")
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool, what: str = "output",
@@ -83,8 +144,7 @@ def check_output_path(path: str | os.PathLike, overwrite: bool, what: str = "out
       exist yet are not created here.
     """
     path = Path(path).expanduser()
-    if _occupied(path) and not overwrite:
-        _refuse(path, what, flag)
+    _refuse_unless_replaceable(path, overwrite, what, flag)
     parent = path.parent
     while not parent.exists():
         if parent == parent.parent:
@@ -131,8 +191,7 @@ def _remove(path: Path) -> None:
 def _install(staged: Path, path: Path, overwrite: bool, what: str, flag: str) -> None:
     """Rename ``staged`` onto ``path``; an occupied ``path`` is moved aside first (``overwrite`` only)."""
     if _occupied(path):
-        if not overwrite:
-            _refuse(path, what, flag)
+        _refuse_unless_replaceable(path, overwrite, what, flag)
         if not staged.is_dir() and not path.is_dir():
             os.replace(staged, path)  # a file replaces a file in one atomic step
             return
@@ -155,8 +214,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, what: str = "ou
                flag: str = "overwrite=True") -> Iterator[Path]:
     """Yield an empty staging folder; on normal exit it becomes ``path`` (see the module docstring)."""
     path = Path(path).expanduser()
-    if _occupied(path) and not overwrite:
-        _refuse(path, what, flag)
+    _refuse_unless_replaceable(path, overwrite, what, flag)
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = _staging(path, "tmp")
     staged.mkdir()

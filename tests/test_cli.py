@@ -307,9 +307,24 @@ def test_a_users_save_dir_is_never_replaced_unasked(tiny, tmp_path, capsys, monk
     err = _fails(["prune", "-c", str(cfg)], capsys)
     assert "pruning.save_dir" in err and "already exists" in err and "--pruning.overwrite true" in err
     assert mine.read_text() == "three years of work" and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pruned"]
+    # the flag replaces only a folder this tool wrote: a user's files are never deleted (issue #23)
+    (mine.parent / "figures").mkdir()
+    (mine.parent / "figures" / "plot.pdf").write_text("a figure")
+    err = _fails(["prune", "-c", str(cfg), "--pruning.overwrite", "true"], capsys)
+    assert "pruning.save_dir" in err and "files this tool did not write (figures/plot.pdf, thesis.tex)" in err
+    assert mine.read_text() == "three years of work" and (mine.parent / "figures" / "plot.pdf").is_file()
     monkeypatch.undo()  # the model may load now
+    for file in (mine, mine.parent / "figures" / "plot.pdf"):
+        file.unlink()
+    (mine.parent / "figures").rmdir()
     main(["prune", "-c", str(cfg), "--pruning.overwrite", "true"])
-    assert not mine.exists() and (tmp_path / "out" / "pruned" / "pruning_plan.json").is_file()
+    assert (tmp_path / "out" / "pruned" / "pruning_plan.json").is_file()
+    # a folder it wrote is replaced with the flag, and refused again once the user adds a file to it
+    main(["prune", "-c", str(cfg), "--pruning.overwrite", "true", "--results.overwrite", "true"])
+    (tmp_path / "out" / "pruned" / "notes.md").write_text("my notes")
+    assert "(notes.md)" in _fails(["prune", "-c", str(cfg), "--pruning.overwrite", "true",
+                                   "--results.overwrite", "true"], capsys)
+    assert (tmp_path / "out" / "pruned" / "notes.md").read_text() == "my notes"
 
 
 def test_unwritable_outputs_fail_before_the_model_loads(tiny, tmp_path, capsys, no_model_load):

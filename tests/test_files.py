@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -10,6 +11,7 @@ from rcpu_lightning.files import (
     OutputExistsError,
     atomic_dir,
     check_output_path,
+    foreign_files,
     format_output_path,
     write_json_atomic,
     write_text_atomic,
@@ -39,14 +41,49 @@ def test_a_users_non_empty_folder_is_refused_and_left_alone(tmp_path):
     assert _names(tmp_path) == ["mine"]  # no staging folder left behind
 
 
-def test_overwrite_replaces_the_whole_folder_atomically(tmp_path):
+def test_overwrite_replaces_a_folder_this_tool_wrote_as_a_whole_atomically(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
-    (target / "old.txt").write_text("old")
+    for name in ("pruning_plan.json", "config.json", "model-00001-of-00002.safetensors", "tokenizer.json"):
+        (target / name).write_text("old")
     with atomic_dir(target, overwrite=True) as staged:
         (staged / "new.txt").write_text("new")
-        assert _names(target) == ["old.txt"]  # readers see the old output until the end
+        assert len(_names(target)) == 4  # readers see the old output until the end
     assert _names(target) == ["new.txt"] and _names(tmp_path) == ["out"]
+
+
+@pytest.mark.parametrize("marker", [None, "pruning_plan.json", "pruning_report.json"])
+def test_overwrite_never_replaces_a_folder_holding_files_this_tool_did_not_write(tmp_path, marker):
+    # issue #23: a save_dir holding mine.txt and sub/keep.txt was replaced as a whole with the flag
+    target = tmp_path / "out"
+    (target / "sub").mkdir(parents=True)
+    (target / "mine.txt").write_text("mine")
+    (target / "sub" / "keep.txt").write_text("keep")
+    (target / "config.json").write_text("{}")
+    if marker:
+        (target / marker).write_text("{}")
+    want = ["mine.txt", "sub/keep.txt"] if marker else ["config.json", "mine.txt", "sub/keep.txt"]
+    assert foreign_files(target) == want
+    pattern = r"holds files this tool did not write \(" + re.escape(", ".join(want)) + r"\).*--flag replaces only"
+    with pytest.raises(OutputExistsError, match=pattern):
+        check_output_path(target, overwrite=True, what="save_dir", flag="--flag")
+    with pytest.raises(OutputExistsError, match=pattern):
+        with atomic_dir(target, overwrite=True, flag="--flag") as staged:
+            (staged / "config.json").write_text("new")
+    assert (target / "mine.txt").read_text() == "mine" and (target / "sub" / "keep.txt").read_text() == "keep"
+    assert (target / "config.json").read_text() == "{}" and _names(tmp_path) == ["out"]  # no staging left
+
+
+def test_a_foreign_file_added_while_the_work_ran_is_still_refused_at_the_end(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "pruning_report.json").write_text("{}")
+    with pytest.raises(OutputExistsError, match=r"\(a.txt, b.txt, c.txt, \.\.\.\)"):
+        with atomic_dir(target, overwrite=True) as staged:
+            (staged / "config.json").write_text("new")
+            for name in "abcd":
+                (target / f"{name}.txt").write_text(name)
+    assert _names(target) == ["a.txt", "b.txt", "c.txt", "d.txt", "pruning_report.json"]
 
 
 def test_a_failure_leaves_neither_half_output_nor_staging(tmp_path):

@@ -92,14 +92,17 @@ def test_head_count_not_dividing_hidden_size_reloads_with_load_pruned(tmp_path):
     reloaded = load_pruned(tmp_path / "odd")
     assert reloaded.config.num_attention_heads == 5
     torch.testing.assert_close(_logits(reloaded), _logits(model), atol=1e-6, rtol=0)
-    # an existing checkpoint is never replaced unasked; with overwrite=True it is replaced atomically,
-    # and no temporary folder is left behind either way
-    (tmp_path / "odd" / "mine.txt").write_text("the user's")
+    # an existing checkpoint is never replaced unasked; with overwrite=True it is replaced atomically
+    # unless it holds a file this tool did not write; no temporary folder is left behind either way
     with pytest.raises(FileExistsError, match="already exists.*overwrite=True"):
         save_pruned(model, report.plan, tmp_path / "odd")
+    (tmp_path / "odd" / "mine.txt").write_text("the user's")
+    with pytest.raises(FileExistsError, match=r"files this tool did not write \(mine.txt\)"):
+        save_pruned(model, report.plan, tmp_path / "odd", overwrite=True)
     assert (tmp_path / "odd" / "mine.txt").read_text() == "the user's"
+    (tmp_path / "odd" / "mine.txt").unlink()
     save_pruned(model, report.plan, tmp_path / "odd", overwrite=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd"] and not (tmp_path / "odd" / "mine.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd"]
     assert (tmp_path / "odd" / "config.json").stat().st_mode & 0o777 == 0o666 & ~_umask()  # not 0600
 
 

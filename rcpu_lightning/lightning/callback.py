@@ -70,7 +70,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from ..files import atomic_dir, check_output_path, format_output_path, write_json_atomic
+from ..files import REPORT_FILE, atomic_dir, check_output_path, format_output_path, write_json_atomic
 from ..models.adapter import decoder_layers, layer_parts
 from ..pruning.config import PruningConfig
 from ..pruning.engine import PruningReport, check_feasible, prune_model
@@ -90,7 +90,6 @@ CalibrationSource = Union[Iterable, Callable[..., Iterable], None]
 #: epoch -> cumulative fraction of the dense model's heads and channels removed from that epoch on,
 #: or a function of the epoch returning that fraction.
 Schedule = Union[dict[int, float], Callable[[int], float], None]
-REPORT_FILE = "pruning_report.json"
 _OVERWRITE_FLAG = "overwrite=True (CLI: --pruning.overwrite true)"
 _MISSING = object()
 

@@ -28,11 +28,10 @@ from typing import Any
 
 from torch import nn
 
-from ..files import atomic_dir, write_json_atomic
+from ..files import PLAN_FILE, atomic_dir, write_json_atomic
 from .plan import SHAPE_KEYS, BIAS_KEYS, PruningPlan
 from .surgery import ATTN_PROJ, BIAS_FLAG_MODEL_TYPES, MLP_PROJ, apply_plan_shapes
 
-PLAN_FILE = "pruning_plan.json"
 
 
 def _config_validates(config) -> bool:
