@@ -479,3 +479,36 @@ def test_a_run_that_fails_leaves_nothing_that_blocks_its_retry(tiny, tmp_path, c
         err = _fails(["prune", "-c", str(cfg)], capsys)
         assert "Couldn't reach 'wikitext'" in err and "OutputExistsError" not in err, (attempt, err)
         assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*")), attempt
+
+
+def test_a_resumed_fit_keeps_the_outputs_of_its_own_run_without_overwrite_flags(tiny, tmp_path, capsys):
+    # through the CLI a resume needed --results.overwrite true (and --pruning.overwrite true once
+    # export_dir was written) because the first run's results and config files existed (issue #23)
+    _, model, data = tiny
+    out = tmp_path / "out"
+    cfg = tiny_config(tmp_path / "fit.yaml", model, data, out, pruning__export_dir=str(out / "finetuned"),
+                      results__path=str(out / "{stage}.json"))
+    args = ["-c", str(cfg), "--trainer.enable_checkpointing", "true", "--trainer.default_root_dir", str(tmp_path / "run"),
+            "--data.train_nsamples", "16", "--data.val_nsamples", "8"]
+    first = main(["fit", *args, "--trainer.max_steps", "4"])
+    written = json.loads((out / "fit.json").read_text())
+    assert (out / "fit.config.yaml").is_file() and (out / "finetuned" / "pruning_report.json").is_file()
+    [ckpt] = list((tmp_path / "run").rglob("*.ckpt"))
+
+    again = main(["fit", *args, "--trainer.max_steps", "8", "--ckpt_path", str(ckpt)])
+    assert again.trainer.global_step == 8 and again.model.pruning_plan == first.model.pruning_plan
+    record = json.loads((out / "fit.json").read_text())
+    assert record["run_id"] == written["run_id"] and record["seconds"] != written["seconds"]
+    assert "ckpt_path: " + str(ckpt) in (out / "fit.config.yaml").read_text()
+    assert json.loads((out / "finetuned" / "pruning_report.json").read_text())["weights"].endswith("step 8)")
+
+    # a new run into the same outputs is still refused, before the model loads
+    err = _fails(["fit", *args, "--trainer.max_steps", "4"], capsys)
+    assert "already exists" in err and "--pruning.overwrite true" in err
+    # and so is a resume whose checkpoint belongs to another run (results of a fit with other outputs)
+    other = tiny_config(tmp_path / "other.yaml", model, data, tmp_path / "other")
+    main(["fit", "-c", str(other), *args[2:], "--trainer.default_root_dir", str(tmp_path / "run2"),
+          "--trainer.max_steps", "4", "--pruning.export_dir", "null", "--results.path", "null"])
+    [other_ckpt] = list((tmp_path / "run2").rglob("*.ckpt"))
+    err = _fails(["fit", *args, "--trainer.max_steps", "8", "--ckpt_path", str(other_ckpt)], capsys)
+    assert "already exists" in err and str(out) in err

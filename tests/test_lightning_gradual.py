@@ -286,6 +286,58 @@ def test_a_fit_that_never_reaches_its_step_says_so_and_exports_an_unpruned_model
     assert json.loads((export / "pruning_report.json").read_text())["weights"].startswith("fine-tuned, not pruned")
 
 
+
+class Crash(L.Callback):
+    """Dies in the middle of ``epoch``, after the pruning callback's step of that epoch."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == 2:
+            raise RuntimeError("crash")
+
+
+def test_a_resume_after_a_crash_keeps_the_folders_its_run_wrote_and_refuses_the_others(tmp_path, prune_calls):
+    # {1: 0.5}: pruned and saved at the start of epoch 1, dead before the next checkpoint; the resumed run
+    # stopped with OutputExistsError on its own save_dir (issue #23)
+    save, ckpts = tmp_path / "pruned", ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1)
+    first = TinyLM()
+    trainer = _trainer(tmp_path, [_pruning({1: 0.5}, save_dir=str(save)), ckpts, Crash(1)], max_epochs=2,
+                       enable_checkpointing=True)
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer.fit(first, train_dataloaders=_train_loader())
+    assert (save / "pruning_plan.json").is_file() and [p.name for p in (tmp_path / "ckpt").iterdir()] == ["epoch=0.ckpt"]
+    ckpt = tmp_path / "ckpt" / "epoch=0.ckpt"
+
+    # another run (not resumed, or resumed from another run's checkpoint) is refused before any work
+    for fit_kw in ({}, {"ckpt_path": _other_runs_checkpoint(tmp_path)}):
+        prune_calls.clear()
+        with pytest.raises(FileExistsError, match="pruning.save_dir"):
+            _trainer(tmp_path, [_pruning({1: 0.5}, save_dir=str(save))], max_epochs=2).fit(
+                TinyLM(), train_dataloaders=_train_loader(), **fit_kw)
+        assert prune_calls == []
+
+    # the run itself, resumed: its step runs again and its save_dir is replaced by the same model
+    prune_calls.clear()
+    resumed, pruning = TinyLM(), _pruning({1: 0.5}, save_dir=str(save), export_dir=str(tmp_path / "exported"))
+    _trainer(tmp_path, [pruning], max_epochs=2).fit(resumed, train_dataloaders=_train_loader(), ckpt_path=ckpt)
+    assert len(prune_calls) == 1 and pruning.saved_to == str(save) and resumed.pruning_plan["layers"]
+    assert json.loads((save / "pruning_plan.json").read_text()) == resumed.pruning_plan
+    # and once more from that checkpoint: the export the resumed run wrote is its own too (no overwrite flag)
+    again = _pruning({1: 0.5}, save_dir=str(save), export_dir=str(tmp_path / "exported"))
+    _trainer(tmp_path, [again], max_epochs=3).fit(TinyLM(), train_dataloaders=_train_loader(), ckpt_path=ckpt)
+    assert again.exported_to == str(tmp_path / "exported")
+
+
+def _other_runs_checkpoint(tmp_path):
+    """A checkpoint at the end of epoch 0 of a different run with the same settings."""
+    ckpts = ModelCheckpoint(dirpath=tmp_path / "other", filename="{epoch}")
+    _trainer(tmp_path, [_pruning({1: 0.5}), ckpts], max_epochs=1, enable_checkpointing=True).fit(
+        TinyLM(), train_dataloaders=_train_loader())
+    return tmp_path / "other" / "epoch=0.ckpt"
+
+
 # -- export ------------------------------------------------------------------------------------------------
 def test_fit_exports_the_pruned_finetuned_model_as_a_hugging_face_checkpoint(tmp_path):
     from transformers import AutoModelForCausalLM

@@ -59,8 +59,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import json
 import math
 import numbers
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
 
@@ -162,6 +164,9 @@ class RCPUPruningCallback(Callback):
         self.report: Optional[PruningReport] = None  # the latest step's report, in this process
         self.saved_to: Optional[str] = None
         self.exported_to: Optional[str] = None
+        # this fit's identity: kept in its checkpoints and in the folders it writes, so that a resumed fit
+        # recognises its own save_dir/export_dir (e.g. written after the checkpoint it resumes from)
+        self.run_id = uuid.uuid4().hex
         self._catcher: Optional[LayerInputCatcher] = None
         self._stop_handle = None
         self._pending = False  # predict: this run prunes, and has not yet
@@ -298,19 +303,31 @@ class RCPUPruningCallback(Callback):
 
     def _check_outputs(self, trainer: Trainer, save: bool, export: bool) -> None:
         """Refuse (on every rank) outputs that cannot be written or would replace something unasked.
-        A ``save_dir`` this callback wrote before a resume is its own output, not the user's."""
+        A folder written by this run (before the checkpoint it resumed from, or after it and before a
+        crash) is its own output, not the user's."""
         error = None
         if trainer.is_global_zero:
             try:
-                if save and self.save_dir is not None and self.output_dir() != self.saved_to:
-                    check_output_path(self.output_dir(), self.overwrite, "pruning.save_dir", _OVERWRITE_FLAG)
+                if save and self.save_dir is not None:
+                    path = self.output_dir()
+                    check_output_path(path, self.overwrite or self._own(path), "pruning.save_dir", _OVERWRITE_FLAG)
                 if export and self.export_dir is not None:
-                    check_output_path(self.export_path(), self.overwrite, "pruning.export_dir", _OVERWRITE_FLAG)
+                    path = self.export_path()
+                    check_output_path(path, self.overwrite or self._own(path), "pruning.export_dir", _OVERWRITE_FLAG)
             except OSError as exc:
                 error = (type(exc), str(exc))
         error = trainer.strategy.broadcast(error, src=0)
         if error is not None:
             raise error[0](error[1])
+
+    def _own(self, path: str) -> bool:
+        """Whether the folder ``path`` was written by this run (its report carries this run's id)."""
+        if path == self.saved_to:
+            return True
+        try:
+            return json.loads((Path(path).expanduser() / REPORT_FILE).read_text()).get("run_id") == self.run_id
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def lm(self, pl_module: LightningModule) -> nn.Module:
         return find_causal_lm(pl_module, self.model_attr)
@@ -347,6 +364,9 @@ class RCPUPruningCallback(Callback):
     def _before_strategy_setup(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """After ``configure_model`` and the checkpoint restore, before the model is moved and wrapped
         and the optimizers exist (see the module docstring)."""
+        for callback in trainer.callbacks:  # other outputs a resumed run may own (results files): before any work
+            if callable(getattr(callback, "check_resumed_outputs", None)):
+                callback.check_resumed_outputs(trainer)
         if getattr(pl_module, "pruning_plan", None) is not None and not self.steps:
             rank_zero_info(
                 "the LightningModule carries a pruning plan this callback did not make (a pruned folder, or a "
@@ -560,7 +580,7 @@ class RCPUPruningCallback(Callback):
         state, model = ("pruned and fine-tuned", "pruned, fine-tuned model") if pruned else \
             ("fine-tuned, not pruned", "fine-tuned model (not pruned)")
         info = {**(_report_fields(self.results_summary()) if self.steps else {}), "weights": f"{state}: {source}"}
-        self._write(trainer, pl_module, path, info, what="pruning.export_dir", overwrite=self.overwrite)
+        self._write(trainer, pl_module, path, info, what="pruning.export_dir", overwrite=self.overwrite or self._own(path))
         self.exported_to = path
         rank_zero_info(f"{model} exported to {path}")
         return path
@@ -664,15 +684,15 @@ class RCPUPruningCallback(Callback):
         when = "" if epoch is None else f" at epoch {epoch}"
         info = {**_report_fields(self.results_summary()),
                 "weights": f"right after pruning{when}, before the fine-tuning that follows"}
-        # a folder this run wrote at an earlier step is its own output
-        self._write(trainer, pl_module, path, info, what="pruning.save_dir",
-                    overwrite=self.overwrite or path == self.saved_to)
+        # a folder this run wrote at an earlier step (or before a crash) is its own output
+        self._write(trainer, pl_module, path, info, what="pruning.save_dir", overwrite=self.overwrite or self._own(path))
         self.saved_to = path
         rank_zero_info(f"pruned model saved to {path}")
 
     def _write(self, trainer: Trainer, pl_module: LightningModule, path: str, info: dict[str, Any], what: str,
                overwrite: bool) -> None:
         error: Optional[str] = None
+        info = {**info, "run_id": self.run_id}
         if trainer.is_global_zero:
             try:
                 save_hf_checkpoint(self.lm(pl_module), getattr(pl_module, "pruning_plan", None), path,
@@ -686,7 +706,7 @@ class RCPUPruningCallback(Callback):
     # -- checkpoints of the callback itself ----------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "last_epoch": self.last_epoch, "config": self.config.to_dict(),
-                "schedule": _describe_schedule(self.schedule), "save_dir": self.saved_to}
+                "schedule": _describe_schedule(self.schedule), "save_dir": self.saved_to, "run_id": self.run_id}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         steps = state_dict.get("steps")
@@ -695,6 +715,7 @@ class RCPUPruningCallback(Callback):
         self.steps = [dict(s) for s in steps or []]
         self.last_epoch = int(state_dict.get("last_epoch", max([s.get("epoch") or 0 for s in self.steps], default=-1)))
         self.saved_to = state_dict.get("save_dir")
+        self.run_id = state_dict.get("run_id") or self.run_id  # the run it resumes (older checkpoints: none)
         saved = state_dict.get("config")
         if self.steps and saved and (saved != self.config.to_dict()
                                      or state_dict.get("schedule") != _describe_schedule(self.schedule)):

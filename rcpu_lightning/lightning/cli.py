@@ -242,8 +242,10 @@ class RCPUCLI(LightningCLI):
         if sub == "prune" and pruned_input:
             raise ValueError(f"model.model={str(spec)!r} is a pruned folder (it holds {PLAN_FILE}): pruning a pruned "
                              "model again is not supported; start from the dense model")
-        # a pruned folder is fine-tuned as it is; a resumed fit does not rewrite save_dir
+        # a pruned folder is fine-tuned as it is
         prunes = sub in ("prune", "predict", "fit") and not pruned_input
+        # a resumed fit's own outputs are recognised after its checkpoint is restored (callback, writer)
+        resumed = sub == "fit" and bool(config.get("ckpt_path"))
         data_cls, data = _class_and_args(config.data)
         nsamples = None
         if issubclass(data_cls, RCPUDataModule):
@@ -254,18 +256,18 @@ class RCPUCLI(LightningCLI):
         pruning = config.pruning
         fields = output_fields(PruningConfig(**vars(pruning.config)), nsamples,
                                pruning.schedule if isinstance(pruning.schedule, dict) else None)
-        if prunes and pruning.save_dir and not (sub == "fit" and config.get("ckpt_path")):
+        if prunes and pruning.save_dir and not resumed:
             check_output_path(format_output_path(pruning.save_dir, fields), pruning.overwrite,
                               "pruning.save_dir", "--pruning.overwrite true")
         if sub == "export" and not config.get("ckpt_path"):
             raise ValueError("export needs --ckpt_path (a Lightning checkpoint, e.g. the last.ckpt of a fit)")
         if sub == "export" and not pruning.export_dir:
             raise ValueError("export needs --pruning.export_dir DIR (where the Hugging Face checkpoint goes)")
-        if sub in ("fit", "export") and pruning.export_dir:
+        if sub in ("fit", "export") and pruning.export_dir and not resumed:
             export_fields = fields if prunes else _folder_fields(spec)
             check_output_path(format_output_path(pruning.export_dir, export_fields), pruning.overwrite,
                               "pruning.export_dir", "--pruning.overwrite true")
-        if config.results.path and sub != "export":
+        if config.results.path and sub != "export" and not resumed:
             if not prunes:
                 fields = _folder_fields(spec)
             path = format_output_path(config.results.path, {**fields, "stage": sub})

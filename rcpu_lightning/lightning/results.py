@@ -10,7 +10,9 @@ keys follow :mod:`rcpu_lightning.eval.report` (``model``, ``method``, ``ratio``,
 
 The path may hold placeholders (:func:`rcpu_lightning.files.format_output_path`; ``{stage}`` is
 the entry point: ``prune``, ``fit``, ``test``, ...). It is resolved and checked in ``setup``,
-before any work: an existing file is only replaced with ``overwrite=True``.
+before any work: an existing file is only replaced with ``overwrite=True``, or by the run that wrote
+it: each run has an id, kept in its checkpoints and its records, so a ``fit`` resumed from a
+checkpoint of that run replaces its own results (checked after the restore, before any work).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import logging
 import platform
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,6 +38,9 @@ _SAVED_REPORT_KEYS = {"params_before": "params_before", "params_after": "params_
                       "decoder_params_removed": "decoder_params_removed", "model_params_removed": "model_params_removed",
                       "layer_params_removed": "layer_params_removed", "seconds": "prune_seconds",
                       "world_size": "prune_world_size"}
+
+
+_FLAG = "overwrite=True (CLI: --results.overwrite true)"
 
 
 def _versions() -> dict[str, str]:
@@ -68,6 +74,8 @@ class RCPUResultsWriter(Callback):
         self.resolved: Optional[str] = None
         self.record: dict[str, Any] = {}
         self.dense: Optional[dict[str, Any]] = None  # a prune run's evaluation of the dense model
+        self.run_id = uuid.uuid4().hex  # restored from a checkpoint by a resumed fit
+        self._unverified: list[str] = []  # existing files a resumed fit may own (decided after the restore)
         self._started = time.time()
 
     # -- where ------------------------------------------------------------------------------------
@@ -80,13 +88,48 @@ class RCPUResultsWriter(Callback):
         if trainer.is_global_zero:
             try:
                 for file in (path, config_path(path)):
-                    check_output_path(file, self.overwrite, "results.path", "overwrite=True (CLI: --results.overwrite true)")
+                    if stage == "fit" and not self.overwrite and Path(file).is_file():
+                        self._unverified.append(file)  # a resumed fit's own? its run id is not restored yet
+                        continue
+                    check_output_path(file, self.overwrite, "results.path", _FLAG)
             except OSError as exc:
                 error = (type(exc), str(exc))
         error = trainer.strategy.broadcast(error, src=0)
         if error is not None:
             raise error[0](error[1])
         self.resolved = path
+
+    def check_resumed_outputs(self, trainer: Trainer) -> None:
+        """Refuse the existing results files ``setup`` let through for a fit, unless this run wrote them
+        (resumed from its checkpoint). Called after the restore and before any work: by the pruning
+        callback before it prunes, else at ``on_fit_start``."""
+        files, self._unverified = self._unverified, []
+        error = None
+        if trainer.is_global_zero and files and not self._own_results():
+            try:
+                for file in files:
+                    check_output_path(file, False, "results.path", _FLAG)
+            except OSError as exc:
+                error = (type(exc), str(exc))
+        error = trainer.strategy.broadcast(error, src=0)
+        if error is not None:
+            raise error[0](error[1])
+
+    def _own_results(self) -> bool:
+        """Whether the results file (and so the config beside it) was written by this run."""
+        try:
+            return json.loads(Path(str(self.resolved)).read_text()).get("run_id") == self.run_id
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.check_resumed_outputs(trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.run_id = state_dict.get("run_id") or self.run_id
 
     def config_path(self) -> Optional[str]:
         """Where the run's resolved config is saved (beside the results file), once resolved."""
@@ -114,6 +157,7 @@ class RCPUResultsWriter(Callback):
             "stage": self.stage,
             "evaluation": evaluation,
             "world_size": trainer.world_size,
+            "run_id": self.run_id,
         }
         lm = pl_module.pruned_lm() if callable(getattr(pl_module, "pruned_lm", None)) else pl_module
         params = sum(p.numel() for p in lm.parameters())
