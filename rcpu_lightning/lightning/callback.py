@@ -38,7 +38,11 @@ When it prunes
 Everything that can be checked is checked before any work: the pruning settings against the
 model's architecture (a ratio that would empty a layer, a model that is not Llama-family), the
 strategy (single device or DDP), and the outputs (``save_dir``, ``export_dir``: writable; an
-existing non-empty folder is only replaced with ``overwrite=True``).
+existing non-empty folder is only replaced with ``overwrite=True``, and only when this tool wrote
+it (:mod:`rcpu_lightning.files`), or by the run that wrote it, resumed: every fit has a
+``run_id``, kept in its checkpoints and in the ``pruning_report.json`` of the folders it writes).
+The results writer's files are checked after the restore too (``check_resumed_outputs``), right
+before the first step.
 
 Outputs (Hugging Face checkpoints plus ``pruning_plan.json`` and ``pruning_report.json``, rank 0,
 atomic; ``load_pruned`` or ``from_pretrained`` reload them):
@@ -112,8 +116,9 @@ class RCPUPruningCallback(Callback):
         save_dir: write the model right after pruning (before fine-tuning; with a schedule: after the
             latest step) as a Hugging Face checkpoint (rank 0, atomic). May use ``{method}``,
             ``{compensation}``, ``{structure}``, ``{targets}``, ``{ratio}``, ``{ratio_pct}``,
-            ``{nsamples}`` (e.g. ``outputs/llama-7b/{method}-{ratio_pct}``). A resumed fit does not
-            rewrite it.
+            ``{nsamples}`` (e.g. ``outputs/llama-7b/{method}-{ratio_pct}``). A fit resumed from a
+            checkpoint of the run that wrote it (or ``export_dir``) recognises it as its own (the run
+            id in its ``pruning_report.json``): no ``overwrite`` needed; only a later step rewrites it.
         export_dir: at the end of ``fit``, write the pruned and fine-tuned model there as a Hugging
             Face checkpoint (rank 0, atomic; same placeholders). ``cli.py export`` writes the same
             from any Lightning checkpoint.
