@@ -55,10 +55,11 @@ REPORT_FILE = "pruning_report.json"  # what the pruning did, and which weights t
 OUTPUT_MARKERS = (PLAN_FILE, REPORT_FILE)
 #: What this tool writes into an output folder (name patterns): its own files, and the Hugging Face
 #: model, config and tokenizer files that ``save_pretrained`` writes.
-OWN_FILES = (*OUTPUT_MARKERS, "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
-             "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json",
-             "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "added_tokens.json",
-             "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
+OWN_FILES = (*OUTPUT_MARKERS, "config.json", "generation_config.json",
+             "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
+             "pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json",
+             "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+             "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
 _NAMED = 3  # foreign files named in a refusal
 
 
@@ -96,9 +97,14 @@ def _foreign(folder: Path) -> Iterator[str]:
     entries = sorted(folder.iterdir())
     ours = any(e.name in OUTPUT_MARKERS and e.is_file() and not e.is_symlink() for e in entries)
     for entry in entries:
-        if entry.is_dir() and not entry.is_symlink():
-            inside = sorted(p for p in entry.rglob("*") if not p.is_dir() or p.is_symlink())
-            yield from (str(p.relative_to(folder)) for p in inside) if inside else [entry.name + "/"]
+        if entry.is_dir() and not entry.is_symlink():  # lazily: a refusal names only a few
+            empty = True
+            for p in entry.rglob("*"):
+                if not p.is_dir() or p.is_symlink():
+                    empty = False
+                    yield str(p.relative_to(folder))
+            if empty:
+                yield entry.name + "/"
         elif not ours or entry.is_symlink() or not any(fnmatchcase(entry.name, p) for p in OWN_FILES):
             yield entry.name
 
