@@ -511,4 +511,7 @@ def test_a_resumed_fit_keeps_the_outputs_of_its_own_run_without_overwrite_flags(
           "--trainer.max_steps", "4", "--pruning.export_dir", "null", "--results.path", "null"])
     [other_ckpt] = list((tmp_path / "run2").rglob("*.ckpt"))
     err = _fails(["fit", *args, "--trainer.max_steps", "8", "--ckpt_path", str(other_ckpt)], capsys)
-    assert "already exists" in err and str(out) in err
+    assert f"results.path '{out / 'fit.json'}' already exists" in err
+    err = _fails(["fit", *args, "--trainer.max_steps", "8", "--ckpt_path", str(other_ckpt), "--results.path", "null"],
+                 capsys)
+    assert f"pruning.save_dir '{out / 'pruned'}' already exists" in err

@@ -330,6 +330,32 @@ def test_a_resume_after_a_crash_keeps_the_folders_its_run_wrote_and_refuses_the_
     assert again.exported_to == str(tmp_path / "exported")
 
 
+
+class ValidatedLM(TinyLM):
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self.net(input_ids=batch, labels=batch).loss)
+
+
+def test_the_results_writer_keeps_its_own_runs_file_on_resume_and_refuses_others_before_pruning(tmp_path, prune_calls):
+    from rcpu_lightning.lightning import RCPUResultsWriter
+
+    results, ckpts = tmp_path / "fit.json", ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}")
+    first = RCPUResultsWriter(str(results))
+    _trainer(tmp_path, [_pruning(), first, ckpts], max_epochs=1, enable_checkpointing=True).fit(
+        ValidatedLM(), train_dataloaders=_train_loader(), val_dataloaders=_train_loader())
+    assert json.loads(results.read_text())["run_id"] == first.run_id
+    prune_calls.clear()
+    with pytest.raises(FileExistsError, match="results.path"):  # a new run: refused before the first step
+        _trainer(tmp_path, [_pruning(), RCPUResultsWriter(str(results))], max_epochs=1).fit(
+            ValidatedLM(), train_dataloaders=_train_loader(), val_dataloaders=_train_loader())
+    assert prune_calls == [] and json.loads(results.read_text())["run_id"] == first.run_id
+    resumed = RCPUResultsWriter(str(results))
+    _trainer(tmp_path, [_pruning(), resumed], max_epochs=2).fit(
+        ValidatedLM(), train_dataloaders=_train_loader(), val_dataloaders=_train_loader(),
+        ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt")
+    assert resumed.run_id == first.run_id and json.loads(results.read_text())["seconds"] == resumed.record["seconds"]
+
+
 def _other_runs_checkpoint(tmp_path):
     """A checkpoint at the end of epoch 0 of a different run with the same settings."""
     ckpts = ModelCheckpoint(dirpath=tmp_path / "other", filename="{epoch}")
