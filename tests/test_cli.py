@@ -162,6 +162,7 @@ def test_dense_test_differs_from_pruned(pruned_run, tiny, tmp_path):
     assert dense["method"] == "dense" and dense["ppl"] != pytest.approx(json.loads((out / "results.json").read_text())["ppl"])
 
 
+@pytest.mark.slow  # ~10 s
 def test_print_config_round_trips_across_subcommands(pruned_run, tmp_path, capsys):
     cfg, _ = pruned_run
     with pytest.raises(SystemExit):
@@ -238,6 +239,7 @@ def _bases_and_overrides() -> list[tuple[Path, ...]]:
     return combos
 
 
+@pytest.mark.slow  # ~70 s: every config file through every subcommand
 @pytest.mark.parametrize("files", _bases_and_overrides(), ids=lambda files: "+".join(f.stem for f in files))
 @pytest.mark.parametrize("subcommand", ["prune", "fit", "test", "validate", "predict", "export"])
 def test_every_config_loads_for_every_subcommand(files, subcommand, capsys):

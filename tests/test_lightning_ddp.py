@@ -25,6 +25,8 @@ from rcpu_lightning.lightning.cli import main  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_prune.py"
 
+pytestmark = pytest.mark.ddp  # two gloo processes each (slow too: see conftest)
+
 
 def test_ddp_prune_equals_single_process(tmp_path, monkeypatch):
     model = save_tiny_llama(tmp_path / "model")

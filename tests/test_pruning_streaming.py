@@ -127,6 +127,7 @@ def test_clear_errors_for_folders_that_cannot_be_streamed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bins", "gpt2"]
 
 
+@pytest.mark.ddp
 def test_two_gloo_processes_stream_the_same_checkpoint_as_one(tmp_path):
     source = _checkpoint(tmp_path / "dense")
     config = PruningConfig(ratio=0.34, head_rounding="nearest")
