@@ -308,6 +308,7 @@ class WeightsAtStart(L.Callback):
 
 
 def _assert_same_weights(got: dict, want: dict) -> None:
+    """Exact: the weights a loop sees are the checkpoint's tensors, copied (no arithmetic)."""
     assert got.keys() == want.keys()
     for name, value in want.items():
         torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)
