@@ -634,3 +634,18 @@ def test_statistics_pass_stops_before_down_proj_with_the_same_statistics():
         for got, want in zip(stopped[name].tensors(), whole[name].tensors()):  # skips what comes after)
             torch.testing.assert_close(got, want, atol=0, rtol=0)
     assert not parts.down_proj._forward_pre_hooks  # the stop is removed afterwards
+
+
+def test_the_catcher_records_only_the_first_max_rows_sequences():
+    from rcpu_lightning.pruning import LayerInputCatcher
+
+    model, ids = make_tiny_llama(**GQA), _ids(5, batch=9)
+    with LayerInputCatcher(model, max_rows=5) as catcher, torch.no_grad():
+        for batch in ids.split(3):  # rows 0-2, 3-5 (two kept), 6-8 (none)
+            model(batch)
+    want = capture_layer_inputs(model, [ids[:5]])
+    assert [h.shape[0] for h, _ in catcher.inputs.batches] == [3, 2]
+    # layer 0's input is the embedding lookup (no arithmetic): the same rows give the same values
+    torch.testing.assert_close(torch.cat([h for h, _ in catcher.inputs.batches]), want.batches[0][0])
+    for h, kw in catcher.inputs.batches:  # every per-row kwarg sliced with its rows
+        assert all(v.shape[0] in (1, h.shape[0]) for v in kw.values() if isinstance(v, torch.Tensor) and v.dim() >= 2)
