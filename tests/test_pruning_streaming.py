@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -222,3 +223,52 @@ def test_out_of_core_pruning_fixes_the_glibc_mmap_threshold(tmp_path, monkeypatc
     monkeypatch.delenv(allocator.ENV)
     monkeypatch.setattr(allocator.sys, "platform", "darwin")  # not glibc: nothing to fix
     assert not allocator.fix_mmap_threshold() and len(calls) == 1
+
+
+def _shard_of(folder: Path, tensor: str) -> Path:
+    return folder / json.loads((folder / streaming.INDEX_FILE).read_text())["weight_map"][tensor]
+
+
+def test_every_shard_is_checked_before_the_first_layer(tmp_path):
+    source = _checkpoint(tmp_path / "dense")
+    head = _shard_of(source, "lm_head.weight")  # read last, after every layer
+    head.write_bytes(head.read_bytes()[:-100])  # a truncated download
+    layers = []
+    with pytest.raises(ValueError, match=rf"{head.name}' is not a complete safetensors file .*its header describes"):
+        prune_checkpoint(source, tmp_path / "pruned", PruningConfig(ratio=0.34), _batches(), progress=layers.append)
+    assert layers == [] and not (tmp_path / "pruned").exists() and sorted(os.listdir(tmp_path)) == ["dense"]
+    head.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{head.name}': the checkpoint's index names this shard"):
+        streaming.CheckpointSource(source)
+    single = _checkpoint(tmp_path / "single", None)
+    (single / "model.safetensors").write_bytes((single / "model.safetensors").read_bytes()[:5])
+    with pytest.raises(ValueError, match=r"single/model.safetensors' is not a complete safetensors file \(5 bytes"):
+        streaming.CheckpointSource(single)
+
+
+_KILLED_RUN = """
+import os, signal, sys, torch
+from rcpu_lightning.pruning import PruningConfig
+from rcpu_lightning.pruning.streaming import prune_checkpoint
+batches = list(torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(1)).split(2))
+kill = lambda layer: os.kill(os.getpid(), signal.SIGKILL)  # killed outright after its first layer
+prune_checkpoint(sys.argv[1], sys.argv[2], PruningConfig(ratio=0.34), batches, progress=kill)
+"""
+
+
+def test_a_killed_run_leaves_a_staging_folder_that_the_next_run_to_that_target_removes(tmp_path):
+    source, target = _checkpoint(tmp_path / "dense"), tmp_path / "pruned"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(source), str(target)], env=env, timeout=120)
+    assert proc.returncode == -9
+    (killed,) = tmp_path.glob(".pruned.tmp-*")  # hidden, beside the target, holding the first shard
+    assert any(killed.glob("*.safetensors")) and not target.exists()
+    foreign = tmp_path / ".pruned.tmp-0123456789"  # the same name pattern, but not this tool's staging
+    foreign.mkdir()
+    other = tmp_path / ".other.tmp-0123456789"  # this tool's staging of another target
+    shutil.copytree(killed, other)
+    prune_checkpoint(source, target, PruningConfig(ratio=0.34), _batches(), progress=False)
+    assert not killed.exists() and foreign.is_dir() and other.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".other.tmp-0123456789", ".pruned.tmp-0123456789",
+                                                                "dense", "pruned"])
+    assert not (target / ".rcpu-staging-owner.json").exists() and load_pruned(target) is not None
