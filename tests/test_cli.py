@@ -447,3 +447,35 @@ def test_prune_streams_an_out_of_core_model_from_disk_to_disk(pruned_run, tiny, 
     with pytest.raises(SystemExit) as exit_info:  # evaluation asked for: refused before any work
         main(["prune", "-c", str(cfg)])
     assert exit_info.value.code == 2 and not (tmp_path / "out2").exists()
+
+
+def test_the_out_of_core_config_runs_on_the_machine_it_is_started_on(tiny, tmp_path, capsys):
+    # configs/llama-out-of-core.yaml as the README gives it, on a CPU-only machine (accelerator auto)
+    _, model, data = tiny
+    main(["prune", "-c", str(CONFIGS / "llama-out-of-core.yaml"), "--model.model", str(model),
+          "--pruning.save_dir", str(tmp_path / "pruned"), "--results.path", str(tmp_path / "r.json"),
+          "--data.data_dir", str(data), "--data.calibration.nsamples", "8", "--data.calibration.seqlen", "16",
+          "--data.calibration.batch_size", "4", "--trainer.enable_progress_bar", "false"])
+    assert (tmp_path / "pruned" / "pruning_plan.json").is_file()
+    assert json.loads((tmp_path / "r.json").read_text())["stage"] == "prune"
+
+
+@pytest.mark.parametrize("damage", ["no safetensors", "truncated shard"])
+def test_an_unreadable_out_of_core_checkpoint_is_one_line(tiny, tmp_path, capsys, damage):
+    import shutil
+
+    _, model, data = tiny
+    broken = tmp_path / "model"
+    shutil.copytree(model, broken)
+    weights = broken / "model.safetensors"
+    if damage == "no safetensors":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:-64])
+    cfg = tiny_config(tmp_path / "c.yaml", broken, data, tmp_path / "out", model__out_of_core=True,
+                      trainer__prune_evaluate=False)
+    with pytest.raises(SystemExit):
+        main(["prune", "-c", str(cfg)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error: ") and "Union" not in err[0] and len(err) == 2, err  # + the RCPU_DEBUG hint
+    assert ("has no safetensors weights" if damage == "no safetensors" else "model.safetensors' is not a complete") in err[0]
