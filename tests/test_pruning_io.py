@@ -165,3 +165,34 @@ def test_two_pruning_steps_compose_into_one_plan_that_rebuilds_the_model():
     torch.testing.assert_close(_logits(rebuilt), _logits(model))
     with pytest.raises(ValueError, match="layers"):
         plan.then(PruningPlan(plan.model_type, plan.dense, plan.layers[:1]))
+
+
+@pytest.mark.parametrize("writer", ["save_pruned", "prune_checkpoint"])
+def test_a_uniform_prune_whose_head_dim_is_no_longer_hidden_over_heads_loads_with_plain_from_pretrained(
+        tmp_path, monkeypatch, writer):
+    # transformers 4 (pyproject allows >= 4.56) writes only the values that differ from a default config,
+    # whose head_dim is 4096 // 32 = 128, so head_dim 128 is left out of config.json and a loader takes
+    # hidden // heads = 512 // 2 = 256 once whole kv groups go (4 -> 2 heads). transformers 5 keeps it;
+    # its diff is made to behave as 4's here.
+    from transformers import LlamaConfig
+
+    from rcpu_lightning.pruning.streaming import prune_checkpoint
+
+    diff = LlamaConfig.to_diff_dict
+    monkeypatch.setattr(LlamaConfig, "to_diff_dict",
+                        lambda self: {k: v for k, v in diff(self).items() if (k, v) != ("head_dim", 128)})
+
+    model = make_tiny_llama(num_heads=4, num_kv_heads=2, head_dim=128, hidden_size=512, intermediate_size=64,
+                            num_layers=1)
+    config = PruningConfig(ratio=0.5, gqa_mode="whole_group", head_rounding="nearest")
+    if writer == "save_pruned":
+        report = prune_model(model, capture_layer_inputs(model, _ids().split(2)), config, progress=False)
+        save_pruned(model, report.plan, tmp_path / "ckpt")
+    else:
+        model.save_pretrained(tmp_path / "dense")
+        report = prune_checkpoint(tmp_path / "dense", tmp_path / "ckpt", config, _ids().split(2), progress=False)
+        model = load_pruned(tmp_path / "ckpt")
+    assert report.plan.layers[0].num_heads == 2
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+    assert (reloaded.config.num_attention_heads, reloaded.config.head_dim) == (2, 128)
+    _assert_same_logits(_logits(reloaded), _logits(model))

@@ -45,7 +45,7 @@ from .allocator import fix_mmap_threshold
 from .config import PruningConfig
 from .engine import PruningReport, prune_model
 from .inputs import LayerInputs, capture_layer_inputs
-from .io import PLAN_FILE, checkpoint_config
+from .io import PLAN_FILE, save_checkpoint_config
 from .progress import ProgressFn
 from .stats import Reduce
 
@@ -334,8 +334,7 @@ def _finish(src: CheckpointSource, writer: ShardWriter, model: nn.Module, report
         writer.write(src.tensors([name], torch.device("cpu"), dtype))
     writer.finish()
     model.config.dtype = dtype
-    with checkpoint_config(model.config, report.plan):
-        model.config.save_pretrained(writer.folder)
+    save_checkpoint_config(model.config, report.plan, writer.folder)
     (writer.folder / PLAN_FILE).write_text(json.dumps(report.plan.to_dict(), indent=1))
     for file in src.side_files():
         shutil.copy2(file, writer.folder / file.name)
