@@ -331,8 +331,12 @@ def test_ratio_emptying_a_layer_raises_before_weights_change():
     model = make_tiny_llama(**GQA)
     before = _state(model)
     # 0.9 * 6 = 5.4 heads; whole groups of 3, nearest -> 6 = every head
-    with pytest.raises(ValueError, match="remove all 6 attention heads of layer 0"):
+    with pytest.raises(ValueError, match="remove all 6 attention heads of layer 0") as uniform:
         _prune(model, attn_ratio=0.9, gqa_mode="whole_group", head_rounding="nearest")
+    _assert_same_state(before, _state(model))
+    assert str(uniform.value).endswith("; lower the ratio")  # already uniform: no advice to switch to it
+    with pytest.raises(ValueError, match=r"would remove all .* lower the ratio \(or use structure='uniform'\)"):
+        _prune(model, method="flap", structure="al_am", ratio=0.95)  # AL-AM empties the layers it favours least
     _assert_same_state(before, _state(model))
 
 
