@@ -479,3 +479,15 @@ def test_an_unreadable_out_of_core_checkpoint_is_one_line(tiny, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("error: ") and "Union" not in err[0] and len(err) == 2, err  # + the RCPU_DEBUG hint
     assert ("has no safetensors weights" if damage == "no safetensors" else "model.safetensors' is not a complete") in err[0]
+
+
+def test_a_users_own_logged_test_metrics_reach_the_summary_and_the_results(tiny, tmp_path, capsys):
+    _, model, data = tiny
+    cfg = tiny_config(tmp_path / "user.yaml", model, data, tmp_path / "out",
+                      model={"class_path": "user_classes.LoggingLM", "init_args": {"path": str(model)}})
+    main(["prune", "-c", str(cfg)])
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(res["metrics"]) == {"test/my_loss", "test/tokens_seen"} and res["metrics"]["test/my_loss"] > 0
+    assert res["metrics"]["test/tokens_seen"] == 9 * 16  # every perplexity window's tokens, summed over batches
+    out = capsys.readouterr().out
+    assert f"test/my_loss {res['metrics']['test/my_loss']:.4g}" in out and "test/tokens_seen 144" in out
