@@ -87,7 +87,8 @@ def save_checkpoint_config(config, plan: PruningPlan, folder: str | os.PathLike)
 
 def _pin_head_dim(file: Path, config) -> None:
     data = json.loads(file.read_text())
-    head_dim, heads, hidden = getattr(config, "head_dim", None), data.get("num_attention_heads"), data.get("hidden_size")
+    head_dim = getattr(config, "head_dim", None)
+    heads, hidden = data.get("num_attention_heads"), data.get("hidden_size")
     if "head_dim" not in data and head_dim and heads and hidden != int(head_dim) * int(heads):
         write_json_atomic(file, {**data, "head_dim": int(head_dim)})
 

@@ -78,7 +78,8 @@ class CheckpointSource:
             names = check_shard(file)
             missing = [n for n, f in self.files.items() if f == file and n not in names]
             if missing:
-                raise ValueError(f"{str(file)!r} lacks {len(missing)} tensor(s) the index puts there, e.g. {missing[0]!r}")
+                raise ValueError(f"{str(file)!r} lacks {len(missing)} tensor(s) the index puts there, "
+                                 f"e.g. {missing[0]!r}")
 
     def _weight_map(self) -> dict[str, Path]:
         """tensor name -> the shard that holds it."""
