@@ -240,6 +240,12 @@ def test_every_shard_is_checked_before_the_first_layer(tmp_path):
     head.unlink()
     with pytest.raises(FileNotFoundError, match=rf"{head.name}': the checkpoint's index names this shard"):
         streaming.CheckpointSource(source)
+    index = json.loads((source / streaming.INDEX_FILE).read_text())
+    first = _shard_of(source, "model.embed_tokens.weight")
+    index["weight_map"]["lm_head.weight"] = first.name  # an index that does not match its shards
+    (source / streaming.INDEX_FILE).write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=rf"{first.name}' lacks 1 tensor\(s\) the index puts there, e.g. 'lm_head"):
+        streaming.CheckpointSource(source)
     single = _checkpoint(tmp_path / "single", None)
     (single / "model.safetensors").write_bytes((single / "model.safetensors").read_bytes()[:5])
     with pytest.raises(ValueError, match=r"single/model.safetensors' is not a complete safetensors file \(5 bytes"):
