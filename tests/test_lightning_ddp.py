@@ -60,8 +60,12 @@ def test_ddp_prune_equals_single_process(tmp_path, monkeypatch):
     w_ddp = load_file(tmp_path / "ddp" / "pruned" / "model.safetensors")
     w_one = load_file(tmp_path / "single" / "pruned" / "model.safetensors")
     assert w_ddp.keys() == w_one.keys()
+    # each rank sums float32 products of its own batches: the statistics differ from one process's by
+    # round-off of 16 × 16 tokens, amplified by the compensations' condition number (≈ 5e2 for these tiny
+    # random layers): the bound of the sampler test below
+    tol = rounding_bound(16 * 16, 1.0, torch.float32, condition=5e2)
     for name in w_one:
-        torch.testing.assert_close(w_ddp[name], w_one[name], atol=1e-5, rtol=1e-5, msg=name)
+        torch.testing.assert_close(w_ddp[name], w_one[name], atol=tol, rtol=0, msg=name)
     plan_ddp = json.loads((tmp_path / "ddp" / "pruned" / "pruning_plan.json").read_text())
     plan_one = json.loads((tmp_path / "single" / "pruned" / "pruning_plan.json").read_text())
     assert plan_ddp["layers"] == plan_one["layers"]
