@@ -5,7 +5,7 @@ DATA_DIR ?= $(abspath ../shared/data)
 BIN := $(VENV)/bin
 RUN := RCPU_DATA_DIR=$(DATA_DIR) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2}
 
-.PHONY: setup demo test clean-cache
+.PHONY: setup demo test test-fast clean-cache
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,11 @@ demo: setup
 
 test: setup
 	$(RUN) $(BIN)/python -m pytest -q
+
+# The edit-loop suite (< 2 min): everything but the tests marked slow, integration or ddp (the last two
+# imply slow: tests/conftest.py).
+test-fast: setup
+	$(RUN) $(BIN)/python -m pytest -q -m "not slow"
 
 clean-cache:
 	rm -rf $${RCPU_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/rcpu-lightning}

@@ -139,7 +139,7 @@ def storeall_prune(model: torch.nn.Module, inputs, config, dtype=torch.float64, 
     stored_max = 0.0
     with torch.no_grad():
         counts = uniform_counts(model, config, [])
-        validate_counts(model, counts)
+        validate_counts(model, counts, config.structure)
         for i, layer in enumerate(layers):
             parts = layer_parts(layer)
             stores = {"o": _Store(parts.o_proj, n_tokens), "d": _Store(parts.down_proj, n_tokens)}

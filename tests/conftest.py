@@ -13,6 +13,27 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RCPU_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Tests that start processes (ddp) or use the embedded SmolLM2 model (integration: the first one
+    converts its GGUF, ~40 s on a fresh machine) are slow too, so ``-m "not slow"`` is the edit-loop suite."""
+    for item in items:
+        if item.get_closest_marker("integration") or item.get_closest_marker("ddp"):
+            item.add_marker(pytest.mark.slow)
+
+
+def rounding_bound(terms: int, magnitude: float, dtype: torch.dtype = torch.float64, condition: float = 1.0) -> float:
+    """The largest difference two evaluations of one quantity may show when they only round differently
+    (another summation order, BLAS kernel, CPU or thread count): ``condition · terms · eps · magnitude``.
+
+    A sum of ``terms`` products whose absolute values add up to at most ``magnitude`` errs by at most
+    ``terms · eps · magnitude`` to first order (Higham, *Accuracy and Stability of Numerical Algorithms*,
+    §3.1), and a linear solve whose matrix has condition number κ amplifies a relative perturbation of
+    its data by at most κ (§7.1). Worst-case bounds: observed differences are far smaller, while a wrong
+    algorithm differs by O(magnitude). Tests use this instead of bit-equality, which no CPU guarantees.
+    """
+    return condition * terms * torch.finfo(dtype).eps * magnitude
+
+
 def make_tiny_llama(
     num_heads: int = 4,
     num_kv_heads: int = 4,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from benchmarks import render_readme as rr  # noqa: E402
 from rcpu_lightning.models.adapter import decoder_layers, layer_parts  # noqa: E402
 from rcpu_lightning.pruning import PruningConfig, capture_layer_inputs, prune_model  # noqa: E402
 
-from conftest import make_tiny_llama  # noqa: E402
+from conftest import make_tiny_llama, rounding_bound  # noqa: E402
 
 
 # -- row store and keys ---------------------------------------------------------------------------
@@ -554,17 +555,27 @@ def test_heldout_script_scores_configs_on_held_out_windows_and_skips_finished_on
     assert heldout.main(args + configs[:1]) == 0 and "measured already" in capsys.readouterr().out
 
 
-def test_obs_update_in_place_gives_the_previous_form_bit_for_bit(capsys):
+def test_obs_update_in_place_agrees_with_the_previous_form_to_float64_round_off(capsys):
     from benchmarks import obs_update
 
     threads = torch.get_num_threads()
+    dim, steps = 96, 3
     try:
-        obs_update.main(["--dim", "96", "--out-dim", "32", "--columns", "5", "--steps", "3", "--repeats", "2",
-                         "--threads", "1"])
+        obs_update.main(["--dim", str(dim), "--out-dim", "32", "--columns", "5", "--steps", str(steps),
+                         "--repeats", "2", "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    assert "d 96, 5 columns a step" in out and out.strip().endswith("max abs difference 0.0e+00")
+    assert "d 96, 5 columns a step" in out
+    diff = float(re.search(r"max abs difference (\S+)$", out.strip()).group(1))
+    # The two forms are the same algebra (W -= W[:, D] X, H⁻¹ -= H⁻¹[:, D] X with X = H⁻¹[D, D]⁻¹ H⁻¹[D, :])
+    # in different summation orders (addmm_ in place vs a product then a subtraction), so they agree to
+    # float64 round-off only. The benchmark's H⁻¹ = M Mᵀ + I with M ~ N(0, 1/d) has eigenvalues in [1, ~5]
+    # (Marchenko-Pastur) and its Schur complements keep them there, so each solve has κ ≤ 5; entries of W
+    # (N(0, 1)) and of H⁻¹ stay below ~5 at this size, so a d-term product sums at most d · 5 · 5 in
+    # absolute value; the errors add over the steps. Bound ~1e-9; observed ~1e-15; a wrong update is O(1) off.
+    bound = steps * rounding_bound(dim, magnitude=dim * 5.0 * 5.0, dtype=torch.float64, condition=5.0)
+    assert diff <= bound, out
 
 
 def test_big_models_section_reads_targets_off_the_scale_rows(tmp_path):

@@ -162,6 +162,7 @@ def test_dense_test_differs_from_pruned(pruned_run, tiny, tmp_path):
     assert dense["method"] == "dense" and dense["ppl"] != pytest.approx(json.loads((out / "results.json").read_text())["ppl"])
 
 
+@pytest.mark.slow  # ~10 s
 def test_print_config_round_trips_across_subcommands(pruned_run, tmp_path, capsys):
     cfg, _ = pruned_run
     with pytest.raises(SystemExit):
@@ -238,6 +239,7 @@ def _bases_and_overrides() -> list[tuple[Path, ...]]:
     return combos
 
 
+@pytest.mark.slow  # ~70 s: every config file through every subcommand
 @pytest.mark.parametrize("files", _bases_and_overrides(), ids=lambda files: "+".join(f.stem for f in files))
 @pytest.mark.parametrize("subcommand", ["prune", "fit", "test", "validate", "predict", "export"])
 def test_every_config_loads_for_every_subcommand(files, subcommand, capsys):
@@ -454,7 +456,7 @@ def test_prune_streams_an_out_of_core_model_from_disk_to_disk(pruned_run, tiny, 
         streamed.update(load_file(shard))
     in_memory = load_file(pruned_run[1] / "pruned" / "model.safetensors")  # the same prune, in memory
     assert streamed.keys() == in_memory.keys()
-    for name, value in in_memory.items():
+    for name, value in in_memory.items():  # same kernels, same batches, same order: ~8 ulps allowed
         torch.testing.assert_close(streamed[name], value, atol=1e-6, rtol=0, msg=name)
     cfg = tiny_config(tmp_path / "d.yaml", model, data, tmp_path / "out2", model__out_of_core=True)
     with pytest.raises(SystemExit) as exit_info:  # evaluation asked for: refused before any work
@@ -515,3 +517,47 @@ def test_a_resumed_fit_keeps_the_outputs_of_its_own_run_without_overwrite_flags(
     err = _fails(["fit", *args, "--trainer.max_steps", "8", "--ckpt_path", str(other_ckpt), "--results.path", "null"],
                  capsys)
     assert f"pruning.save_dir '{out / 'pruned'}' already exists" in err
+
+
+def test_the_out_of_core_config_runs_on_the_machine_it_is_started_on(tiny, tmp_path, capsys):
+    # configs/llama-out-of-core.yaml as the README gives it, on a CPU-only machine (accelerator auto)
+    _, model, data = tiny
+    main(["prune", "-c", str(CONFIGS / "llama-out-of-core.yaml"), "--model.model", str(model),
+          "--pruning.save_dir", str(tmp_path / "pruned"), "--results.path", str(tmp_path / "r.json"),
+          "--data.data_dir", str(data), "--data.calibration.nsamples", "8", "--data.calibration.seqlen", "16",
+          "--data.calibration.batch_size", "4", "--trainer.enable_progress_bar", "false"])
+    assert (tmp_path / "pruned" / "pruning_plan.json").is_file()
+    assert json.loads((tmp_path / "r.json").read_text())["stage"] == "prune"
+
+
+@pytest.mark.parametrize("damage", ["no safetensors", "truncated shard"])
+def test_an_unreadable_out_of_core_checkpoint_is_one_line(tiny, tmp_path, capsys, damage):
+    import shutil
+
+    _, model, data = tiny
+    broken = tmp_path / "model"
+    shutil.copytree(model, broken)
+    weights = broken / "model.safetensors"
+    if damage == "no safetensors":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:-64])
+    cfg = tiny_config(tmp_path / "c.yaml", broken, data, tmp_path / "out", model__out_of_core=True,
+                      trainer__prune_evaluate=False)
+    with pytest.raises(SystemExit):
+        main(["prune", "-c", str(cfg)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error: ") and "Union" not in err[0] and len(err) == 2, err  # + the RCPU_DEBUG hint
+    assert ("has no safetensors weights" if damage == "no safetensors" else "model.safetensors' is not a complete") in err[0]
+
+
+def test_a_users_own_logged_test_metrics_reach_the_summary_and_the_results(tiny, tmp_path, capsys):
+    _, model, data = tiny
+    cfg = tiny_config(tmp_path / "user.yaml", model, data, tmp_path / "out",
+                      model={"class_path": "user_classes.LoggingLM", "init_args": {"path": str(model)}})
+    main(["prune", "-c", str(cfg)])
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(res["metrics"]) == {"test/my_loss", "test/tokens_seen"} and res["metrics"]["test/my_loss"] > 0
+    assert res["metrics"]["test/tokens_seen"] == 9 * 16  # every perplexity window's tokens, summed over batches
+    out = capsys.readouterr().out
+    assert f"test/my_loss {res['metrics']['test/my_loss']:.4g}" in out and "test/tokens_seen 144" in out

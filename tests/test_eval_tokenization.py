@@ -17,6 +17,10 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tools"))  # tools/compare
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+# tests of the embedded SmolLM2 tokenizer: the first use converts its GGUF (~40 s on a fresh machine)
+uses_smollm2 = pytest.mark.integration
+
+
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
     from transformers import AutoTokenizer
@@ -35,12 +39,14 @@ def test_embedded_gguf_path():
     assert path.name == GGUF and path.is_file() and path.stat().st_size > 50_000_000
 
 
+@uses_smollm2
 def test_tokenizer_has_no_default_bos(smollm2_tokenizer):
     tok = smollm2_tokenizer
     assert tok.bos_token == "<|im_start|>"
     assert tok.encode("Answer:")[0] != tok.bos_token_id
 
 
+@uses_smollm2
 def test_continuation_is_whole_minus_context(smollm2_tokenizer):
     tok = smollm2_tokenizer
     ctx, cont = encode_request(tok, "Question: Is the sky blue?\nAnswer:", " yes")
@@ -49,6 +55,7 @@ def test_continuation_is_whole_minus_context(smollm2_tokenizer):
     assert ctx + cont == tok.encode("Question: Is the sky blue?\nAnswer: yes")
 
 
+@uses_smollm2
 def test_trailing_whitespace_moves_to_continuation(smollm2_tokenizer):
     tok = smollm2_tokenizer
     ctx, cont = encode_request(tok, "Answer: ", "yes")
@@ -58,6 +65,7 @@ def test_trailing_whitespace_moves_to_continuation(smollm2_tokenizer):
     assert cont != naive
 
 
+@uses_smollm2
 def test_boundary_merge_is_not_repaired(smollm2_tokenizer):
     tok = smollm2_tokenizer
     # '"' + '"hi': the whole string merges the two quotes into one token (' ""'). The harness takes
@@ -70,6 +78,7 @@ def test_boundary_merge_is_not_repaired(smollm2_tokenizer):
     assert ctx != whole[: len(ctx)]
 
 
+@uses_smollm2
 def test_bos_switch_with_real_tokenizer(smollm2_tokenizer):
     tok = smollm2_tokenizer
     default_ctx, _ = encode_request(tok, "Hello", " world", bos=None)
@@ -80,6 +89,7 @@ def test_bos_switch_with_real_tokenizer(smollm2_tokenizer):
     assert _pieces(tok, forced_cont) == [" world"]
 
 
+@uses_smollm2
 def test_hellaswag_leading_space_continuation_tokens(smollm2_tokenizer):
     tok = smollm2_tokenizer
     # lm-eval keeps a leading space on endings that started with a tag: continuation "  Dip".
@@ -92,6 +102,7 @@ def tiny_model_for_smollm2(smollm2_tokenizer):
     return make_tiny_llama(vocab_size=len(smollm2_tokenizer), seed=11)
 
 
+@uses_smollm2
 @pytest.mark.parametrize("task", ALL_TASKS)
 def test_every_task_runs_end_to_end(task, shared_data, smollm2_tokenizer, tiny_model_for_smollm2):
     res = evaluate_task(tiny_model_for_smollm2, smollm2_tokenizer, task, data_dir=shared_data, limit=3, batch_size=4, progress=False)
@@ -104,6 +115,7 @@ def test_every_task_runs_end_to_end(task, shared_data, smollm2_tokenizer, tiny_m
     assert all(len(l) == it.num_choices and all(v < 0 for v in l) for l, it in zip(lls, items))
 
 
+@uses_smollm2
 def test_evaluate_tasks_of_a_saved_model_make_a_report_row(tmp_path, shared_data, smollm2_tokenizer, tiny_model_for_smollm2):
     # What the former zero-shot command line (`--model DIR --output`) did, in Python:
     # load a model folder with the package's loader, evaluate two tasks, write a report row.
@@ -127,6 +139,7 @@ def test_evaluate_tasks_of_a_saved_model_make_a_report_row(tmp_path, shared_data
     assert row.endswith("| – |")  # no mean: not all seven tasks
 
 
+@uses_smollm2
 def test_compare_harness_detects_string_and_score_differences(shared_data, smollm2_tokenizer, tiny_model_for_smollm2):
     from compare_harness import compare_task
 

@@ -308,6 +308,7 @@ class WeightsAtStart(L.Callback):
 
 
 def _assert_same_weights(got: dict, want: dict) -> None:
+    """Exact: the weights a loop sees are the checkpoint's tensors, copied (no arithmetic)."""
     assert got.keys() == want.keys()
     for name, value in want.items():
         torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)
@@ -516,3 +517,28 @@ def test_a_users_own_module_is_pruned_finetuned_resumed_and_exported_in_one_scri
     assert engine_calls["prune"] == 1 and facts["prunes"] == 1  # the resume did not prune again
     assert facts["steps"] == 2 * 8 and facts["export_vs_module_max_abs_diff"] < 1e-5
     assert (tmp_path / "exported" / "pruning_plan.json").is_file()
+
+
+def test_the_real_samples_of_a_padding_sampler_are_the_first_ones_each_rank_yields():
+    from torch.utils.data import DistributedSampler
+
+    from rcpu_lightning.lightning.data import real_samples_of_rank
+
+    data = TensorRows(torch.arange(15)[:, None])  # 15 samples, 2 ranks: torch pads to 16
+    seen = []
+    for rank in range(2):
+        sampler = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        real = real_samples_of_rank(DataLoader(data, batch_size=3, sampler=sampler))
+        seen += list(sampler)[:real]
+    assert sorted(seen) == list(range(15))  # every sample once, the repeat left out
+    unpadded = UnpaddedDistributedSampler(data, 2, 1)
+    assert real_samples_of_rank(DataLoader(data, sampler=unpadded)) is None
+    dropping = DistributedSampler(data, num_replicas=2, rank=0, drop_last=True)
+    assert real_samples_of_rank(DataLoader(data, sampler=dropping)) is None and real_samples_of_rank(_train_loader()) is None
+
+    class OwnOrder(DistributedSampler):  # pads, but draws its own way: the repeats cannot be found
+        def __iter__(self):
+            return iter(range(self.rank, self.total_size, self.num_replicas))
+
+    with pytest.raises(ValueError, match=r"repeats 1 of its 15 samples .*UnpaddedDistributedSampler"):
+        real_samples_of_rank(DataLoader(data, sampler=OwnOrder(data, num_replicas=2, rank=0)))

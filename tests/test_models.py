@@ -23,6 +23,7 @@ def smollm2():
     return load_causal_lm("smollm2-135m")
 
 
+@pytest.mark.integration  # loads the embedded SmolLM2 (the first load converts its GGUF, ~40 s)
 def test_embedded_model_loads_as_plain_gqa_llama(smollm2):
     model, tokenizer = smollm2
     cfg = model.config
@@ -38,6 +39,7 @@ def test_embedded_model_loads_as_plain_gqa_llama(smollm2):
     assert tokenizer.decode(logits[0, -1].argmax()).strip() == "Paris"
 
 
+@pytest.mark.integration  # the embedded SmolLM2, as above
 def test_gguf_conversion_is_cached_and_saveable(smollm2, tmp_path, monkeypatch):
     gguf = embedded_gguf_path("smollm2-135m")
     first = gguf_to_checkpoint(gguf)  # the session fixture already converted it

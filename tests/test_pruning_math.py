@@ -34,8 +34,11 @@ def test_procrustes_recovers_known_rotation():
     z = torch.randn(d, n, generator=_gen(2), dtype=torch.float64)
     y = q_true @ z
     q = procrustes_rotation(y @ z.T)
+    # float64 tolerances here and below: each is rounding_bound (tests/conftest.py) of the problem with a
+    # margin of 1e2 or more. Here: M = Q Z Zᵀ sums n = 200 terms; the polar factor moves by at most
+    # 2‖δM‖/(σ_{d-1} + σ_d) (Higham 1986), i.e. κ(Z Zᵀ) ≈ 3 times M's relative error: ~1e-13
     torch.testing.assert_close(q, q_true, atol=1e-10, rtol=0)
-    torch.testing.assert_close(q.T @ q, torch.eye(d, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(q.T @ q, torch.eye(d, dtype=torch.float64), atol=1e-12, rtol=0)  # ~d·eps = 3e-15
 
 
 def test_gram_derived_cross_term_equals_activation_product():
@@ -47,6 +50,8 @@ def test_gram_derived_cross_term_equals_activation_product():
     stats.update(x.T[:120])
     stats.update(x.T[120:])  # streamed in two batches
     y, z = w @ x, w[:, keep] @ x[keep]
+    # both sum n·d_in = 3000 products of N(0, 1) entries in other orders; the entries' absolute sums are
+    # ~3e3, so rounding_bound is ~2e-9 worst case (random-walk ~1e-12)
     torch.testing.assert_close(cross_gram(w, stats.G, keep), y @ z.T, atol=1e-9, rtol=1e-12)
 
 
@@ -57,7 +62,8 @@ def test_stats_of_two_halves_sum_to_whole_batch():
     a.update(x[:2])
     b.update(x[2:])
     merged = a + b
-    for got, want in zip(merged.tensors(), whole.tensors()):
+    for got, want in zip(merged.tensors(), whole.tensors()):  # 36 float32 inputs summed in float64 in two
+        # orders: ≤ 36 · eps · Σ|x x| (~40) ≈ 3e-13 < 1e-12
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
     assert merged.n.item() == 36
     x64 = x.reshape(-1, 6).double()
@@ -89,6 +95,7 @@ def test_least_squares_with_tiny_ridge_solves_normal_equations():
     keep = torch.tensor([1, 2, 4, 6])
     new = least_squares_compensation(w, x @ x.T, keep, lam=0.0)
     ref = torch.linalg.lstsq(x[keep].T, (w @ x).T).solution.T  # argmin ||W X - B X_K||
+    # normal equations vs QR: the former loses κ(X_K)² · eps (X_K: 4 × 100 Gaussian, κ ≈ 1.5): ~1e-15
     torch.testing.assert_close(new, ref, atol=1e-9, rtol=1e-9)
 
 
@@ -173,12 +180,13 @@ def test_polar_factor_from_eigh_equals_the_svd_one_and_falls_back_when_ill_condi
     g = torch.Generator().manual_seed(0)
     M = torch.randn(40, 40, generator=g, dtype=torch.float64) + 5 * torch.eye(40, dtype=torch.float64)
     Q, sigma = polar_factor(M)
+    # eigh of MᵀM squares M's condition number (randn + 5I, 40 × 40: κ ≲ 10): ≤ κ² · d · eps ≈ 1e-12
     torch.testing.assert_close(Q, _svd_polar(M), atol=1e-10, rtol=0)
     torch.testing.assert_close(sigma, torch.linalg.svdvals(M), atol=1e-10, rtol=0)
     singular = M.clone()
     singular[:, -1] = 0  # rank 39: eigh would divide by ~0; the SVD path gives an orthogonal Q
     Q, _ = polar_factor(singular)
-    torch.testing.assert_close(Q.T @ Q, torch.eye(40, dtype=torch.float64), atol=1e-10, rtol=0)
+    torch.testing.assert_close(Q.T @ Q, torch.eye(40, dtype=torch.float64), atol=1e-10, rtol=0)  # SVD: ~d·eps
 
 
 def test_thin_rotation_equals_the_full_procrustes_rotation_of_a_rank_deficient_cross_matrix():
@@ -188,6 +196,8 @@ def test_thin_rotation_equals_the_full_procrustes_rotation_of_a_rank_deficient_c
     A = torch.randn(48, 32, generator=g, dtype=torch.float64)  # W G[:, K], |K| = 32 < d_out = 48
     B = torch.randn(48, 32, generator=g, dtype=torch.float64)  # W_K
     rotated, sigma = thin_rotation(A, B)
+    # QR + a 32 × 32 polar factor vs the SVD of the 48 × 48 product: the same rotation of B's span, whose
+    # sensitivity is 1/(σ_31 + σ_32) of A Bᵀ relative to its norm (≲ 1e2 for these Gaussians): ~1e-12
     torch.testing.assert_close(rotated, procrustes_rotation(A @ B.T) @ B, atol=1e-10, rtol=0)
     torch.testing.assert_close(sigma.sort().values, torch.linalg.svdvals(A @ B.T)[:32].sort().values,
                                atol=1e-9, rtol=0)
@@ -226,6 +236,8 @@ def test_affine_least_squares_is_the_least_squares_fit_with_an_intercept():
     w_new, b = affine_least_squares(W, cov, mean, keep, lam=1e-12)
     design = torch.cat([X[:, keep], torch.ones(500, 1, dtype=torch.float64)], 1)  # [N, |K| + 1]
     solution = torch.linalg.lstsq(design, X @ W.T).solution  # [|K| + 1, d_out]
+    # covariance normal equations vs QR of the design: κ(Σ[K, K])·(N + |K|)·eps with κ ≲ 40 (scales
+    # 0.5..3; the shift of 2 is taken out by the covariance): ~5e-12
     torch.testing.assert_close(w_new, solution[:-1].T, atol=1e-8, rtol=0)
     torch.testing.assert_close(b, solution[-1], atol=1e-8, rtol=0)
     heavy, b_heavy = affine_least_squares(W, cov, mean, keep, lam=1e9)  # all ridge: W_K and FLAP's bias
@@ -261,7 +273,9 @@ def test_greedy_removal_pays_exactly_the_error_left_after_refitting():
     assert gone[0] == min(range(len(blocks)), key=first.__getitem__)  # the cheapest goes first
     keep = everything[~torch.isin(everything, torch.cat([blocks[b] for b in gone]))]
     refit = torch.linalg.solve(h[keep][:, keep], (w @ h[:, keep]).T).T
-    torch.testing.assert_close(work[:, keep], refit, atol=1e-9, rtol=1e-9)  # the updates refit the survivors
+    # the updates refit the survivors: 3 rank-2 OBS updates vs one solve, both with κ(H) ≲ 1e2 (correlated
+    # inputs, ridge 0.01) on 12 × 12 matrices: ~1e-12
+    torch.testing.assert_close(work[:, keep], refit, atol=1e-9, rtol=1e-9)
     assert sum(costs) == pytest.approx(_error_of(w, h, keep), rel=1e-8)  # the costs add up to E(K)
 
 
@@ -343,7 +357,7 @@ def test_blockwise_products_equal_the_whole_ones(monkeypatch):
                comp.rotate_columns(Q, w, keep), comp.z_norm2(w, G, keep))
     references = (w @ G[:, keep], cross_gram(w, G, keep), Q @ w[:, keep],
                   torch.trace(w[:, keep] @ G[keep][:, keep] @ w[:, keep].T))
-    for a, b, ref in zip(whole, blocked, references):
+    for a, b, ref in zip(whole, blocked, references):  # other summation orders of ≤ 200·12 products: ~1e-10
         torch.testing.assert_close(a, ref, atol=1e-9, rtol=1e-12)
         torch.testing.assert_close(b, ref, atol=1e-9, rtol=1e-12)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,8 @@ def test_streamed_prune_equals_in_memory_prune(tmp_path, shard, config):
     loaded = load_pruned(tmp_path / "pruned")
     assert loaded.state_dict().keys() == expected.state_dict().keys()
     for name, value in expected.state_dict().items():
+        # the same kernels on the same batches in the same order (only where the layers live differs):
+        # 1e-6 (~8 float32 ulps at |w| ≤ 1) only allows last-bit differences of a BLAS between runs
         torch.testing.assert_close(loaded.state_dict()[name], value, atol=1e-6, rtol=0, msg=name)
     ids = _batches(5)[0]
     with torch.no_grad():
@@ -127,6 +130,7 @@ def test_clear_errors_for_folders_that_cannot_be_streamed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bins", "gpt2"]
 
 
+@pytest.mark.ddp
 def test_two_gloo_processes_stream_the_same_checkpoint_as_one(tmp_path):
     source = _checkpoint(tmp_path / "dense")
     config = PruningConfig(ratio=0.34, head_rounding="nearest")
@@ -168,6 +172,8 @@ def test_the_predict_loop_prunes_an_out_of_core_module_from_disk_to_disk(tmp_pat
     assert callback.report.plan.layers == report.plan.layers
     loaded = load_pruned(tmp_path / "pruned")
     for name, value in expected.state_dict().items():
+        # the same kernels on the same batches in the same order (only where the layers live differs):
+        # 1e-6 (~8 float32 ulps at |w| ≤ 1) only allows last-bit differences of a BLAS between runs
         torch.testing.assert_close(loaded.state_dict()[name], value, atol=1e-6, rtol=0, msg=name)
 
 
@@ -217,3 +223,58 @@ def test_out_of_core_pruning_fixes_the_glibc_mmap_threshold(tmp_path, monkeypatc
     monkeypatch.delenv(allocator.ENV)
     monkeypatch.setattr(allocator.sys, "platform", "darwin")  # not glibc: nothing to fix
     assert not allocator.fix_mmap_threshold() and len(calls) == 1
+
+
+def _shard_of(folder: Path, tensor: str) -> Path:
+    return folder / json.loads((folder / streaming.INDEX_FILE).read_text())["weight_map"][tensor]
+
+
+def test_every_shard_is_checked_before_the_first_layer(tmp_path):
+    source = _checkpoint(tmp_path / "dense")
+    head = _shard_of(source, "lm_head.weight")  # read last, after every layer
+    head.write_bytes(head.read_bytes()[:-100])  # a truncated download
+    layers = []
+    with pytest.raises(ValueError, match=rf"{head.name}' is not a complete safetensors file .*its header describes"):
+        prune_checkpoint(source, tmp_path / "pruned", PruningConfig(ratio=0.34), _batches(), progress=layers.append)
+    assert layers == [] and not (tmp_path / "pruned").exists() and sorted(os.listdir(tmp_path)) == ["dense"]
+    head.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{head.name}': the checkpoint's index names this shard"):
+        streaming.CheckpointSource(source)
+    index = json.loads((source / streaming.INDEX_FILE).read_text())
+    first = _shard_of(source, "model.embed_tokens.weight")
+    index["weight_map"]["lm_head.weight"] = first.name  # an index that does not match its shards
+    (source / streaming.INDEX_FILE).write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=rf"{first.name}' lacks 1 tensor\(s\) the index puts there, e.g. 'lm_head"):
+        streaming.CheckpointSource(source)
+    single = _checkpoint(tmp_path / "single", None)
+    (single / "model.safetensors").write_bytes((single / "model.safetensors").read_bytes()[:5])
+    with pytest.raises(ValueError, match=r"single/model.safetensors' is not a complete safetensors file \(5 bytes"):
+        streaming.CheckpointSource(single)
+
+
+_KILLED_RUN = """
+import os, signal, sys, torch
+from rcpu_lightning.pruning import PruningConfig
+from rcpu_lightning.pruning.streaming import prune_checkpoint
+batches = list(torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(1)).split(2))
+kill = lambda layer: os.kill(os.getpid(), signal.SIGKILL)  # killed outright after its first layer
+prune_checkpoint(sys.argv[1], sys.argv[2], PruningConfig(ratio=0.34), batches, progress=kill)
+"""
+
+
+def test_a_killed_run_leaves_a_staging_folder_that_the_next_run_to_that_target_removes(tmp_path):
+    source, target = _checkpoint(tmp_path / "dense"), tmp_path / "pruned"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(source), str(target)], env=env, timeout=120)
+    assert proc.returncode == -9
+    (killed,) = tmp_path.glob(".pruned.tmp-*")  # hidden, beside the target, holding the first shard
+    assert any(killed.glob("*.safetensors")) and not target.exists()
+    foreign = tmp_path / ".pruned.tmp-0123456789"  # the same name pattern, but not this tool's staging
+    foreign.mkdir()
+    other = tmp_path / ".other.tmp-0123456789"  # this tool's staging of another target
+    shutil.copytree(killed, other)
+    prune_checkpoint(source, target, PruningConfig(ratio=0.34), _batches(), progress=False)
+    assert not killed.exists() and foreign.is_dir() and other.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".other.tmp-0123456789", ".pruned.tmp-0123456789",
+                                                                "dense", "pruned"])
+    assert not (target / ".rcpu-staging-owner.json").exists() and load_pruned(target) is not None

@@ -80,7 +80,7 @@ from ..files import REPORT_FILE, atomic_dir, check_output_path, format_output_pa
 from ..models.adapter import decoder_layers, layer_parts
 from ..pruning.config import PruningConfig
 from ..pruning.engine import PruningReport, check_feasible, prune_model
-from ..pruning.inputs import LayerInputCatcher, LayerInputs, StopForward, capture_layer_inputs, model_inputs
+from ..pruning.inputs import LayerInputCatcher, LayerInputs, StopForward, capture_layer_inputs, first_rows, model_inputs
 from ..pruning.io import save_pruned
 from ..pruning.plan import LayerPlan, PruningPlan
 from ..pruning.progress import default_progress
@@ -88,6 +88,7 @@ from ..pruning.selection import feasible_count, head_layout
 from ..pruning.streaming import CheckpointSource, prune_skeleton
 from ..pruning.surgery import ATTN_PROJ, MLP_PROJ, head_rows
 from .checkpointing import as_plan, find_causal_lm, install_plan_hooks, set_plan
+from .data import real_samples_of_rank
 from .logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -516,6 +517,9 @@ class RCPUPruningCallback(Callback):
         sharded = isinstance(getattr(loader, "sampler", None), DistributedSampler)
         world, rank = trainer.world_size, trainer.global_rank
         batches = [model_inputs(b) for i, b in enumerate(loader) if sharded or world <= 1 or i % world == rank]
+        real = _real_rows(loader, world)
+        if real is not None:  # leave out the duplicates a padding sampler appended
+            batches = _first_rows_of(batches, real)
         was_training = lm.training
         lm.eval()
         try:
@@ -533,7 +537,13 @@ class RCPUPruningCallback(Callback):
             rank_zero_info("the checkpoint holds a pruned model: the predict loop runs without pruning")
             return
         lm = self.lm(pl_module)
-        self._catcher = LayerInputCatcher(lm, offload=self.config.offload_inputs, stop=False)
+        loaders = trainer.predict_dataloaders
+        loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+        real = [_real_rows(loader, trainer.world_size) for loader in loaders]
+        if len(loaders) > 1 and any(r is not None for r in real):
+            raise ValueError("a calibration loader's sampler repeats samples to fill the processes, which cannot be "
+                             "undone with several predict loaders; use rcpu_lightning.lightning.UnpaddedDistributedSampler")
+        self._catcher = LayerInputCatcher(lm, offload=self.config.offload_inputs, stop=False, max_rows=real[0])
         self._catcher.__enter__()
         if getattr(pl_module, "stops_calibration_forward", False):
             # Registered after the catcher's hook, so layer 0's inputs are recorded first.
@@ -918,6 +928,27 @@ def _head_dim(lm: nn.Module, layer: int) -> int:
 
 
 # -- small helpers ---------------------------------------------------------------------------------
+def _real_rows(loader: Any, world_size: int) -> Optional[int]:
+    """How many calibration samples of this rank are real when ``loader``'s sampler pads (None: all)."""
+    real = real_samples_of_rank(loader) if world_size > 1 else None
+    if real is not None:
+        rank_zero_info("the calibration sampler repeats samples to fill the processes: the repeats are left out "
+                       "of the statistics")
+    return real
+
+
+def _first_rows_of(batches: list[dict[str, torch.Tensor]], n: int) -> list[dict[str, torch.Tensor]]:
+    """The first ``n`` rows (sequences) of a list of model-input batches."""
+    out = []
+    for batch in batches:
+        rows = next(iter(batch.values())).shape[0]
+        if n <= 0:
+            break
+        out.append(first_rows(batch, min(n, rows), rows))
+        n -= rows
+    return out
+
+
 def _too_few(nsamples: int, world_size: int, empty: Optional[int] = None) -> str:
     empty = world_size - nsamples if empty is None else empty
     return (f"{nsamples} calibration samples for {world_size} processes: {empty} process(es) would get no calibration "

@@ -343,5 +343,15 @@ def main(args: Optional[list[str]] = None) -> Optional[RCPUCLI]:
     except (ValueError, TypeError, OSError) as exc:  # bad values, missing files, outputs that exist
         if os.environ.get(DEBUG_ENV):
             raise
+        exc = _users_error(exc)
         print(f"error: {type(exc).__name__}: {exc}\n(set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _users_error(exc: BaseException) -> BaseException:
+    """The error a class raised while jsonargparse instantiated it, not jsonargparse's multi-line "Does not
+    validate against any of the Union subtypes" wrapper around it (the class's error is its direct cause)."""
+    while str(exc).startswith("Does not validate against any of the Union subtypes") and \
+            isinstance(exc.__cause__, (ValueError, TypeError, OSError)):
+        exc = exc.__cause__
+    return exc

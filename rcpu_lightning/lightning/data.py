@@ -56,6 +56,46 @@ class UnpaddedDistributedSampler(DistributedSampler):
         return self.num_samples
 
 
+def real_samples_of_rank(loader: Any) -> Optional[int]:
+    """How many of this rank's samples are real when ``loader``'s sampler pads with duplicates, else None.
+
+    torch's ``DistributedSampler`` with ``drop_last=False`` makes the dataset divisible by the world size
+    by repeating its first samples at the end: global positions ``N .. total_size - 1``, which rank ``r``
+    gets as its last samples (it takes positions ``r, r + W, ...``), so its real ones are the first
+    ``len(range(r, N, W))`` it yields, whatever the shuffle. A subclass that draws its samples another
+    way (its own ``__iter__``) while padding cannot be undone: that is refused, naming the fix.
+    """
+    sampler = getattr(loader, "sampler", None)
+    if not isinstance(sampler, DistributedSampler):
+        sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
+        return None
+    size = len(sampler.dataset)
+    if sampler.total_size <= size:
+        return None
+    if type(sampler).__iter__ not in _PADDING_ITERS:
+        raise ValueError(
+            f"the calibration loader's sampler ({type(sampler).__name__}) repeats {sampler.total_size - size} of its "
+            f"{size} samples to fill {sampler.num_replicas} processes (the repeats would count twice); use "
+            "rcpu_lightning.lightning.UnpaddedDistributedSampler, DistributedSampler(drop_last=True) or a plain DataLoader")
+    return len(range(sampler.rank, size, sampler.num_replicas))
+
+
+def _padding_iters() -> tuple:
+    """``__iter__`` of the samplers that pad exactly as torch's ``DistributedSampler`` does."""
+    iters = [DistributedSampler.__iter__]
+    try:  # Lightning's wrapper of a user sampler: DistributedSampler's positions, mapped
+        from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+        iters.append(DistributedSamplerWrapper.__iter__)
+    except ImportError:  # pragma: no cover - another Lightning layout
+        pass
+    return tuple(iters)
+
+
+_PADDING_ITERS = _padding_iters()
+
+
 class TensorRows(Dataset):
     """Rows of a ``[n, T]`` tensor (one window per item; the default collate stacks them)."""
 

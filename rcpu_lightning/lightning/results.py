@@ -4,7 +4,9 @@ The record merges what the run knows, as plain data: the pruning facts (``result
 any callback that offers one, i.e. :class:`RCPUPruningCallback` after it pruned in this run; else
 the plan and ``pruning_report.json`` of a pruned model the module was loaded from; else "dense"),
 the evaluation results of the LightningModule (``eval_results``: ppl, tokens, per-task acc /
-acc_norm), the data settings of the DataModule and the run (entry point, command, versions). The
+acc_norm) and, after an evaluation, every metric the module logged (``metrics``: what ``self.log``
+gave in its steps, so a module of the user's reports its own), the data settings of the DataModule and
+the run (entry point, command, versions). The
 keys follow :mod:`rcpu_lightning.eval.report` (``model``, ``method``, ``ratio``, ``ppl``,
 ``seqlen``, ``tasks``), so result files feed its table and plot directly.
 
@@ -167,6 +169,8 @@ class RCPUResultsWriter(Callback):
         if dm is not None and callable(getattr(dm, "describe", None)):
             rec.update(_describe(dm, evaluation))
         rec.update(dict(getattr(pl_module, "eval_results", {}) or {}))
+        if evaluation is not None:  # what the module's own steps logged (a user module has no eval_results)
+            rec["metrics"] = logged_metrics(trainer)
         if self.dense is not None:
             rec["dense"] = self.dense
         rec["seconds"] = time.time() - self._started
@@ -215,13 +219,25 @@ class RCPUResultsWriter(Callback):
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.stage == "prune" and not self._pruned(trainer):  # ``prune_evaluate_dense``: the baseline
-            self.dense = dict(getattr(pl_module, "eval_results", {}) or {})
+            self.dense = {**(getattr(pl_module, "eval_results", {}) or {}), "metrics": logged_metrics(trainer)}
             return
         self.write(trainer, pl_module, "test")
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
             self.write(trainer, pl_module, "validate")
+
+
+def logged_metrics(trainer: Trainer) -> dict[str, float]:
+    """The metrics the module logged in the evaluation that just ended (``self.log`` in its steps and
+    epoch hooks, reduced as Lightning reduces them), as plain numbers."""
+    out = {}
+    for name, value in sorted(trainer.callback_metrics.items()):
+        try:
+            out[name] = float(value)
+        except (TypeError, ValueError):  # a non-scalar: not a metric a record can hold
+            continue
+    return out
 
 
 def _describe(dm: Any, evaluation: Optional[str]) -> dict[str, Any]:
@@ -274,6 +290,9 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
         lines.append(f"perplexity    {ppl} (WikiText-2 {record.get('ppl_split', 'test')}, {windows})")
     for task, entry in sorted((record.get("tasks") or {}).items()):
         lines.append(f"{task:13s} {entry['reported_metric']} {100 * entry['reported']:.2f}% (n={entry['n']})")
+    if record.get("ppl") is None and not record.get("tasks"):  # a module of the user's: its own metrics
+        for name, value in (record.get("metrics") or {}).items():
+            lines.append(f"metric        {name} {value:.4g}")
     if record.get("save_dir"):
         lines.append(f"checkpoint    {record['save_dir']}")
     if record.get("results_path"):

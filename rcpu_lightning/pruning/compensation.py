@@ -249,7 +249,8 @@ def _rotation_scale(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, 
     if config.arithmetic == "float64" and stats.C is None:
         return Compensated(rotation_scale_compensation(w.double(), stats.G.double(), keep))
     rotated, sigma = fast_rotation(w, stats.G, keep, cross=stats.C)
-    z = z_norm2(w, stats.G, keep, torch.float32)  # float32 products, float64 sum
+    # fast: float32 products, float64 sum; float64 (explicit targets): float64 throughout
+    z = z_norm2(w, stats.G, keep, torch.float64 if config.arithmetic == "float64" else torch.float32)
     return Compensated((sigma.sum() / z if z > 0 else 1.0) * rotated)
 
 

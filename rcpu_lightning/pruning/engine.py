@@ -363,13 +363,13 @@ def check_feasible(model: nn.Module, config: PruningConfig) -> None:
     per-layer counts are only known after its dense pass, which checks them before any weight changes)."""
     check_supported(model)
     if config.structure == "uniform":
-        validate_counts(model, uniform_counts(model, config, []))
+        validate_counts(model, uniform_counts(model, config, []), config.structure)
 
 
-def validate_counts(model: nn.Module, counts: list[tuple[int, int]]) -> None:
+def validate_counts(model: nn.Module, counts: list[tuple[int, int]], structure: str) -> None:
     for i, (parts, (heads, channels)) in enumerate(zip(map(layer_parts, decoder_layers(model)), counts)):
-        check_not_emptied("attention heads", heads, parts.num_heads, i)
-        check_not_emptied("MLP channels", channels, parts.intermediate_size, i)
+        check_not_emptied("attention heads", heads, parts.num_heads, i, structure)
+        check_not_emptied("MLP channels", channels, parts.intermediate_size, i, structure)
 
 
 # -- one layer ----------------------------------------------------------------------------------
@@ -504,7 +504,7 @@ def prune_model(
                   else uniform_counts(model, config, notes))
         for note in notes:
             log.info("%s", note)
-        validate_counts(model, counts)
+        validate_counts(model, counts, config.structure)
         blocks = _bias_blocks(model, config, counts)
         for i, layer in enumerate(layers):
             t0 = time.perf_counter()

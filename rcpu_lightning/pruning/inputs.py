@@ -117,23 +117,48 @@ def _share_equal(kwargs: dict[str, Any], previous: dict[str, Any] | None) -> dic
     return {k: same(v, previous.get(k)) for k, v in kwargs.items()}
 
 
+def first_rows(obj: Any, n: int, batch: int | None = None) -> Any:
+    """``obj`` (a tensor, or tuples/lists/dicts of them) with only the first ``n`` of its ``batch`` rows:
+    tensors of at least two dimensions whose first is ``batch`` (default: ``obj``'s own first dimension)
+    are sliced; others (1-D positions, tensors broadcast over the batch) are shared as they are."""
+    if isinstance(obj, Tensor):
+        batch = obj.shape[0] if batch is None else batch
+        return obj[:n] if obj.dim() >= 2 and obj.shape[0] == batch and n < batch else obj
+    if isinstance(obj, dict):
+        return {k: first_rows(v, n, batch) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(first_rows(v, n, batch) for v in obj)
+    return obj
+
+
 class LayerInputCatcher:
     """Context manager recording what enters decoder layer 0 on every ``model(...)`` call.
 
     ``offload=True`` keeps the captured tensors on CPU. ``stop=True`` aborts each forward at
     layer 0 by raising an internal exception (use :func:`capture_layer_inputs`, which swallows it).
+    ``max_rows``: record only the first ``max_rows`` sequences (rows) seen, e.g. to leave out the
+    duplicates a padding distributed sampler appends (:func:`first_rows`).
     """
 
-    def __init__(self, model: nn.Module, offload: bool = False, stop: bool = False):
+    def __init__(self, model: nn.Module, offload: bool = False, stop: bool = False, max_rows: int | None = None):
         self.layer = decoder_layers(model)[0]
-        self.offload, self.stop = offload, stop
+        self.offload, self.stop, self.max_rows = offload, stop, max_rows
         self._inputs = LayerInputs()
         self._handle = None
         self._slabs = _Slabs()
+        self._rows = 0
 
     def _hook(self, module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
         kept = {k: v for k, v in kwargs.items() if k not in _DROPPED_KWARGS}
+        if self.max_rows is not None:
+            keep = min(hidden.shape[0], self.max_rows - self._rows)
+            if keep <= 0:
+                if self.stop:
+                    raise StopForward
+                return
+            hidden, kept = first_rows(hidden, keep), first_rows(kept, keep, hidden.shape[0])
+        self._rows += hidden.shape[0]
         kept["use_cache"] = False
         device = torch.device("cpu") if self.offload else hidden.device
         # During a full forward the same tensor flows on (and may be returned, e.g. as

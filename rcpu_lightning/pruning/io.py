@@ -74,6 +74,24 @@ def checkpoint_config(config, plan: PruningPlan):
     return nullcontext() if plain_loadable(plan, config) else _dense_config(config, plan)
 
 
+def save_checkpoint_config(config, plan: PruningPlan, folder: str | os.PathLike) -> None:
+    """Write ``config.json`` of a pruned checkpoint: the values of :func:`checkpoint_config`, with
+    ``head_dim`` written out whenever it is not ``hidden_size // num_attention_heads`` (transformers 4
+    leaves it out of ``config.json`` when it equals a default config's, 128, and a loader then takes
+    ``hidden_size // num_attention_heads``: a uniform prune of whole kv groups would not reload)."""
+    with checkpoint_config(config, plan):
+        config.save_pretrained(folder)
+        _pin_head_dim(Path(folder) / "config.json", config)
+
+
+def _pin_head_dim(file: Path, config) -> None:
+    data = json.loads(file.read_text())
+    head_dim = getattr(config, "head_dim", None)
+    heads, hidden = data.get("num_attention_heads"), data.get("hidden_size")
+    if "head_dim" not in data and head_dim and heads and hidden != int(head_dim) * int(heads):
+        write_json_atomic(file, {**data, "head_dim": int(head_dim)})
+
+
 def save_pruned(model: nn.Module, plan: PruningPlan, path: str | os.PathLike, overwrite: bool = False,
                 **save_kwargs: Any) -> Path:
     """Write ``model`` (pruned by ``plan``) as an HF checkpoint plus ``pruning_plan.json`` at ``path``.
@@ -84,6 +102,7 @@ def save_pruned(model: nn.Module, plan: PruningPlan, path: str | os.PathLike, ov
     with atomic_dir(path, overwrite, "save_pruned path") as staged:
         with checkpoint_config(model.config, plan):
             model.save_pretrained(staged, **save_kwargs)
+            _pin_head_dim(staged / "config.json", model.config)
         write_json_atomic(staged / PLAN_FILE, plan.to_dict(), indent=1)
     return Path(path)
 

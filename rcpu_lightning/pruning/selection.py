@@ -69,13 +69,12 @@ def feasible_count(ratio: float, total: int, unit: int, rounding: str) -> int:
     raise ValueError(f"head_rounding={rounding!r} is not supported; allowed values: ['floor', 'nearest']")
 
 
-def check_not_emptied(kind: str, removed: int, total: int, layer: int) -> None:
-    """Refuse to remove every head / channel of a layer."""
+def check_not_emptied(kind: str, removed: int, total: int, layer: int, structure: str) -> None:
+    """Refuse to remove every head / channel of a layer; the advice fits ``structure`` (a uniform
+    prune empties every layer at once: only a lower ratio helps)."""
     if removed >= total:
-        raise ValueError(
-            f"pruning would remove all {total} {kind} of layer {layer} ({removed} requested); "
-            "lower the ratio (or use structure='uniform')"
-        )
+        advice = "lower the ratio" + (" (or use structure='uniform')" if structure != "uniform" else "")
+        raise ValueError(f"pruning would remove all {total} {kind} of layer {layer} ({removed} requested); {advice}")
 
 
 def _lowest(scores: Tensor, k: int) -> Tensor:

@@ -13,18 +13,23 @@ pruned weights during the surgery) plus the calibration activations and statisti
 3. the other tensors (embeddings, final norm, LM head) are copied one by one, then the index, the
    config, ``pruning_plan.json`` and the tokenizer files.
 
-Everything is written into a hidden staging folder renamed into place at the end
-(:func:`rcpu_lightning.files.atomic_dir`): a crash leaves no half checkpoint under the target name.
+Everything is written into a hidden staging folder beside the target (``.NAME.tmp-<random>``), renamed
+into place at the end (:func:`rcpu_lightning.files.atomic_dir`): a crash leaves no half checkpoint under
+the target name. A run killed outright (SIGKILL, out of memory) cannot remove its staging folder, so
+each staging folder holds an owner file (this machine, the process, the exact target) and the next run
+to the same target removes the ones whose process is gone (:func:`remove_stale_staging`).
 Distributed callers run it on every process with their share of the calibration batches and a
 ``reduce``; only the process with ``write=True`` writes.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
 import shutil
+import socket
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterable
@@ -34,20 +39,20 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..files import atomic_dir, check_output_path
+from ..files import _staging, atomic_dir, check_output_path
 from ..models.adapter import check_supported, decoder_layers
 from .allocator import fix_mmap_threshold
 from .config import PruningConfig
 from .engine import PruningReport, prune_model
 from .inputs import LayerInputs, capture_layer_inputs
-from .io import PLAN_FILE, checkpoint_config
+from .io import PLAN_FILE, save_checkpoint_config
 from .progress import ProgressFn
 from .stats import Reduce
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CheckpointSource", "SafetensorsLayers", "ShardWriter", "build_skeleton", "checkpoint_dtype",
-           "prune_checkpoint", "prune_skeleton"]
+__all__ = ["CheckpointSource", "SafetensorsLayers", "ShardWriter", "build_skeleton", "check_shard", "checkpoint_dtype",
+           "prune_checkpoint", "prune_skeleton", "remove_stale_staging"]
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -69,6 +74,12 @@ class CheckpointSource:
         self.config = AutoConfig.from_pretrained(self.path)
         check_supported(self.config)
         self.files = self._weight_map()
+        for file in sorted(set(self.files.values())):  # every shard, before the first layer is read
+            names = check_shard(file)
+            missing = [n for n, f in self.files.items() if f == file and n not in names]
+            if missing:
+                raise ValueError(f"{str(file)!r} lacks {len(missing)} tensor(s) the index puts there, "
+                                 f"e.g. {missing[0]!r}")
 
     def _weight_map(self) -> dict[str, Path]:
         """tensor name -> the shard that holds it."""
@@ -76,8 +87,7 @@ class CheckpointSource:
             weight_map = json.loads((self.path / INDEX_FILE).read_text())["weight_map"]
             return {name: self.path / file for name, file in weight_map.items()}
         if (self.path / SINGLE_FILE).is_file():
-            with safe_open(self.path / SINGLE_FILE, framework="pt") as fh:
-                return {name: self.path / SINGLE_FILE for name in fh.keys()}
+            return dict.fromkeys(check_shard(self.path / SINGLE_FILE), self.path / SINGLE_FILE)
         raise FileNotFoundError(
             f"{str(self.path)!r} has no safetensors weights ({SINGLE_FILE} or {INDEX_FILE}); out-of-core pruning "
             "reads safetensors only: re-save the model with save_pretrained(..., safe_serialization=True)")
@@ -109,6 +119,38 @@ class CheckpointSource:
         weights = set(self.files.values())
         return sorted(p for p in self.path.iterdir()
                       if p.is_file() and p not in weights and p.name not in _REWRITTEN and not p.name.startswith("."))
+
+
+def check_shard(file: Path) -> list[str]:
+    """The tensor names of the safetensors file ``file``, after checking that its header is whole and that
+    the file is exactly as long as the header says (a truncated download or copy fails here, naming the
+    file, not when its tensors are read hours later). Layout: an 8-byte little-endian header length
+    ``n``, ``n`` bytes of JSON (``name -> {dtype, shape, data_offsets: [begin, end]}``), then the data."""
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{str(file)!r} is not a complete safetensors file ({why}); download or save it again")
+
+    if not file.is_file():
+        raise FileNotFoundError(f"{str(file)!r}: the checkpoint's index names this shard, but it does not exist")
+    size = file.stat().st_size
+    with open(file, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise bad(f"{size} bytes, no header")
+        n = int.from_bytes(head, "little")
+        if 8 + n > size:
+            raise bad(f"{size} bytes, shorter than its {n}-byte header")
+        try:
+            header = json.loads(fh.read(n))
+        except ValueError:
+            raise bad("its header is not JSON") from None
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"} if isinstance(header, dict) else None
+    try:
+        end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        raise bad("its header lists no valid data offsets") from None
+    if size != 8 + n + end:
+        raise bad(f"{size} bytes, its header describes {8 + n + end}")
+    return sorted(tensors)  # the order safe_open lists them in
 
 
 def build_skeleton(source: CheckpointSource, dtype: torch.dtype) -> nn.Module:
@@ -226,14 +268,65 @@ def prune_skeleton(
     fix_mmap_threshold()
     dtype = model.get_input_embeddings().weight.dtype
     device = torch.device(config.execution_device or "cpu")
+    if write:
+        remove_stale_staging(target)
     with atomic_dir(target, overwrite, "target", "overwrite=True") if write else nullcontext() as staged:
+        if write:
+            _claim(staged, target)
         writer = ShardWriter(staged, source) if write else None
         store = SafetensorsLayers(source, writer, device, dtype)
         report = prune_model(model, inputs, config, reduce=reduce, progress=progress, release_inputs=True,
                              calibration=calibration, store=store)
         if writer is not None:
             _finish(source, writer, model, report, dtype)
+            (staged / _OWNER_FILE).unlink()  # not part of the checkpoint
     return report
+
+
+#: Written into each staging folder of :func:`prune_skeleton`: who stages there, for which target.
+_OWNER_FILE = ".rcpu-staging-owner.json"
+
+
+def _claim(staged: Path, target: str | os.PathLike) -> None:
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "target": str(Path(target).expanduser().resolve())}
+    (staged / _OWNER_FILE).write_text(json.dumps(owner) + "\n")
+
+
+def remove_stale_staging(target: str | os.PathLike) -> list[Path]:
+    """Remove what killed runs to ``target`` left: hidden siblings named as :func:`rcpu_lightning.files.atomic_dir`
+    names its staging folders for ``target`` that hold this module's owner file for exactly ``target``,
+    written by a process of this machine that no longer runs. Anything else (a live run's staging, a
+    folder of another target or of another tool) stays. Returns the folders removed."""
+    target = Path(target).expanduser().resolve()
+    prefix = _staging(target, "tmp").name.rsplit("-", 1)[0] + "-"  # ".NAME.tmp-"
+    removed = []
+    for folder in sorted(target.parent.glob(glob.escape(prefix) + "*")) if target.parent.is_dir() else []:
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            owner = json.loads((folder / _OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(owner, dict) or owner.get("target") != str(target) or \
+                owner.get("host") != socket.gethostname() or _running(owner.get("pid")):
+            continue
+        shutil.rmtree(folder)
+        log.info("removed %s: the staging folder of an earlier run to %s that was killed", folder, target)
+        removed.append(folder)
+    return removed
+
+
+def _running(pid: Any) -> bool:
+    """Whether process ``pid`` of this machine still runs (True when that cannot be told: keep its folder)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, or no permission to ask
+        return True
+    return True
 
 
 def _finish(src: CheckpointSource, writer: ShardWriter, model: nn.Module, report: PruningReport,
@@ -242,8 +335,7 @@ def _finish(src: CheckpointSource, writer: ShardWriter, model: nn.Module, report
         writer.write(src.tensors([name], torch.device("cpu"), dtype))
     writer.finish()
     model.config.dtype = dtype
-    with checkpoint_config(model.config, report.plan):
-        model.config.save_pretrained(writer.folder)
+    save_checkpoint_config(model.config, report.plan, writer.folder)
     (writer.folder / PLAN_FILE).write_text(json.dumps(report.plan.to_dict(), indent=1))
     for file in src.side_files():
         shutil.copy2(file, writer.folder / file.name)

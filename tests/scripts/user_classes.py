@@ -32,3 +32,13 @@ class PlainLM(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+class LoggingLM(PlainLM):
+    """PlainLM whose ``test_step`` logs its own metric (no ``eval_results``: nothing of this package's)."""
+
+    def test_step(self, batch, batch_idx):
+        loss = self.net(input_ids=batch, labels=batch, use_cache=False).loss
+        self.log("test/my_loss", loss)
+        self.log("test/tokens_seen", float(batch.numel()), reduce_fx="sum")
+        return loss
