@@ -168,6 +168,7 @@ class RCPUPruningCallback(Callback):
         self._restored = False  # fit: a checkpoint was restored before strategy.setup
         self._deferred_check = False  # the LM did not exist in setup (configure_model): check later
         self._wrapped: Optional[tuple] = None  # (strategy, what strategy.__dict__["setup"] was, our wrapper)
+        self._trained_epoch: Optional[int] = None  # fit: the epoch that trained last (progress lines' number)
 
     @property
     def pruned(self) -> bool:
@@ -366,6 +367,7 @@ class RCPUPruningCallback(Callback):
 
     # -- fit: the steps ----------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._trained_epoch = trainer.current_epoch
         if self._active and trainer.current_epoch > self.last_epoch:
             self._fit_step(trainer, pl_module, trainer.current_epoch, before_setup=False)
 
@@ -535,8 +537,9 @@ class RCPUPruningCallback(Callback):
     # -- export ------------------------------------------------------------------------------
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.export_dir is not None:
-            self.export(trainer, pl_module, source=f"end of fit (epoch {trainer.current_epoch}, "
-                                                   f"step {trainer.global_step})")
+            # Lightning counts an epoch as done once it ends, so current_epoch is one past the last trained
+            epoch = trainer.current_epoch if self._trained_epoch is None else self._trained_epoch
+            self.export(trainer, pl_module, source=f"end of fit (after epoch {epoch}, step {trainer.global_step})")
 
     def export(self, trainer: Trainer, pl_module: LightningModule, source: str) -> Optional[str]:
         """Write the module's LM as it is now (pruned and fine-tuned) to ``export_dir`` (rank 0, atomic;

@@ -61,7 +61,18 @@ PRUNE_HELP = (
     "--data.calibration.nsamples N (calibration windows: fewer = faster); "
     "--data.ppl_max_windows N (evaluate on the first N perplexity windows); --data.tasks [boolq,piqa,...] "
     "(zero-shot tasks); --results.path FILE (the results JSON; --results.overwrite true replaces one); "
-    "--trainer.prune_evaluate_dense true (also evaluate the dense model, for a before/after); --print_config."
+    "--trainer.prune_evaluate_dense true (also evaluate the dense model, for a before/after); --print_config; "
+    "--data.help RCPUDataModule lists every data option."
+)
+FIT_HELP = (
+    "Prune (unless the model is a pruned folder), fine-tune, export; progress lines with the training loss, a "
+    "summary at the end and a results JSON (.fit.json). Options most runs need (all of them follow): -c CONFIG; "
+    "--model.model SPEC (a dense model to prune and fine-tune, or a pruned folder to fine-tune as it is); "
+    "--trainer.max_steps N / --trainer.max_epochs N; --data.train_nsamples N (training windows, default 256) and "
+    "--data.val_nsamples N (held-out validation windows, default 64): fewer = faster; --data.train_batch_size N; "
+    "--model.lr LR; --pruning.config.ratio R or --pruning.schedule '{0: 0.1, 1: 0.2}' (gradual); "
+    "--pruning.export_dir DIR (the fine-tuned model); --trainer.enable_checkpointing true (Lightning checkpoints "
+    "for cli.py export); --data.help RCPUDataModule and --model.help CausalLMModule list every data / model option."
 )
 EXPORT_HELP = (
     "Write the model of a Lightning checkpoint (e.g. the end of a fit: pruned and fine-tuned) as a Hugging Face "
@@ -147,6 +158,25 @@ class RCPUTrainer(Trainer):
             self.test(model, datamodule=datamodule, verbose=False)
         self._print_summary()
         return dict(getattr(model, "eval_results", {}) or {})
+
+    def fit(
+        self,
+        model: LightningModule,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        datamodule: Optional[LightningDataModule] = None,
+        ckpt_path: Optional[str] = None,
+        weights_only: Optional[bool] = None,
+    ) -> None:
+        """Prune (when an RCPUPruningCallback is configured), fine-tune, export, then print a summary.
+
+        The summary (rank 0) gives the pruning, the training steps and last loss, the validation
+        perplexity and the outputs; the same record goes to ``results.path`` (``.fit.json``).
+        Arguments: those of :meth:`lightning.pytorch.Trainer.fit`.
+        """
+        super().fit(model, train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders,
+                    datamodule=datamodule, ckpt_path=ckpt_path, weights_only=weights_only)
+        self._print_summary()
 
     def export(
         self,
@@ -337,7 +367,8 @@ def main(args: Optional[list[str]] = None) -> Optional[RCPUCLI]:
             return None
         return RCPUCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                        trainer_class=RCPUTrainer, save_config_callback=RunConfig,
-                       parser_kwargs={"prune": {"description": PRUNE_HELP}, "export": {"description": EXPORT_HELP}},
+                       parser_kwargs={"prune": {"description": PRUNE_HELP}, "fit": {"description": FIT_HELP},
+                                      "export": {"description": EXPORT_HELP}},
                        args=args)
     except (ValueError, TypeError, OSError) as exc:  # bad values, missing files, outputs that exist
         if os.environ.get(DEBUG_ENV):
