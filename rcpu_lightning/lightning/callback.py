@@ -599,7 +599,8 @@ class RCPUPruningCallback(Callback):
                 if h.is_inference():
                     inputs.batches[k] = (h.clone(), kw)
             calibration = self._calibration_record(trainer, inputs)
-            progress = default_progress() if self.progress and trainer.is_global_zero else False
+            progress = _stop_on_sigterm(trainer, default_progress() if self.progress and trainer.is_global_zero
+                                        else None)
             source = _source(pl_module)
             if source is None:
                 report = prune_model(lm, inputs, config, reduce=reduce, progress=progress, release_inputs=True,
@@ -894,6 +895,24 @@ def output_fields(config: PruningConfig, nsamples: Optional[int], schedule: Sche
     if isinstance(schedule, dict) and schedule:
         fields["ratio"] = schedule[max(schedule)]
     return fields
+
+
+def _stop_on_sigterm(trainer: Trainer, report: Optional[Callable[[Any], None]]) -> Callable[[Any], None]:
+    """The engine's per-layer progress function: ``report`` it, then stop the way Lightning's loops do
+    once the trainer received SIGTERM (``trainer.received_sigterm``; cli.py stops even sooner)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    def progress(event: Any) -> None:
+        if report is not None:
+            report(event)
+        stop = trainer.received_sigterm
+        if trainer.world_size > 1:  # every rank calls this after every layer: all stop at the same layer
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            rank_zero_info(f"SIGTERM received: stopping after layer {event.index + 1}/{event.total}; nothing is saved")
+            raise SIGTERMException()
+
+    return progress
 
 
 def _stop_forward(module, args, kwargs):

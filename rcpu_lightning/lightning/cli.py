@@ -18,6 +18,11 @@ for ``fit``, ``optimizer``/``lr_scheduler``), so a config printed by one loads i
 Errors of the kinds user mistakes raise (``ValueError``, ``TypeError``, ``OSError``: a bad value, a
 missing file, an output that exists) end with one line on stderr and exit status 2; set
 ``RCPU_DEBUG=1`` for the traceback.
+
+SIGTERM (a scheduler's warning before a kill, ``kill PID``) stops the run the way Ctrl-C does:
+:class:`Terminated` (a ``KeyboardInterrupt``) is raised where the process is, Lightning's interrupt
+handling runs the callbacks' ``on_exception`` and tears down, outputs still being staged are removed
+(every output is renamed into place only when complete), and the process exits with status 143.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 import types
 from pathlib import Path
 from typing import Any, Optional
@@ -346,10 +353,48 @@ def _folder_fields(spec: Any) -> dict[str, Any]:
 
 
 class _NoProductTips(logging.Filter):
-    """Drop Lightning's advertisement for its cloud logger from CLI runs (it is not a warning)."""
+    """Drop Lightning's advertisement for its cloud logger from CLI runs (it is not a warning), and its
+    "Detected KeyboardInterrupt" when the interrupt was a SIGTERM (the CLI says so itself)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "💡 Tip:" not in record.getMessage()
+        message = record.getMessage()
+        return "💡 Tip:" not in message and not (_SIGTERM.received and "Detected KeyboardInterrupt" in message)
+
+
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM, raised where the process is, so that it stops the way Ctrl-C does."""
+
+
+class _SigtermToInterrupt:
+    """The CLI's SIGTERM handler (installed by :func:`main` unless the process already has one). Lightning
+    keeps it: while a Trainer runs, its own handler (which only sets ``trainer.received_sigterm``) calls
+    this one after it."""
+
+    STATUS = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if not self.received:  # a second SIGTERM during the shutdown does not interrupt the cleanup
+            self.received = True
+            raise Terminated("SIGTERM")
+
+    def install(self) -> Any:
+        """Install when nobody else handles SIGTERM (main thread only); returns what to restore, or None."""
+        self.received = False
+        if threading.current_thread() is not threading.main_thread() or \
+                signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+            return None
+        return signal.signal(signal.SIGTERM, self)
+
+    def stopped(self) -> "SystemExit":
+        print(f"stopped by SIGTERM: the run was interrupted like Ctrl-C; outputs still being written were removed "
+              f"(each output appears complete or not at all); exit status {self.STATUS}", file=sys.stderr, flush=True)
+        return SystemExit(self.STATUS)
+
+
+_SIGTERM = _SigtermToInterrupt()
 
 
 def main(args: Optional[list[str]] = None) -> Optional[RCPUCLI]:
@@ -359,6 +404,19 @@ def main(args: Optional[list[str]] = None) -> Optional[RCPUCLI]:
     for handler in logging.getLogger("lightning.pytorch").handlers:
         if not any(isinstance(f, _NoProductTips) for f in handler.filters):
             handler.addFilter(_NoProductTips())
+    previous = _SIGTERM.install()
+    try:
+        return _run(argv, args)
+    except (Terminated, SystemExit):  # Lightning turns an interrupt inside a loop into sys.exit(1)
+        if _SIGTERM.received:
+            raise _SIGTERM.stopped() from None
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str], args: Optional[list[str]]) -> Optional[RCPUCLI]:
     try:
         if argv[:1] == ["report"]:
             from ..eval.report import report_cli
