@@ -146,3 +146,89 @@ def test_the_callback_stops_after_the_layer_in_progress_once_the_trainer_receive
     with pytest.raises(SIGTERMException):
         trainer.fit(module, datamodule=dm)
     assert not (tmp_path / "pruned").exists() and module.pruning_plan is None and not pruning.pruned
+
+
+# -- each message names the real cause and the setting it came from -------------------------------------
+def _fails(args, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    return err
+
+
+def test_an_unwritable_save_dir_names_the_folder_that_cannot_be_created(tiny, tmp_path, capsys):
+    model, data = tiny
+    cfg = tiny_config(tmp_path / "c.yaml", model, data, tmp_path / "out")
+    err = _fails(["prune", "-c", str(cfg), "--pruning.save_dir", "/proc/x/out"], capsys)
+    # before: "('/proc': No such file or directory)", as if /proc were missing
+    assert "the folder '/proc/x' cannot be created in '/proc': its file system accepts no new folders" in err
+
+
+def test_a_data_folder_from_the_environment_is_named_as_such(tiny, tmp_path, capsys, monkeypatch):
+    model, _ = tiny
+    cfg = tiny_config(tmp_path / "c.yaml", model, "unused", tmp_path / "out", data__data_dir=None)
+    monkeypatch.setenv("RCPU_DATA_DIR", str(tmp_path / "empty"))
+    err = _fails(["prune", "-c", str(cfg)], capsys)
+    assert f"the environment variable RCPU_DATA_DIR is '{tmp_path / 'empty'}', which is not a directory" in err
+    (tmp_path / "empty").mkdir()
+    err = _fails(["prune", "-c", str(cfg)], capsys)
+    assert "no WikiText-2 train or valid split" in err and "$RCPU_DATA_DIR" in err
+
+
+def test_no_local_data_and_no_hub_tells_how_to_use_local_files(monkeypatch):
+    import datasets
+
+    from rcpu_lightning.data import load_rows
+    from rcpu_lightning.eval.tasks import load_items
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'wikitext' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.delenv("RCPU_DATA_DIR", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    for call in (lambda: load_rows("test"), lambda: load_items("piqa")):
+        with pytest.raises(OSError) as info:
+            call()
+        message = str(info.value)
+        assert "could not be read from the Hugging Face hub (ConnectionError: Couldn't reach" in message
+        assert "set RCPU_DATA_DIR (or data.data_dir) to the folder holding wikitext-2/" in message
+
+
+def test_test_neither_mentions_calibration_nor_records_the_unused_calibration_settings(tiny, tmp_path, caplog,
+                                                                                      monkeypatch):
+    model, data = tiny
+    valid_only = tmp_path / "data"  # no train split: calibration reads the valid split
+    valid_only.mkdir()
+    (valid_only / "wiki.test.raw").write_text((data / "wiki.test.raw").read_text())
+    (valid_only / "valid.txt").write_text((data / "train.txt").read_text())
+    cfg = tiny_config(tmp_path / "c.yaml", model, valid_only, tmp_path / "out",
+                      results__path=str(tmp_path / "out" / "{stage}.json"))
+    main(["prune", "-c", str(cfg), "--data.calibration.nsamples", "8"])
+    monkeypatch.setattr("rcpu_lightning.data.wikitext._WARNED_VALID", set())  # it warns once per folder and process
+    caplog.clear()
+    with caplog.at_level("INFO", logger="rcpu_lightning"):
+        main(["test", "-c", str(cfg), "--model.model", str(tmp_path / "out" / "pruned")])
+    assert "valid split instead" not in caplog.text  # test calibrates nothing
+    record = json.loads((tmp_path / "out" / "test.json").read_text())
+    assert record["calibration"]["nsamples"] == 8  # how the folder was pruned (its plan) ...
+    assert "calib_samples" not in record and "calib_seed" not in record  # ... not the config's unused 16
+
+
+@pytest.mark.parametrize("option, closest", [("--data.ppl_max_window", "--data.ppl_max_windows"),
+                                             ("--trainer.maxsteps", "--trainer.max_steps"),
+                                             ("--data.calibration.nsampels", "--data.calibration.nsamples"),
+                                             ("--prunning.save_dir", "--pruning.save_dir")])
+def test_a_mistyped_option_gets_one_line_with_the_closest_name(tiny, tmp_path, capsys, option, closest):
+    model, data = tiny
+    cfg = tiny_config(tmp_path / "c.yaml", model, data, tmp_path / "out")
+    err = _fails(["prune", "-c", str(cfg), option, "4"], capsys)
+    assert len(err.strip().splitlines()) == 1, err  # before: an 80-line usage dump
+    assert f"unknown option {option}; did you mean {closest}?" in err
+
+
+def test_a_yaml_syntax_error_names_the_file_and_the_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  devices: 1\nmodel:\n  model: [smollm2-135m\n")
+    err = _fails(["prune", "-c", str(bad)], capsys)
+    assert f"config file {bad}, line 5" in err and "YAML syntax error" in err

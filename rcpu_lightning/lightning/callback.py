@@ -214,7 +214,9 @@ class RCPUPruningCallback(Callback):
         configure_logging()
         install_plan_hooks(pl_module)
         dm = getattr(trainer, "datamodule", None)
-        if callable(getattr(dm, "calibration_info", None)) and self.calibration_dataloader is None:
+        # what the calibration data is, in the runs that calibrate (test/validate read no calibration window)
+        if stage in ("fit", "predict") and callable(getattr(dm, "calibration_info", None)) \
+                and self.calibration_dataloader is None:
             self._calibration = dm.calibration_info()
         if stage == "fit":
             self._setup_fit(trainer, pl_module)

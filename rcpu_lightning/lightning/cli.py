@@ -27,10 +27,15 @@ handling runs the callbacks' ``on_exception`` and tears down, outputs still bein
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import difflib
 import importlib
+import inspect
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -41,7 +46,7 @@ from typing import Any, Optional
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks.progress import ProgressBar
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ..files import check_output_path, format_output_path, write_text_atomic
@@ -249,6 +254,94 @@ class RunConfig(SaveConfigCallback):
                 write_text_atomic(writer.config_path(), text)
 
 
+class RCPUArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, whose errors are one line without the usage dump (``--help`` has it):
+    an unknown option names the closest valid one (``did you mean --data.ppl_max_windows?``)."""
+
+    def error(self, message: str, ex: Optional[Exception] = None):
+        if not self.exit_on_error or os.environ.get(DEBUG_ENV):
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        print(f"error: {_parser_error_line(self, message)} (every option: {prog} --help)", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
+def _parser_error_line(parser: argparse.ArgumentParser, message: str) -> str:
+    """One line for a parser error; an unknown option gets the closest valid name."""
+    unknown = re.search(r"unrecognized arguments: --(\S+)", message)
+    key = re.search(r'Parser key "([^"]+)"', message)
+    class_path = re.search(r"class_path '([^']+)'", message)
+    nested = re.search(r"Option '([^']+)' is not accepted", message) or (unknown if class_path else None)
+    if nested and key:  # an init argument of a class given by class_path (model, data)
+        option = nested.group(1).split("=", 1)[0]
+        names = {f"--{key.group(1)}.{name}" for name in _init_arg_names(class_path.group(1) if class_path else None)}
+        return _unknown_option(f"--{key.group(1)}.{option}", names)
+    if unknown:
+        return _unknown_option("--" + unknown.group(1).split("=", 1)[0], _option_names(parser))
+    choice = re.search(r"invalid choice: '([^']+)' \(choose from (.*?)\)", message, re.S)
+    if choice:  # a subcommand typo
+        names = set(re.findall(r"[\w-]+", choice.group(2)))
+        close = difflib.get_close_matches(choice.group(1), sorted(names), n=1, cutoff=0.6)
+        return f"unknown subcommand {choice.group(1)!r}" + (f"; did you mean {close[0]}?" if close else "")
+    return message.strip()
+
+
+def _unknown_option(typo: str, names: set[str]) -> str:
+    close = difflib.get_close_matches(typo, sorted(names), n=1, cutoff=0.6)
+    return f"unknown option {typo}" + (f"; did you mean {close[0]}?" if close else "")
+
+
+def _option_names(parser: argparse.ArgumentParser) -> set[str]:
+    """Every ``--option`` of a parser and of its subcommands' parsers."""
+    names: set[str] = set()
+    for action in parser._actions:
+        names.update(o for o in action.option_strings if o.startswith("--"))
+        for sub in (getattr(action, "_name_parser_map", None) or {}).values():
+            names |= _option_names(sub)
+    return names
+
+
+def _init_arg_names(class_path: Optional[str]) -> set[str]:
+    """A class's ``__init__`` arguments as option suffixes (``ppl_max_windows``, ``calibration.nsamples``)."""
+    if not class_path:
+        return set()
+    try:
+        module, _, name = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        params = inspect.signature(cls.__init__).parameters.values()
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return set()
+    names = set()
+    for param in params:
+        if param.name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        names.add(param.name)
+        if dataclasses.is_dataclass(param.default):  # e.g. calibration: CalibrationConfig
+            names.update(f"{param.name}.{f.name}" for f in dataclasses.fields(param.default))
+    return names
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Read every ``-c``/``--config`` file once before the parser does, so that a YAML syntax error names
+    the file and the line (jsonargparse reports ``"<unicode string>", line 4``)."""
+    import yaml
+
+    files = [b for a, b in zip(argv, argv[1:]) if a in ("-c", "--config")]
+    files += [a.split("=", 1)[1] for a in argv if a.startswith(("--config=", "-c="))]
+    for name in files:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            continue  # the parser says so
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"config file {name}{where}: YAML syntax error: {problem}") from None
+
+
 class RCPUCLI(LightningCLI):
     """LightningCLI with ``prune`` and ``export``; ``model``/``data`` take any LightningModule/DataModule
     (``class_path`` + ``init_args``), by default :class:`CausalLMModule` / :class:`RCPUDataModule`."""
@@ -423,8 +516,9 @@ def _run(argv: list[str], args: Optional[list[str]]) -> Optional[RCPUCLI]:
 
             report_cli(argv[1:], prog="cli.py report")
             return None
+        check_config_files(argv)
         return RCPUCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                       trainer_class=RCPUTrainer, save_config_callback=RunConfig,
+                       trainer_class=RCPUTrainer, save_config_callback=RunConfig, parser_class=RCPUArgumentParser,
                        parser_kwargs={"prune": {"description": PRUNE_HELP}, "fit": {"description": FIT_HELP},
                                       "export": {"description": EXPORT_HELP}},
                        args=args)
