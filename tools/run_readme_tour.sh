@@ -20,8 +20,14 @@ test "$(basename "$data")" = data || { echo "DATA_DIR must be a folder named dat
 
 tour="$work/tour.sh"
 awk '/^### Prune the embedded model/ {found = 1} found && /^```bash$/ {inside = 1; next}
-     inside && /^```$/ {exit} inside {print}' "$repo/README.md" > "$tour"
-test -s "$tour" || { echo "no bash block after '### Prune the embedded model' in README.md" >&2; exit 2; }
+     inside && /^```$/ {exit} inside {print}' "$repo/README.md" > "$tour.block"
+test -s "$tour.block" || { echo "no bash block after '### Prune the embedded model' in README.md" >&2; exit 2; }
+{  # echo each line with its start time and load (bash takes no PS4 from the environment when run as root)
+  echo 'set -eo pipefail'
+  echo "PS4='+ [\$(date +%T), load \$(cut -d\" \" -f1 /proc/loadavg)] '"
+  echo 'set -x'
+  cat "$tour.block"
+} > "$tour"
 
 git clone --quiet "$repo" "$work/clone"
 ln -sfn "$(dirname "$data")" "$work/shared"
@@ -30,5 +36,5 @@ if [ -n "${VENV:-}" ]; then ln -s "$VENV" .venv; else make setup; fi
 echo "README tour at commit $(git rev-parse --short HEAD) in $work/clone; $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg)"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 start=$(date +%s)
-PS4='+ [$(date +%T), load $(cut -d" " -f1 /proc/loadavg)] ' bash -xeo pipefail "$tour"
+bash "$tour"
 echo "README tour: every line ran in $(( $(date +%s) - start )) s; load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
