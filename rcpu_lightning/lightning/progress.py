@@ -100,6 +100,10 @@ class LogProgress(ProgressBar):
         self._train_total = self.epoch_batches(trainer)
         self._train_done = self._train_reported = 0
 
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._train_done == 0:  # the clock starts with the first batch, not with what ran before it at the
+            self._started = self._last = time.monotonic()  # epoch start (a pruning step: it logs its own time)
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self._train_done = batch_idx + 1
