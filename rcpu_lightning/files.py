@@ -18,6 +18,7 @@ files and folders are made with ``open``/``mkdir`` (not ``mkstemp``/``mkdtemp``,
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -163,8 +164,23 @@ def check_output_path(path: str | os.PathLike, overwrite: bool, what: str = "out
         probe.mkdir()
         probe.rmdir()
     except OSError as exc:
-        raise PermissionError(f"{what} {str(path)!r} cannot be written ({str(parent)!r}: {exc.strerror})") from None
+        raise PermissionError(f"{what} {str(path)!r} cannot be written: {_write_refusal(path, parent, exc)}") from None
     return path
+
+
+def _write_refusal(path: Path, parent: Path, exc: OSError) -> str:
+    """Why nothing can be created in ``parent`` (the nearest existing ancestor of ``path``), in words."""
+    reason = {errno.EACCES: "no write permission there", errno.EPERM: "no write permission there",
+              errno.EROFS: "a read-only file system",
+              # mkdir in an existing folder that says ENOENT: a virtual file system such as /proc or /sys
+              errno.ENOENT: "its file system accepts no new folders"}.get(exc.errno, "")
+    reason = f"{reason} ({exc.strerror})" if reason else str(exc.strerror)
+    if parent == path.parent:
+        return f"nothing can be created in the folder {str(parent)!r}: {reason}"
+    first = path.parent  # the first folder that would have to be created
+    while first.parent != parent:
+        first = first.parent
+    return f"the folder {str(first)!r} cannot be created in {str(parent)!r}: {reason}"
 
 
 def _umask() -> int:

@@ -381,7 +381,7 @@ def test_fit_exports_the_pruned_finetuned_model_as_a_hugging_face_checkpoint(tmp
         # save_dir holds the model after the last step, before the fine-tuning that followed it
         assert not torch.allclose(load_pruned(save).eval()(input_ids=ids).logits, want)
     report = json.loads((export / "pruning_report.json").read_text())
-    assert report["weights"].startswith("pruned and fine-tuned: end of fit (epoch 2, step 16)")
+    assert report["weights"].startswith("pruned and fine-tuned: end of fit (after epoch 1, step 16)")  # epochs 0, 1 trained
     assert [s["epoch"] for s in report["pruning_steps"]] == [0, 1]
     assert json.loads((save / "pruning_report.json").read_text())["weights"].startswith("right after pruning at epoch 1")
     summary = pruning.results_summary()

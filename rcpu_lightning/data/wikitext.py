@@ -28,6 +28,16 @@ DATA_DIR_ENV = "RCPU_DATA_DIR"
 _SUBDIRS = ("", "wikitext-2-raw", "wikitext-2-v1", "wikitext-2/wikitext-2-raw", "wikitext-2/wikitext-2-v1")
 
 
+#: What to tell a user whose data cannot be found (locally or on the hub).
+LOCAL_DATA_HINT = (f"set {DATA_DIR_ENV} (or data.data_dir) to the folder holding wikitext-2/ and zeroshot/ "
+                   "(README, Data)")
+
+
+def data_dir_origin(data_dir: str | os.PathLike | None) -> str:
+    """Where the data folder in use comes from, for messages: ``data_dir`` or ``$RCPU_DATA_DIR``."""
+    return "data_dir" if data_dir is not None else f"${DATA_DIR_ENV}"
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     """``data_dir`` if given, else ``$RCPU_DATA_DIR``, else ``None`` (meaning: the hub)."""
     chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
@@ -35,8 +45,19 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
         return None
     path = Path(chosen).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"data_dir={str(path)!r} is not a directory")
+        where = ("data_dir (data.data_dir)" if data_dir is not None
+                 else f"the environment variable {DATA_DIR_ENV}")
+        raise FileNotFoundError(f"{where} is {str(chosen)!r}, which is not a directory: point it at the folder "
+                                "holding wikitext-2/ and zeroshot/" + ("" if data_dir is not None else
+                                f", or unset {DATA_DIR_ENV} to read the Hugging Face hub"))
     return path
+
+
+def hub_failure(what: str, exc: BaseException) -> OSError:
+    """The error for data that could not be read from the Hugging Face hub: the cause, then the local way."""
+    cause = (str(exc).strip().splitlines() or [""])[0][:200]
+    return OSError(f"{what} could not be read from the Hugging Face hub ({type(exc).__name__}: {cause}); no local "
+                   f"data folder was given: {LOCAL_DATA_HINT}")
 
 
 def find_split_file(data_dir: Path, split: str) -> Path | None:
@@ -66,11 +87,17 @@ def load_rows(split: str, data_dir: str | os.PathLike | None = None) -> list[str
         from datasets import load_dataset
 
         hub_split = {"valid": "validation"}.get(split, split)
-        rows = list(load_dataset("wikitext", "wikitext-2-raw-v1", split=hub_split)["text"])
+        log.info("no data folder (data.data_dir, $%s): reading WikiText-2 %s from the Hugging Face hub", DATA_DIR_ENV,
+                 split)
+        try:
+            rows = list(load_dataset("wikitext", "wikitext-2-raw-v1", split=hub_split)["text"])
+        except Exception as exc:  # no network, hub down, offline mode: say how to use local files instead
+            raise hub_failure(f"WikiText-2 {split!r}", exc) from exc
     else:
         path = find_split_file(folder, split)
         if path is None:
-            raise FileNotFoundError(f"no WikiText-2 {split!r} split under {folder} (looked for wiki.{split}.raw, {split}.txt, wiki.{split}.tokens)")
+            raise FileNotFoundError(f"no WikiText-2 {split!r} split under {folder} ({data_dir_origin(data_dir)}; looked "
+                                    f"for wiki.{split}.raw, {split}.txt, wiki.{split}.tokens)")
         rows = read_rows(path)
         log.info("WikiText-2 %s split: %s (%d rows)", split, path, len(rows))
     if not any(row.strip() for row in rows):
@@ -86,9 +113,11 @@ def calibration_split(data_dir: str | os.PathLike | None = None) -> str:
     if find_split_file(folder, "valid") is not None:
         if folder not in _WARNED_VALID:  # once per folder and process
             _WARNED_VALID.add(folder)
-            log.warning("no WikiText-2 train split under %s: calibrating on the valid split instead", folder)
+            log.warning("no WikiText-2 train split under %s: calibration (and fit's training and validation "
+                        "windows) use the valid split instead", folder)
         return "valid"
-    raise FileNotFoundError(f"no WikiText-2 train or valid split under {folder} for calibration")
+    raise FileNotFoundError(f"no WikiText-2 train or valid split under {folder} ({data_dir_origin(data_dir)}) for "
+                            "calibration")
 
 
 def token_stream(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:

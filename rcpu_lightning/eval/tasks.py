@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..data.wikitext import resolve_data_dir  # the one data_dir rule: argument, else $RCPU_DATA_DIR, else the hub
+from ..data.wikitext import LOCAL_DATA_HINT, hub_failure, resolve_data_dir  # the one data_dir rule: argument, else $RCPU_DATA_DIR, else the hub
 
 __all__ = [
     "MultipleChoiceItem",
@@ -312,11 +312,14 @@ def load_docs(
         source = str(path)
     else:
         if spec.hub is None:
-            raise ValueError(f"{task} exists only as a local file; pass data_dir")
+            raise ValueError(f"{task} exists only as a local file; {LOCAL_DATA_HINT}")
         from datasets import load_dataset
 
         hub_path, name, split = spec.hub
-        ds = load_dataset(hub_path, name, split=split)
+        try:
+            ds = load_dataset(hub_path, name, split=split)
+        except Exception as exc:  # no network, hub down, offline mode: say how to use local files instead
+            raise hub_failure(f"zero-shot task {task!r}", exc) from exc
         n = len(ds)
         if check_size and limit is None and n != spec.num_docs:
             raise ValueError(f"{task}: hub split {hub_path}/{name}/{split} has {n} docs, expected {spec.num_docs}")

@@ -7,6 +7,7 @@
   sharded over ranks without duplicates (:class:`UnpaddedDistributedSampler`).
 * :class:`RCPUPruningCallback`: calibrate -> prune -> save, in a predict loop or in ``fit``.
 * :class:`RCPUResultsWriter`: one JSON per run (rank 0, atomic).
+* :class:`LogProgress`: loop progress as log lines (for output that is not a terminal).
 * :mod:`.cli`: ``RCPUTrainer`` (adds ``prune``) and ``RCPUCLI`` (the repo's ``cli.py``).
 """
 
@@ -15,11 +16,13 @@ from .checkpointing import CHECKPOINT_PLAN_KEY, PruningPlanMixin, find_causal_lm
 from .data import RCPUDataModule, TensorRows, UnpaddedDistributedSampler
 from .logs import configure_logging
 from .module import CausalLMModule, ZeroShotBatch
+from .progress import LogProgress
 from .results import RCPUResultsWriter
 
 __all__ = [
     "CHECKPOINT_PLAN_KEY",
     "CausalLMModule",
+    "LogProgress",
     "PruningPlanMixin",
     "RCPUDataModule",
     "RCPUPruningCallback",

@@ -180,6 +180,7 @@ class RCPUPruningCallback(Callback):
         self._restored = False  # fit: a checkpoint was restored before strategy.setup
         self._deferred_check = False  # the LM did not exist in setup (configure_model): check later
         self._wrapped: Optional[tuple] = None  # (strategy, what strategy.__dict__["setup"] was, our wrapper)
+        self._trained_epoch: Optional[int] = None  # fit: the epoch that trained last (progress lines' number)
 
     @property
     def pruned(self) -> bool:
@@ -225,7 +226,9 @@ class RCPUPruningCallback(Callback):
         configure_logging()
         install_plan_hooks(pl_module)
         dm = getattr(trainer, "datamodule", None)
-        if callable(getattr(dm, "calibration_info", None)) and self.calibration_dataloader is None:
+        # what the calibration data is, in the runs that calibrate (test/validate read no calibration window)
+        if stage in ("fit", "predict") and callable(getattr(dm, "calibration_info", None)) \
+                and self.calibration_dataloader is None:
             self._calibration = dm.calibration_info()
         if stage == "fit":
             self._setup_fit(trainer, pl_module)
@@ -393,6 +396,7 @@ class RCPUPruningCallback(Callback):
 
     # -- fit: the steps ----------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._trained_epoch = trainer.current_epoch
         if self._active and trainer.current_epoch > self.last_epoch:
             self._fit_step(trainer, pl_module, trainer.current_epoch, before_setup=False)
 
@@ -581,8 +585,9 @@ class RCPUPruningCallback(Callback):
             rank_zero_warn(f"fit ended (epoch {trainer.current_epoch}) before any pruning step of the schedule "
                            f"{_describe_schedule(self.schedule)} was due: the model was not pruned")
         if self.export_dir is not None:
-            self.export(trainer, pl_module, source=f"end of fit (epoch {trainer.current_epoch}, "
-                                                   f"step {trainer.global_step})")
+            # Lightning counts an epoch as done once it ends, so current_epoch is one past the last trained
+            epoch = trainer.current_epoch if self._trained_epoch is None else self._trained_epoch
+            self.export(trainer, pl_module, source=f"end of fit (after epoch {epoch}, step {trainer.global_step})")
 
     def export(self, trainer: Trainer, pl_module: LightningModule, source: str) -> Optional[str]:
         """Write the module's LM as it is now (pruned and fine-tuned) to ``export_dir`` (rank 0, atomic;
@@ -645,7 +650,8 @@ class RCPUPruningCallback(Callback):
                 if h.is_inference():
                     inputs.batches[k] = (h.clone(), kw)
             calibration = self._calibration_record(trainer, inputs)
-            progress = default_progress() if self.progress and trainer.is_global_zero else False
+            progress = _stop_on_sigterm(trainer, default_progress() if self.progress and trainer.is_global_zero
+                                        else None)
             source = _source(pl_module)
             if source is None:
                 report = prune_model(lm, inputs, config, reduce=reduce, progress=progress, release_inputs=True,
@@ -962,6 +968,24 @@ def output_fields(config: PruningConfig, nsamples: Optional[int], schedule: Sche
     if isinstance(schedule, dict) and schedule:
         fields["ratio"] = schedule[max(schedule)]
     return fields
+
+
+def _stop_on_sigterm(trainer: Trainer, report: Optional[Callable[[Any], None]]) -> Callable[[Any], None]:
+    """The engine's per-layer progress function: ``report`` it, then stop the way Lightning's loops do
+    once the trainer received SIGTERM (``trainer.received_sigterm``; cli.py stops even sooner)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    def progress(event: Any) -> None:
+        if report is not None:
+            report(event)
+        stop = trainer.received_sigterm
+        if trainer.world_size > 1:  # every rank calls this after every layer: all stop at the same layer
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            rank_zero_info(f"SIGTERM received: stopping after layer {event.index + 1}/{event.total}; nothing is saved")
+            raise SIGTERMException()
+
+    return progress
 
 
 def _stop_forward(module, args, kwargs):

@@ -18,23 +18,35 @@ for ``fit``, ``optimizer``/``lr_scheduler``), so a config printed by one loads i
 Errors of the kinds user mistakes raise (``ValueError``, ``TypeError``, ``OSError``: a bad value, a
 missing file, an output that exists) end with one line on stderr and exit status 2; set
 ``RCPU_DEBUG=1`` for the traceback.
+
+SIGTERM (a scheduler's warning before a kill, ``kill PID``) stops the run the way Ctrl-C does:
+:class:`Terminated` (a ``KeyboardInterrupt``) is raised where the process is, Lightning's interrupt
+handling runs the callbacks' ``on_exception`` and tears down, outputs still being staged are removed
+(every output is renamed into place only when complete), and the process exits with status 143.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import difflib
 import importlib
+import inspect
 import json
 import logging
 import os
+import re
 import shlex
+import signal
 import sys
+import threading
 import types
 from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks.progress import ProgressBar
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ..files import check_output_path, format_output_path
@@ -61,7 +73,18 @@ PRUNE_HELP = (
     "--data.calibration.nsamples N (calibration windows: fewer = faster); "
     "--data.ppl_max_windows N (evaluate on the first N perplexity windows); --data.tasks [boolq,piqa,...] "
     "(zero-shot tasks); --results.path FILE (the results JSON; --results.overwrite true replaces one); "
-    "--trainer.prune_evaluate_dense true (also evaluate the dense model, for a before/after); --print_config."
+    "--trainer.prune_evaluate_dense true (also evaluate the dense model, for a before/after); --print_config; "
+    "--data.help RCPUDataModule lists every data option."
+)
+FIT_HELP = (
+    "Prune (unless the model is a pruned folder), fine-tune, export; progress lines with the training loss, a "
+    "summary at the end and a results JSON (.fit.json). Options most runs need (all of them follow): -c CONFIG; "
+    "--model.model SPEC (a dense model to prune and fine-tune, or a pruned folder to fine-tune as it is); "
+    "--trainer.max_steps N / --trainer.max_epochs N; --data.train_nsamples N (training windows, default 256) and "
+    "--data.val_nsamples N (held-out validation windows, default 64): fewer = faster; --data.train_batch_size N; "
+    "--model.lr LR; --pruning.config.ratio R or --pruning.schedule '{0: 0.1, 1: 0.2}' (gradual); "
+    "--pruning.export_dir DIR (the fine-tuned model); --trainer.enable_checkpointing true (Lightning checkpoints "
+    "for cli.py export); --data.help RCPUDataModule and --model.help CausalLMModule list every data / model option."
 )
 EXPORT_HELP = (
     "Write the model of a Lightning checkpoint (e.g. the end of a fit: pruned and fine-tuned) as a Hugging Face "
@@ -148,6 +171,25 @@ class RCPUTrainer(Trainer):
         self._print_summary()
         return dict(getattr(model, "eval_results", {}) or {})
 
+    def fit(
+        self,
+        model: LightningModule,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        datamodule: Optional[LightningDataModule] = None,
+        ckpt_path: Optional[str] = None,
+        weights_only: Optional[bool] = None,
+    ) -> None:
+        """Prune (when an RCPUPruningCallback is configured), fine-tune, export, then print a summary.
+
+        The summary (rank 0) gives the pruning, the training steps and last loss, the validation
+        perplexity and the outputs; the same record goes to ``results.path`` (``.fit.json``).
+        Arguments: those of :meth:`lightning.pytorch.Trainer.fit`.
+        """
+        super().fit(model, train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders,
+                    datamodule=datamodule, ckpt_path=ckpt_path, weights_only=weights_only)
+        self._print_summary()
+
     def export(
         self,
         model: LightningModule,
@@ -209,6 +251,94 @@ class RunConfig(SaveConfigCallback):
         text = self.parser.dump(self.config, skip_none=False)
         for writer in _writers(trainer):
             writer.extra["config"] = text
+
+
+class RCPUArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, whose errors are one line without the usage dump (``--help`` has it):
+    an unknown option names the closest valid one (``did you mean --data.ppl_max_windows?``)."""
+
+    def error(self, message: str, ex: Optional[Exception] = None):
+        if not self.exit_on_error or os.environ.get(DEBUG_ENV):
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        print(f"error: {_parser_error_line(self, message)} (every option: {prog} --help)", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
+def _parser_error_line(parser: argparse.ArgumentParser, message: str) -> str:
+    """One line for a parser error; an unknown option gets the closest valid name."""
+    unknown = re.search(r"unrecognized arguments: --(\S+)", message)
+    key = re.search(r'Parser key "([^"]+)"', message)
+    class_path = re.search(r"class_path '([^']+)'", message)
+    nested = re.search(r"Option '([^']+)' is not accepted", message) or (unknown if class_path else None)
+    if nested and key:  # an init argument of a class given by class_path (model, data)
+        option = nested.group(1).split("=", 1)[0]
+        names = {f"--{key.group(1)}.{name}" for name in _init_arg_names(class_path.group(1) if class_path else None)}
+        return _unknown_option(f"--{key.group(1)}.{option}", names)
+    if unknown:
+        return _unknown_option("--" + unknown.group(1).split("=", 1)[0], _option_names(parser))
+    choice = re.search(r"invalid choice: '([^']+)' \(choose from (.*?)\)", message, re.S)
+    if choice:  # a subcommand typo
+        names = set(re.findall(r"[\w-]+", choice.group(2)))
+        close = difflib.get_close_matches(choice.group(1), sorted(names), n=1, cutoff=0.6)
+        return f"unknown subcommand {choice.group(1)!r}" + (f"; did you mean {close[0]}?" if close else "")
+    return message.strip()
+
+
+def _unknown_option(typo: str, names: set[str]) -> str:
+    close = difflib.get_close_matches(typo, sorted(names), n=1, cutoff=0.6)
+    return f"unknown option {typo}" + (f"; did you mean {close[0]}?" if close else "")
+
+
+def _option_names(parser: argparse.ArgumentParser) -> set[str]:
+    """Every ``--option`` of a parser and of its subcommands' parsers."""
+    names: set[str] = set()
+    for action in parser._actions:
+        names.update(o for o in action.option_strings if o.startswith("--"))
+        for sub in (getattr(action, "_name_parser_map", None) or {}).values():
+            names |= _option_names(sub)
+    return names
+
+
+def _init_arg_names(class_path: Optional[str]) -> set[str]:
+    """A class's ``__init__`` arguments as option suffixes (``ppl_max_windows``, ``calibration.nsamples``)."""
+    if not class_path:
+        return set()
+    try:
+        module, _, name = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        params = inspect.signature(cls.__init__).parameters.values()
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return set()
+    names = set()
+    for param in params:
+        if param.name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        names.add(param.name)
+        if dataclasses.is_dataclass(param.default):  # e.g. calibration: CalibrationConfig
+            names.update(f"{param.name}.{f.name}" for f in dataclasses.fields(param.default))
+    return names
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Read every ``-c``/``--config`` file once before the parser does, so that a YAML syntax error names
+    the file and the line (jsonargparse reports ``"<unicode string>", line 4``)."""
+    import yaml
+
+    files = [b for a, b in zip(argv, argv[1:]) if a in ("-c", "--config")]
+    files += [a.split("=", 1)[1] for a in argv if a.startswith(("--config=", "-c="))]
+    for name in files:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            continue  # the parser says so
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"config file {name}{where}: YAML syntax error: {problem}") from None
 
 
 class RCPUCLI(LightningCLI):
@@ -317,10 +447,48 @@ def _folder_fields(spec: Any) -> dict[str, Any]:
 
 
 class _NoProductTips(logging.Filter):
-    """Drop Lightning's advertisement for its cloud logger from CLI runs (it is not a warning)."""
+    """Drop Lightning's advertisement for its cloud logger from CLI runs (it is not a warning), and its
+    "Detected KeyboardInterrupt" when the interrupt was a SIGTERM (the CLI says so itself)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "💡 Tip:" not in record.getMessage()
+        message = record.getMessage()
+        return "💡 Tip:" not in message and not (_SIGTERM.received and "Detected KeyboardInterrupt" in message)
+
+
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM, raised where the process is, so that it stops the way Ctrl-C does."""
+
+
+class _SigtermToInterrupt:
+    """The CLI's SIGTERM handler (installed by :func:`main` unless the process already has one). Lightning
+    keeps it: while a Trainer runs, its own handler (which only sets ``trainer.received_sigterm``) calls
+    this one after it."""
+
+    STATUS = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if not self.received:  # a second SIGTERM during the shutdown does not interrupt the cleanup
+            self.received = True
+            raise Terminated("SIGTERM")
+
+    def install(self) -> Any:
+        """Install when nobody else handles SIGTERM (main thread only); returns what to restore, or None."""
+        self.received = False
+        if threading.current_thread() is not threading.main_thread() or \
+                signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+            return None
+        return signal.signal(signal.SIGTERM, self)
+
+    def stopped(self) -> "SystemExit":
+        print(f"stopped by SIGTERM: the run was interrupted like Ctrl-C; outputs still being written were removed "
+              f"(each output appears complete or not at all); exit status {self.STATUS}", file=sys.stderr, flush=True)
+        return SystemExit(self.STATUS)
+
+
+_SIGTERM = _SigtermToInterrupt()
 
 
 def main(args: Optional[list[str]] = None) -> Optional[RCPUCLI]:
@@ -330,15 +498,30 @@ def main(args: Optional[list[str]] = None) -> Optional[RCPUCLI]:
     for handler in logging.getLogger("lightning.pytorch").handlers:
         if not any(isinstance(f, _NoProductTips) for f in handler.filters):
             handler.addFilter(_NoProductTips())
+    previous = _SIGTERM.install()
+    try:
+        return _run(argv, args)
+    except (Terminated, SystemExit):  # Lightning turns an interrupt inside a loop into sys.exit(1)
+        if _SIGTERM.received:
+            raise _SIGTERM.stopped() from None
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str], args: Optional[list[str]]) -> Optional[RCPUCLI]:
     try:
         if argv[:1] == ["report"]:
             from ..eval.report import report_cli
 
             report_cli(argv[1:], prog="cli.py report")
             return None
+        check_config_files(argv)
         return RCPUCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                       trainer_class=RCPUTrainer, save_config_callback=RunConfig,
-                       parser_kwargs={"prune": {"description": PRUNE_HELP}, "export": {"description": EXPORT_HELP}},
+                       trainer_class=RCPUTrainer, save_config_callback=RunConfig, parser_class=RCPUArgumentParser,
+                       parser_kwargs={"prune": {"description": PRUNE_HELP}, "fit": {"description": FIT_HELP},
+                                      "export": {"description": EXPORT_HELP}},
                        args=args)
     except (ValueError, TypeError, OSError) as exc:  # bad values, missing files, outputs that exist
         if os.environ.get(DEBUG_ENV):

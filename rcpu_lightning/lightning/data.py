@@ -31,7 +31,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..data.calibration import CalibrationConfig, calibration_windows, heldout_windows
-from ..data.wikitext import calibration_split, find_split_file, perplexity_windows, resolve_data_dir
+from ..data.wikitext import DATA_DIR_ENV, calibration_split, find_split_file, perplexity_windows, resolve_data_dir
 from ..eval.tasks import ALL_TASKS, TASK_SPECS, load_items
 from ..eval import MultipleChoiceDataset
 from .module import ZeroShotBatch
@@ -208,7 +208,8 @@ class RCPUDataModule(LightningDataModule):
             if not path.is_file():
                 missing.append(f"no {path} (zero-shot task {task!r})")
         if missing:
-            raise FileNotFoundError("; ".join(missing))
+            origin = "data.data_dir" if data_dir is not None else f"${DATA_DIR_ENV}"
+            raise FileNotFoundError("; ".join(missing) + f" (the data folder {str(folder)!r} comes from {origin})")
 
     def setup(self, stage: str) -> None:
         h = self.hparams

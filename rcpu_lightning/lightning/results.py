@@ -55,7 +55,8 @@ def _versions() -> dict[str, str]:
 
 
 class RCPUResultsWriter(Callback):
-    """Write a results JSON after pruning and after evaluation (test / validate).
+    """Write a results JSON after pruning, after evaluation (test / validate) and at the end of ``fit``
+    (then with ``training``: steps, epochs, the last training metrics).
 
     Args:
         path: the JSON file (``null``: write nothing). May hold ``{method}``, ``{compensation}``,
@@ -79,6 +80,8 @@ class RCPUResultsWriter(Callback):
         self.run_id = uuid.uuid4().hex  # restored from a checkpoint by a resumed fit
         self._unverified: list[str] = []  # existing files a resumed fit may own (decided after the restore)
         self._started = time.time()
+        self._epochs: list[int] = []  # fit: the epochs that trained in this run
+        self._validated_at: Optional[int] = None  # fit: the step of this run's latest validation
 
     # -- where ------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -168,11 +171,17 @@ class RCPUResultsWriter(Callback):
         dm = getattr(trainer, "datamodule", None)
         if dm is not None and callable(getattr(dm, "describe", None)):
             rec.update(_describe(dm, evaluation))
+        if self.stage == "test":  # the DataModule's calibration settings played no part in this run
+            for key in ("calib_samples", "calib_seqlen", "calib_seed"):
+                rec.pop(key, None)
         rec.update(dict(getattr(pl_module, "eval_results", {}) or {}))
         if evaluation is not None:  # what the module's own steps logged (a user module has no eval_results)
             rec["metrics"] = logged_metrics(trainer)
         if self.dense is not None:
             rec["dense"] = self.dense
+        exported = [cb.exported_to for cb in trainer.callbacks if getattr(cb, "exported_to", None)]
+        if exported and not rec.get("export_dir"):
+            rec["export_dir"] = exported[-1]
         rec["seconds"] = time.time() - self._started
         rec["versions"] = _versions()
         rec.update(self.extra)
@@ -197,12 +206,14 @@ class RCPUResultsWriter(Callback):
         return facts
 
     # -- when --------------------------------------------------------------------------------------
-    def write(self, trainer: Trainer, pl_module: LightningModule, evaluation: Optional[str]) -> None:
+    def write(self, trainer: Trainer, pl_module: LightningModule, evaluation: Optional[str],
+              **more: Any) -> None:
+        """Build the record (kept in ``record``, for the end-of-run summary) and write it, if a path is set."""
+        record = {**self.build(trainer, pl_module, evaluation), **more}
+        self.record = record
         if self.resolved is None:
             return
-        record = self.build(trainer, pl_module, evaluation)
         record["results_path"] = self.resolved
-        self.record = record
         if trainer.is_global_zero:
             write_json_atomic(self.resolved, record)
             if self.extra.get("config") is not None:  # cli.py's resolved config: written with the results, so a
@@ -225,7 +236,23 @@ class RCPUResultsWriter(Callback):
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
+            if trainer.state.fn == "fit":
+                self._validated_at = trainer.global_step
             self.write(trainer, pl_module, "validate")
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._epochs, self._validated_at = [], None
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._epochs.append(trainer.current_epoch)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The fit's record, also when no validation ran (a fit shorter than one epoch, no val data)."""
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith("train") and hasattr(v, "numel") and v.numel() == 1}
+        training = {"steps": trainer.global_step, "epochs": self._epochs, "last_metrics": metrics,
+                    "validated_at_step": self._validated_at}
+        self.write(trainer, pl_module, None if self._validated_at is None else "validate", training=training)
 
 
 def logged_metrics(trainer: Trainer) -> dict[str, float]:
@@ -279,22 +306,33 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
                    if record.get("decoder_params_removed") is not None else None]
         extra = ", ".join(r for r in removed if r)
         lines.append(f"parameters    {before:,} -> {after:,}" + (f" ({extra})" if extra else ""))
+    training = record.get("training") or {}
     if record.get("prune_seconds") is not None:
         calib = record.get("calibration") or {}
         lines.append(f"pruning time  {record['prune_seconds']:.1f} s ({calib.get('nsamples')} calibration windows "
                      f"x {calib.get('seqlen')} tokens, {calib.get('source', 'calibration data')})")
+    if training:
+        epochs = training.get("epochs") or []
+        span = "" if not epochs else f" in epoch {epochs[0]}" if len(epochs) == 1 else f" in epochs {epochs[0]}-{epochs[-1]}"
+        last = ", ".join(f"{k} {v:.4g}" for k, v in (training.get("last_metrics") or {}).items())
+        lines.append(f"training      {training.get('steps')} optimizer steps{span}"
+                     + (f" on {record['train_windows']} windows" if record.get("train_windows") else "")
+                     + (f"; last {last}" if last else ""))
     dense_ppl = (record.get("dense") or {}).get("ppl")
     if record.get("ppl") is not None:
         windows = f"{record.get('ppl_windows')} windows of {record.get('seqlen')} tokens"
         ppl = f"dense {dense_ppl:.2f} -> pruned {record['ppl']:.2f}" if dense_ppl is not None else f"{record['ppl']:.2f}"
-        lines.append(f"perplexity    {ppl} (WikiText-2 {record.get('ppl_split', 'test')}, {windows})")
+        when = f", after step {training['validated_at_step']}" if training.get("validated_at_step") is not None else ""
+        lines.append(f"perplexity    {ppl} (WikiText-2 {record.get('ppl_split', 'test')}, {windows}{when})")
     for task, entry in sorted((record.get("tasks") or {}).items()):
         lines.append(f"{task:13s} {entry['reported_metric']} {100 * entry['reported']:.2f}% (n={entry['n']})")
     if record.get("ppl") is None and not record.get("tasks"):  # a module of the user's: its own metrics
         for name, value in (record.get("metrics") or {}).items():
             lines.append(f"metric        {name} {value:.4g}")
     if record.get("save_dir"):
-        lines.append(f"checkpoint    {record['save_dir']}")
+        lines.append(f"checkpoint    {record['save_dir']}" + (" (right after pruning)" if training else ""))
+    if record.get("export_dir"):
+        lines.append(f"fine-tuned    {record['export_dir']}")
     if record.get("results_path"):
         lines.append(f"results       {record['results_path']}")
     return lines
