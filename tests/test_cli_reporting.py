@@ -89,9 +89,8 @@ def test_sigterm_during_pruning_stops_within_seconds_and_the_retry_succeeds(tiny
 
     model, data = tiny
     out = tmp_path / "out"
-    # no results file: the run's config file written at setup (before pruning) blocked a retry until issue 23
-    # (its commit "the resolved config is written by the results writer with the results")
-    cfg = tiny_config(tmp_path / "c.yaml", model, data, out, results__path=None)
+    # with a results file: its config is written with the results, so a stopped run leaves none to block the retry
+    cfg = tiny_config(tmp_path / "c.yaml", model, data, out)
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     env.pop("RCPU_DEBUG", None)
@@ -117,6 +116,7 @@ def test_sigterm_during_pruning_stops_within_seconds_and_the_retry_succeeds(tiny
 
     cli = main(["prune", "-c", str(cfg)])  # the same command again, no flag: nothing blocks it
     assert (out / "pruned" / "pruning_plan.json").is_file() and cli.model.eval_results["ppl"] > 1
+    assert (out / "results.json").is_file() and (out / "results.config.yaml").is_file()
 
 
 def test_the_callback_stops_after_the_layer_in_progress_once_the_trainer_received_sigterm(tiny, tmp_path):
