@@ -28,6 +28,7 @@ from typing import Any
 
 from torch import nn
 
+from ..export.remote_code import add_remote_code
 from ..files import atomic_dir, write_json_atomic
 from .plan import SHAPE_KEYS, BIAS_KEYS, PruningPlan
 from .surgery import ATTN_PROJ, BIAS_FLAG_MODEL_TYPES, MLP_PROJ, apply_plan_shapes
@@ -79,12 +80,15 @@ def save_pruned(model: nn.Module, plan: PruningPlan, path: str | os.PathLike, ov
                 **save_kwargs: Any) -> Path:
     """Write ``model`` (pruned by ``plan``) as an HF checkpoint plus ``pruning_plan.json`` at ``path``.
 
+    A folder of per-layer shapes also gets a modeling file (``AutoModelForCausalLM.from_pretrained(path,
+    trust_remote_code=True)`` loads it; see :mod:`rcpu_lightning.export.remote_code`).
     Atomic; an existing non-empty ``path`` is refused unless ``overwrite=True`` (then it is replaced
     as a whole). ``save_kwargs`` go to ``save_pretrained``. Returns the path.
     """
     with atomic_dir(path, overwrite, "save_pruned path") as staged:
         with checkpoint_config(model.config, plan):
             model.save_pretrained(staged, **save_kwargs)
+        add_remote_code(staged, plan, plain_loadable(plan, model.config))  # per-layer shapes: trust_remote_code
         write_json_atomic(staged / PLAN_FILE, plan.to_dict(), indent=1)
     return Path(path)
 
