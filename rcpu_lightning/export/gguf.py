@@ -393,7 +393,9 @@ def read_gguf(path: str | os.PathLike) -> nn.Module:
             data = np.asarray(t.data, dtype=np.float32)
         else:
             data = quants.dequantize(t.data, t.tensor_type)
-        tensors[t.name] = torch.from_numpy(np.ascontiguousarray(data.reshape(shape), dtype=np.float32))
+        tensors[t.name] = torch.from_numpy(np.array(data.reshape(shape), dtype=np.float32))  # a writable copy
+    if "rope_freqs.weight" in tensors:
+        raise ValueError(f"{str(path)!r} has llama3 RoPE factors (rope_freqs); read_gguf rebuilds default RoPE only")
     hidden, head_dim = int(key("embedding_length")), int(key("attention.key_length"))
     config = LlamaConfig(
         vocab_size=tensors["token_embd.weight"].shape[0], hidden_size=hidden, num_hidden_layers=n_layer,
