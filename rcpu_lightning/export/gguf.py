@@ -41,7 +41,8 @@ from torch import nn
 
 from ..files import check_output_path, write_atomic
 
-__all__ = ["GGUF_DTYPES", "LayerShape", "export_gguf", "gguf_cli", "layer_shapes", "read_gguf", "rope_interleave"]
+__all__ = ["GGUF_DTYPES", "LayerShape", "export_gguf", "gguf_cli", "layer_shapes", "load_source_model", "read_gguf",
+           "rope_interleave"]
 
 GGUF_DTYPES = ("f16", "bf16", "f32", "q8_0")
 #: Architectures llama.cpp runs with this layout (Llama's); Mistral/Qwen2 have their own GGUF archs.
@@ -110,7 +111,7 @@ def _tokenizer_of(spec: str | os.PathLike) -> Path | None:
     return Path(str(spec)).expanduser() if kind in ("gguf", "folder") else None
 
 
-def _load_model(spec: str | os.PathLike) -> nn.Module:
+def load_source_model(spec: str | os.PathLike) -> nn.Module:
     """A float32 model from a folder (a pruned one through ``load_pruned``), a .gguf file or an embedded name."""
     from ..models.loading import load_causal_lm
     from ..pruning.io import PLAN_FILE, load_pruned
@@ -322,7 +323,7 @@ def export_gguf(
         source_name = name or getattr(model.config, "_name_or_path", "") or "model"
     else:
         source_name = name or Path(str(model)).name
-        model = _load_model(model)
+        model = load_source_model(model)
     shapes = _check_model(model)
     uniform = len(set(shapes)) == 1
     arch = "llama" if uniform else "deci"

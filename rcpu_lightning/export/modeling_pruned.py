@@ -6,8 +6,7 @@ layer's shapes under ``pruned_layers`` and names the class in ``auto_map``, so t
 
     AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
 
-(and every tool built on it: lm-evaluation-harness, vLLM's transformers backend, TGI, peft, ...)
-builds the per-layer shapes. The config's own shape values are the dense model's (they must
+(and every tool that loads models that way, e.g. lm-evaluation-harness) builds the per-layer shapes. The config's own shape values are the dense model's (they must
 validate); each layer's modules are rebuilt from ``pruned_layers`` at the end of ``__init__``,
 before ``from_pretrained`` loads the weights.
 """
