@@ -122,10 +122,13 @@ def load_source_model(spec: str | os.PathLike) -> nn.Module:
     return load_causal_lm(str(spec), dtype="float32")[0]
 
 
-def _check_model(model: nn.Module) -> list[LayerShape]:
-    model_type = getattr(model.config, "model_type", None)
+def _check_model_type(model_type: Any) -> None:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"GGUF export supports model_type in {list(SUPPORTED_MODEL_TYPES)}, not {model_type!r}")
+
+
+def _check_model(model: nn.Module) -> list[LayerShape]:
+    _check_model_type(getattr(model.config, "model_type", None))
     rope = getattr(model.config, "rope_parameters", None) or getattr(model.config, "rope_scaling", None) or {}
     if rope.get("rope_type", "default") not in ("default", "llama3"):
         raise ValueError(f"GGUF export: RoPE type {rope.get('rope_type')!r} is not supported (default, llama3)")
@@ -323,6 +326,9 @@ def export_gguf(
         source_name = name or getattr(model.config, "_name_or_path", "") or "model"
     else:
         source_name = name or Path(str(model)).name
+        config_file = Path(str(model)).expanduser() / "config.json"
+        if config_file.is_file():  # refuse another architecture before any weight is read
+            _check_model_type(json.loads(config_file.read_text()).get("model_type"))
         model = load_source_model(model)
     shapes = _check_model(model)
     uniform = len(set(shapes)) == 1
