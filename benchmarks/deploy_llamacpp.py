@@ -13,12 +13,13 @@ embedded GGUF. Uniform models become llama.cpp's ``llama`` architecture, the oth
 
 Checks, per model:
 
-- agreement (f32 GGUF): llama.cpp's logits on the first ``--windows`` WikiText-2 test windows of 128
+- agreement (f32 GGUF, with a float32 KV cache: the whole computation in float32): llama.cpp's logits on the first ``--windows`` WikiText-2 test windows of 128
   tokens (the project's perplexity windows) against the PyTorch model's (``load_pruned``, float32):
   max |difference|, and the perplexity both compute on the same windows (must agree to 3 digits);
-  the f16 file's PPL on the same windows too.
+  the f16 file's PPL on the same windows too (llama.cpp's defaults: f16 KV cache).
 - greedy generation: 32 new tokens after the first 16 tokens of window 0, llama.cpp's sampler at
-  temperature 0 vs ``model.generate(do_sample=False)``: identical in f32 (f16/q8_0 recorded).
+  temperature 0 vs ``model.generate(do_sample=False)``: identical in f32 (float32 KV cache; f16/q8_0
+  files with the default f16 cache recorded).
 - speed: llama.cpp tokens/s in f16 and q8_0, ``--threads`` (2) threads: prefill of ``--prefill`` (512)
   tokens in one batch, then decode of ``--decode`` (128) tokens one at a time with the KV cache (fixed
   text tokens: the work does not depend on their values); median of ``--repeats`` (5) rounds, each round
@@ -74,11 +75,13 @@ def matmul_params(model) -> int:
     return layers + model.get_output_embeddings().weight.numel()
 
 
-def _llama(path: Path, n_ctx: int, threads: int, logits_all: bool):
-    from llama_cpp import Llama
+def _llama(path: Path, n_ctx: int, threads: int, logits_all: bool, f32_cache: bool = False):
+    """llama.cpp on ``path``; ``f32_cache``: a float32 KV cache instead of llama.cpp's default f16 one."""
+    from llama_cpp import GGML_TYPE_F32, Llama
 
+    cache = {"type_k": GGML_TYPE_F32, "type_v": GGML_TYPE_F32} if f32_cache else {}
     return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=threads,
-                 n_threads_batch=threads, logits_all=logits_all, verbose=False)
+                 n_threads_batch=threads, logits_all=logits_all, verbose=False, **cache)
 
 
 def _ppl(nll: float, count: int) -> float:
@@ -93,7 +96,7 @@ def agreement(model, gguf_f32: Path, gguf_f16: Path, windows: torch.Tensor, thre
     nll, count = window_nll(torch_logits, windows)
     out["ppl_torch"] = _ppl(float(nll), count)
     for dtype, path in (("f32", gguf_f32), ("f16", gguf_f16)):
-        llm = _llama(path, SEQLEN, threads, logits_all=True)
+        llm = _llama(path, SEQLEN, threads, logits_all=True, f32_cache=dtype == "f32")
         cpp = []
         for window in windows:
             llm.reset()
@@ -103,7 +106,7 @@ def agreement(model, gguf_f32: Path, gguf_f16: Path, windows: torch.Tensor, thre
         nll, count = window_nll(cpp_logits, windows)
         out[f"ppl_llamacpp_{dtype}"] = _ppl(float(nll), count)
         out[f"max_abs_logit_diff_{dtype}"] = float((cpp_logits - torch_logits).abs().max())
-        del llm
+        llm.close()
     out["max_abs_logit"] = float(torch_logits.abs().max())
     out["ppl_agree_3_digits_f32"] = f"{out['ppl_torch']:.3g}" == f"{out['ppl_llamacpp_f32']:.3g}"
     return out
@@ -116,7 +119,7 @@ def generation(model, paths: dict[str, Path], prompt: list[int], threads: int) -
                              do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
     out = {"tokens_torch": ids}
     for dtype, path in paths.items():
-        llm = _llama(path, SEQLEN, threads, logits_all=False)
+        llm = _llama(path, SEQLEN, threads, logits_all=False, f32_cache=dtype == "f32")
         got = []
         for token in llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
             got.append(int(token))
@@ -124,7 +127,7 @@ def generation(model, paths: dict[str, Path], prompt: list[int], threads: int) -
                 break
         out[f"tokens_llamacpp_{dtype}"] = got
         out[f"same_tokens_{dtype}"] = sum(a == b for a, b in zip(got, ids))
-        del llm
+        llm.close()
     out["identical_f32"] = out.get("tokens_llamacpp_f32") == ids
     return out
 
@@ -152,6 +155,8 @@ def speed(files: dict[str, Path], stream: list[int], args) -> dict[str, dict]:
         for name in (list(llms) if r % 2 == 0 else list(llms)[::-1]):
             p, d = _time_one(llms[name], prefill, decode)
             times[name][0].append(p), times[name][1].append(d)
+    for llm in llms.values():
+        llm.close()
     return {name: {"prefill_tok_s": len(prefill) / C.median(p), "decode_tok_s": len(decode) / C.median(d),
                    "prefill_s": p, "decode_s": d} for name, (p, d) in times.items()}
 
