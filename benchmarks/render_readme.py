@@ -100,9 +100,10 @@ def which_method_section(results: Path) -> str:
                 f"at {measured}); at the other ratios take the best row named above.")
         if not zs_lead:
             head += " Where zero-shot accuracy matters more than perplexity, it is not the best row (above)."
-        lines.append(f"- {head} Its layers differ in shape, so the saved folder loads with `load_pruned` (or `cli.py "
-                     "--model.model DIR`); for a folder that plain `from_pretrained` loads, take the best equal-shape "
-                     "row. The paper's rotation (`configs/smollm2-rcpu.yaml`) reproduces the paper.")
+        lines.append(f"- {head} Its layers differ in shape: the saved folder loads with `load_pruned` (or `cli.py "
+                     "--model.model DIR`), with `from_pretrained(DIR, trust_remote_code=True)` in any Hugging Face "
+                     "tool, and in llama.cpp as a `deci` GGUF (see Deploy); for a folder that plain `from_pretrained` "
+                     "loads without remote code, take the best equal-shape row. The paper's rotation (`configs/smollm2-rcpu.yaml`) reproduces the paper.")
     lines += inference_summary(results) + heldout_lines(results)
     return "\n".join(lines) + "\n"
 
@@ -560,7 +561,24 @@ def deploy_section(results: Path, readme: Path) -> str:
               "round runs all four models in turn so that load hits them alike.",
               "- The RCPU-affine rows were pruned with 32 calibration windows (not 128): the table is about "
               "deployment (agreement, speed), not quality. Pruning commands: `prune_command` in the JSON."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + harness_lines(results, readme)) + "\n"
+
+
+def harness_lines(results: Path, readme: Path) -> list[str]:
+    """lm-evaluation-harness loading a per-layer folder through trust_remote_code vs the project's scorer."""
+    path = results / "harness_trust_remote_code.json"
+    data = _load(path)
+    if not data:
+        return []
+    out = []
+    for task, t in data["tasks"].items():
+        out.append(f"- Any Hugging Face tool: lm-evaluation-harness {data.get('lm_eval_version', '')} loaded "
+                   f"`{data['model']}` (per-layer shapes) with `trust_remote_code=True` and scored {t['n']} {task} "
+                   f"documents: acc {t['harness']['acc']:.4f} / acc_norm {t['harness']['acc_norm']:.4f}, the "
+                   f"project's evaluator on the same documents {t['ours']['acc']:.4f} / {t['ours']['acc_norm']:.4f} "
+                   f"(max |Δ log-likelihood| {t['max_abs_ll_diff']:.1e} over {t['requests']} requests; "
+                   f"`{_rel(path, readme)}`, with the commands).")
+    return out
 
 
 def render(results: Path, readme: Path) -> str:

@@ -49,3 +49,9 @@ def test_deploy_table_is_rendered_from_the_json(tmp_path):
     assert "`deci`" in affine and "31.500" in affine and "1300 (×1.30)" in affine and "121 (×1.21)" in affine
     assert "×1.31" in affine and "yes (32/32)" in affine
     assert "No rows yet" in rr.deploy_section(tmp_path / "none", tmp_path / "README.md")
+    harness = {"model": "DIR", "lm_eval_version": "0.4", "tasks": {"arc_easy": {
+        "n": 300, "requests": 1199, "max_abs_ll_diff": 6.7e-6, "ours": {"acc": 0.45, "acc_norm": 0.38},
+        "harness": {"acc": 0.4467, "acc_norm": 0.3833}}}}
+    (tmp_path / "harness_trust_remote_code.json").write_text(json.dumps(harness))
+    line = rr.deploy_section(tmp_path, tmp_path / "README.md").splitlines()[-1]
+    assert "300 arc_easy" in line and "acc 0.4467 / acc_norm 0.3833" in line and "0.4500 / 0.3800" in line

@@ -10,7 +10,9 @@ hidden sibling folder, then renamed into place; an existing non-empty folder is 
 * Other plans (AL-AM's per-layer shapes; e.g. 32 -> 26 heads with hidden 4096, which
   transformers-5 ``LlamaConfig`` rejects since ``hidden_size % num_attention_heads != 0``; an
   o_proj bias on Mistral/Qwen2): ``config.json`` holds the *dense* shape values, so it parses, and
-  plain ``from_pretrained`` fails loudly on the size mismatch. Use :func:`load_pruned`.
+  plain ``from_pretrained`` fails loudly on the size mismatch. Use :func:`load_pruned`, or
+  ``from_pretrained(path, trust_remote_code=True)``: such folders carry ``modeling_pruned.py``, their
+  per-layer shapes (``pruned_layers``) and ``auto_map`` (:mod:`rcpu_lightning.export.remote_code`).
 
 ``load_pruned`` rebuilds any plan: it builds the config with the dense (valid) values, lets
 ``from_pretrained`` instantiate a subclass whose ``__init__`` ends with
