@@ -59,3 +59,16 @@ def test_uniform_folder_stays_a_plain_checkpoint(tmp_path):
     plain = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
     assert type(plain) is LlamaForCausalLM
     torch.testing.assert_close(_logits(plain), _logits(model), atol=1e-6, rtol=0)
+
+
+def test_a_folder_pruned_from_disk_to_disk_loads_with_trust_remote_code(tmp_path):
+    from rcpu_lightning.pruning.streaming import prune_checkpoint
+
+    make_tiny_llama(**GQA).save_pretrained(tmp_path / "dense")
+    batches = list(_ids(1).split(2))
+    report = prune_checkpoint(tmp_path / "dense", tmp_path / "pruned", PruningConfig(method="flap", structure="al_am",
+                                                                                      ratio=0.4), batches, progress=False)
+    assert report.plan.uniform_values() is None
+    remote = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", trust_remote_code=True)
+    assert type(remote).__name__ == "PrunedLlamaForCausalLM"
+    torch.testing.assert_close(_logits(remote), _logits(load_pruned(tmp_path / "pruned")), atol=1e-6, rtol=0)
