@@ -548,7 +548,7 @@ def deploy_section(results: Path, readme: Path) -> str:
     for r in data["rows"]:
         def tps(dtype: str, phase: str) -> str:
             m = r[f"speed_{dtype}"]
-            return f"{m[phase + '_tok_s']:.0f} (×{m[phase + '_speedup']:.2f})"
+            return f"{m[phase + '_tok_s']:.3g} (×{m[phase + '_speedup']:.2f})"
 
         gen = r["generation"]
         lines.append(f"| {r['model']} | `{r['arch']}` | {r['max_abs_logit_diff_f32']:.1e} | {r['ppl_torch']:.3f} "
@@ -558,7 +558,10 @@ def deploy_section(results: Path, readme: Path) -> str:
                      f"| {tps('q8_0', 'decode')} | ×{r['ideal_speedup']:.2f} |")
     lines += ["", f"- Measured on {run.get('cpus')} shared cores (load average {run.get('loadavg_1m')} at the end; "
               f"commit {run.get('commit')}): other jobs ran at the same time, so the speedups are rough; every "
-              "round runs all four models in turn so that load hits them alike.",
+              "round runs all four models in turn so that load hits them alike."
+              + (" llama.cpp's threads spin-wait at every barrier, so with more runnable jobs than cores (as "
+                 "here) its throughput collapses (decode at a few tokens/s) and the speedups say little about a "
+                 "quiet machine." if (run.get("loadavg_1m") or 0) > (run.get("cpus") or 0) else ""),
               "- The RCPU-affine rows were pruned with 32 calibration windows (not 128): the table is about "
               "deployment (agreement, speed), not quality. Pruning commands: `prune_command` in the JSON."]
     return "\n".join(lines + harness_lines(results, readme)) + "\n"

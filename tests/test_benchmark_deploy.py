@@ -46,7 +46,7 @@ def test_deploy_table_is_rendered_from_the_json(tmp_path):
     (tmp_path / "deploy.json").write_text(json.dumps(data))
     text = rr.deploy_section(tmp_path, tmp_path / "README.md")
     affine = next(line for line in text.splitlines() if line.startswith("| RCPU-affine 30 %"))
-    assert "`deci`" in affine and "31.500" in affine and "1300 (×1.30)" in affine and "121 (×1.21)" in affine
+    assert "`deci`" in affine and "31.500" in affine and "1.3e+03 (×1.30)" in affine and "121 (×1.21)" in affine
     assert "×1.31" in affine and "yes (32/32)" in affine
     assert "No rows yet" in rr.deploy_section(tmp_path / "none", tmp_path / "README.md")
     harness = {"model": "DIR", "lm_eval_version": "0.4", "tasks": {"arc_easy": {
