@@ -100,9 +100,10 @@ def which_method_section(results: Path) -> str:
                 f"at {measured}); at the other ratios take the best row named above.")
         if not zs_lead:
             head += " Where zero-shot accuracy matters more than perplexity, it is not the best row (above)."
-        lines.append(f"- {head} Its layers differ in shape, so the saved folder loads with `load_pruned` (or `cli.py "
-                     "--model.model DIR`); for a folder that plain `from_pretrained` loads, take the best equal-shape "
-                     "row. The paper's rotation (`configs/smollm2-rcpu.yaml`) reproduces the paper.")
+        lines.append(f"- {head} Its layers differ in shape: the saved folder loads with `load_pruned` (or `cli.py "
+                     "--model.model DIR`), with `from_pretrained(DIR, trust_remote_code=True)` in any Hugging Face "
+                     "tool, and in llama.cpp as a `deci` GGUF (see Deploy); for a folder that plain `from_pretrained` "
+                     "loads without remote code, take the best equal-shape row. The paper's rotation (`configs/smollm2-rcpu.yaml`) reproduces the paper.")
     lines += inference_summary(results) + heldout_lines(results)
     return "\n".join(lines) + "\n"
 
@@ -524,12 +525,71 @@ def gradual_section(results: Path, readme: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def deploy_section(results: Path, readme: Path) -> str:
+    """llama.cpp running the exported GGUF files (benchmarks/deploy_llamacpp.py): agreement with PyTorch, speed."""
+    path, _ = _pick(results, "deploy")
+    data = _load(path) if path else None
+    if not data:
+        return "### Deploy: llama.cpp runs the pruned models\n\nNo rows yet (`python benchmarks/deploy_llamacpp.py`).\n"
+    s, run = data["settings"], data["run"]
+    label = " — quick run (`--quick`)" if s.get("quick") else ""
+    lines = [f"### Deploy: llama.cpp runs the pruned models{label}\n",
+             f"From `{_rel(path, readme)}` (`{data['command']}`, llama-cpp-python {s['llama_cpp_python']}). "
+             f"Agreement: the first {s['windows']} WikiText-2 test windows of {s['seqlen']} tokens, llama.cpp on the "
+             "f32 GGUF vs the PyTorch model; greedy: "
+             f"{s['new_tokens']} tokens after a {s['prompt_tokens']}-token prompt. Speed: llama.cpp, {s['threads']} "
+             f"threads, prefill of {s['prefill']} tokens, decode of {s['decode']}, median of {s['repeats']}; "
+             "speedup over dense in brackets; ideal = dense / pruned parameters multiplied per token "
+             "(decoder layers + LM head).\n",
+             "| Model | GGUF arch | max abs Δlogit (f32) | PPL PyTorch | PPL llama.cpp f32 | PPL llama.cpp f16 "
+             "| greedy f32 identical | f16 prefill tok/s | f16 decode tok/s | q8_0 prefill tok/s | q8_0 decode tok/s "
+             "| ideal |",
+             "|---|---|---:|---:|---:|---:|:-:|---:|---:|---:|---:|---:|"]
+    for r in data["rows"]:
+        def tps(dtype: str, phase: str) -> str:
+            m = r[f"speed_{dtype}"]
+            return f"{m[phase + '_tok_s']:.3g} (×{m[phase + '_speedup']:.2f})"
+
+        gen = r["generation"]
+        lines.append(f"| {r['model']} | `{r['arch']}` | {r['max_abs_logit_diff_f32']:.1e} | {r['ppl_torch']:.3f} "
+                     f"| {r['ppl_llamacpp_f32']:.3f} | {r['ppl_llamacpp_f16']:.3f} "
+                     f"| {'yes' if gen['identical_f32'] else 'no'} ({gen['same_tokens_f32']}/{s['new_tokens']}) "
+                     f"| {tps('f16', 'prefill')} | {tps('f16', 'decode')} | {tps('q8_0', 'prefill')} "
+                     f"| {tps('q8_0', 'decode')} | ×{r['ideal_speedup']:.2f} |")
+    lines += ["", f"- Measured on {run.get('cpus')} shared cores (load average {run.get('loadavg_1m')} at the end; "
+              f"commit {run.get('commit')}): other jobs ran at the same time, so the speedups are rough; every "
+              "round runs all four models in turn so that load hits them alike."
+              + (" llama.cpp's threads spin-wait at every barrier, so with more runnable jobs than cores (as "
+                 "here) its throughput collapses (decode at a few tokens/s) and the speedups say little about a "
+                 "quiet machine." if (run.get("loadavg_1m") or 0) > (run.get("cpus") or 0) else ""),
+              "- The RCPU-affine rows were pruned with 32 calibration windows (not 128): the table is about "
+              "deployment (agreement, speed), not quality. Pruning commands: `prune_command` in the JSON."]
+    return "\n".join(lines + harness_lines(results, readme)) + "\n"
+
+
+def harness_lines(results: Path, readme: Path) -> list[str]:
+    """lm-evaluation-harness loading a per-layer folder through trust_remote_code vs the project's scorer."""
+    path = results / "harness_trust_remote_code.json"
+    data = _load(path)
+    if not data:
+        return []
+    out = []
+    for task, t in data["tasks"].items():
+        out.append(f"- Any Hugging Face tool: lm-evaluation-harness {data.get('lm_eval_version', '')} loaded "
+                   f"`{data['model']}` (per-layer shapes) with `trust_remote_code=True` and scored {t['n']} {task} "
+                   f"documents: acc {t['harness']['acc']:.4f} / acc_norm {t['harness']['acc_norm']:.4f}, the "
+                   f"project's evaluator on the same documents {t['ours']['acc']:.4f} / {t['ours']['acc_norm']:.4f} "
+                   f"(max |Δ log-likelihood| {t['max_abs_ll_diff']:.1e} over {t['requests']} requests; "
+                   f"`{_rel(path, readme)}`, with the commands).")
+    return out
+
+
 def render(results: Path, readme: Path) -> str:
     body = [f"Generated by `python benchmarks/render_readme.py` from `{_rel(results, readme)}/*.json`; "
             "measured on a shared 2-core CPU machine (timings are noisy; see `benchmarks/README.md`).\n",
             which_method_section(results), quality_section(results, readme), scaling_section(results, readme),
             big_models_section(results, readme), overhead_section(results, readme),
-            inference_section(results, readme), gradual_section(results, readme)]
+            inference_section(results, readme), deploy_section(results, readme), gradual_section(results, readme)]
     return "\n".join(body)
 
 

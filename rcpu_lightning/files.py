@@ -60,7 +60,8 @@ OWN_FILES = (*OUTPUT_MARKERS, "config.json", "generation_config.json",
              "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
              "pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json",
              "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-             "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
+             "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+             "modeling_pruned.py")  # export.remote_code's modeling file (folders of per-layer shapes)
 _NAMED = 3  # foreign files named in a refusal
 
 

@@ -35,10 +35,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from transformers import AutoTokenizer
 
 from rcpu_lightning.eval import PAPER_METRIC, TASKS, item_loglikelihoods, load_items, score_item
 from rcpu_lightning.files import write_json_atomic
 from rcpu_lightning.models import load_causal_lm
+from rcpu_lightning.pruning.io import PLAN_FILE, load_pruned
 
 _HARNESS_YAML = {
     "boolq": ("super_glue/boolq/default.yaml", "validation", ["acc"]),
@@ -157,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prepare", metavar="OUT_DIR", help="only write the local_<task> YAMLs and data copies here")
     p.add_argument("--lm-eval-tasks", help="the installed lm_eval/tasks folder (with --prepare)")
     p.add_argument("--data-dir", required=True)
-    p.add_argument("--model", default="smollm2-135m", help="hub id, HF folder, .gguf file or embedded name (load_causal_lm)")
+    p.add_argument("--model", default="smollm2-135m", help="hub id, HF folder (a pruned one: load_pruned), .gguf file or embedded name (load_causal_lm)")
     p.add_argument("--bos", type=_parse_bos, default=None, help="default (tokenizer) | true | false")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -193,6 +195,11 @@ def compare_all(args: argparse.Namespace, model, tokenizer) -> dict[str, dict[st
     return results
 
 
+def _pruned_folder(spec: str) -> bool:
+    """A folder written by save_pruned: loaded with load_pruned, as the CLI's CausalLMModule does."""
+    return (Path(spec).expanduser() / PLAN_FILE).is_file()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = _parser()
     args = p.parse_args(argv)
@@ -205,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("lm_eval_dir is required unless --prepare is given")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_causal_lm(args.model, dtype="float32")
+    model, tokenizer = load_causal_lm(args.model, dtype="float32") if not _pruned_folder(args.model) else \
+        (load_pruned(args.model, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(args.model))
     results = compare_all(args, model, tokenizer)
     if args.output:
         record = {"lm_eval_dir": str(args.lm_eval_dir), "model": args.model, "bos": args.bos,

@@ -6,6 +6,7 @@
     python cli.py export -c configs/smollm2-rcpu.yaml --ckpt_path run/last.ckpt --pruning.export_dir outputs/ft
     python cli.py prune -c configs/smollm2-rcpu.yaml --print_config
     python cli.py report outputs/smollm2/*.json --markdown table.md  # tables from results files
+    python cli.py gguf outputs/smollm2/rcpu-rotation-20 model.gguf --dtype q8_0  # for llama.cpp / ollama
 
 Top-level config keys: ``trainer`` (:class:`RCPUTrainer`: Lightning's options plus ``prune_evaluate``
 and ``prune_evaluate_dense``), ``model`` (any LightningModule: ``class_path`` + ``init_args``; default
@@ -516,6 +517,11 @@ def _run(argv: list[str], args: Optional[list[str]]) -> Optional[RCPUCLI]:
             from ..eval.report import report_cli
 
             report_cli(argv[1:], prog="cli.py report")
+            return None
+        if argv[:1] == ["gguf"]:
+            from ..export.gguf import gguf_cli
+
+            gguf_cli(argv[1:], prog="cli.py gguf")
             return None
         check_config_files(argv)
         return RCPUCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,

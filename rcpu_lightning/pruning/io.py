@@ -10,7 +10,9 @@ hidden sibling folder, then renamed into place; an existing non-empty folder is 
 * Other plans (AL-AM's per-layer shapes; e.g. 32 -> 26 heads with hidden 4096, which
   transformers-5 ``LlamaConfig`` rejects since ``hidden_size % num_attention_heads != 0``; an
   o_proj bias on Mistral/Qwen2): ``config.json`` holds the *dense* shape values, so it parses, and
-  plain ``from_pretrained`` fails loudly on the size mismatch. Use :func:`load_pruned`.
+  plain ``from_pretrained`` fails loudly on the size mismatch. Use :func:`load_pruned`, or
+  ``from_pretrained(path, trust_remote_code=True)``: such folders carry ``modeling_pruned.py``, their
+  per-layer shapes (``pruned_layers``) and ``auto_map`` (:mod:`rcpu_lightning.export.remote_code`).
 
 ``load_pruned`` rebuilds any plan: it builds the config with the dense (valid) values, lets
 ``from_pretrained`` instantiate a subclass whose ``__init__`` ends with
@@ -28,6 +30,7 @@ from typing import Any
 
 from torch import nn
 
+from ..export.remote_code import add_remote_code
 from ..files import PLAN_FILE, atomic_dir, write_json_atomic
 from .plan import SHAPE_KEYS, BIAS_KEYS, PruningPlan
 from .surgery import ATTN_PROJ, BIAS_FLAG_MODEL_TYPES, MLP_PROJ, apply_plan_shapes
@@ -96,6 +99,8 @@ def save_pruned(model: nn.Module, plan: PruningPlan, path: str | os.PathLike, ov
                 **save_kwargs: Any) -> Path:
     """Write ``model`` (pruned by ``plan``) as an HF checkpoint plus ``pruning_plan.json`` at ``path``.
 
+    A folder of per-layer shapes also gets a modeling file (``AutoModelForCausalLM.from_pretrained(path,
+    trust_remote_code=True)`` loads it; see :mod:`rcpu_lightning.export.remote_code`).
     Atomic; an existing non-empty ``path`` is refused unless ``overwrite=True`` (then it is replaced
     as a whole). ``save_kwargs`` go to ``save_pretrained``. Returns the path.
     """
@@ -103,6 +108,7 @@ def save_pruned(model: nn.Module, plan: PruningPlan, path: str | os.PathLike, ov
         with checkpoint_config(model.config, plan):
             model.save_pretrained(staged, **save_kwargs)
             _pin_head_dim(staged / "config.json", model.config)
+        add_remote_code(staged, plan, plain_loadable(plan, model.config))  # per-layer shapes: trust_remote_code
         write_json_atomic(staged / PLAN_FILE, plan.to_dict(), indent=1)
     return Path(path)
 

@@ -39,13 +39,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from ..export.remote_code import add_remote_code
 from ..files import _staging, atomic_dir, check_output_path
 from ..models.adapter import check_supported, decoder_layers
 from .allocator import fix_mmap_threshold
 from .config import PruningConfig
 from .engine import PruningReport, prune_model
 from .inputs import LayerInputs, capture_layer_inputs
-from .io import PLAN_FILE, save_checkpoint_config
+from .io import PLAN_FILE, plain_loadable, save_checkpoint_config
 from .progress import ProgressFn
 from .stats import Reduce
 
@@ -336,6 +337,7 @@ def _finish(src: CheckpointSource, writer: ShardWriter, model: nn.Module, report
     writer.finish()
     model.config.dtype = dtype
     save_checkpoint_config(model.config, report.plan, writer.folder)
+    add_remote_code(writer.folder, report.plan, plain_loadable(report.plan, model.config))
     (writer.folder / PLAN_FILE).write_text(json.dumps(report.plan.to_dict(), indent=1))
     for file in src.side_files():
         shutil.copy2(file, writer.folder / file.name)
