@@ -134,7 +134,7 @@ def storeall_prune(model: torch.nn.Module, inputs, config, dtype=torch.float64, 
     layers = decoder_layers(model)
     plan = PruningPlan(str(model.config.model_type), dense_values(model), [], config.to_dict())
     batches = list(inputs.batches)
-    inputs.batches.clear()  # as prune_model(release_inputs=True): one copy, overwritten layer by layer
+    inputs.batches.clear()  # as prune_model(overwrite_inputs=True): one copy, overwritten layer by layer
     n_tokens = sum(h.shape[0] * h.shape[1] for h, _ in batches)
     stored_max = 0.0
     with torch.no_grad():
@@ -197,7 +197,7 @@ def worker(args) -> dict[str, Any]:
     t0, c0 = time.perf_counter(), time.process_time()
     inputs = capture_layer_inputs(model, calib.split(calibration.batch_size))
     if args.worker == "ours":
-        prune_model(model, inputs, config, progress=False, release_inputs=True)
+        prune_model(model, inputs, config, progress=False, overwrite_inputs=True)
         extra = {}
     else:
         extra = storeall_prune(model, inputs, config)

@@ -69,7 +69,7 @@ def run(model, device: str, nsamples: int, execution_device: str | None) -> dict
     inputs = capture_layer_inputs(model, [b.to(_input_device(model)) for b in ids.split(16)])
     seconds, report_layer = per_layer_seconds()
     config = PruningConfig(method="rcpu", compensation="rotation", ratio=0.2, execution_device=execution_device)
-    report = prune_model(model, inputs, config, progress=report_layer, release_inputs=True)
+    report = prune_model(model, inputs, config, progress=report_layer, overwrite_inputs=True)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         model = copy.deepcopy(dense)
         t0 = time.perf_counter()
         report = prune_model(model, capture_layer_inputs(model, calib.split(cal.batch_size)), PruningConfig(**kw),
-                             progress=False, release_inputs=True, calibration=cal.to_dict())
+                             progress=False, overwrite_inputs=True, calibration=cal.to_dict())
         seconds = time.perf_counter() - t0
         h = evaluate_perplexity(model, held, progress=False)
         row = {"key": key, "model": C.MODEL_NAME if args.model == C.MODEL_SPEC else args.model, "config": kw, "heldout_windows": args.windows,

@@ -287,7 +287,7 @@ def prune_variant(bench: Bench, method: str, structure: str, ratio: float) -> Va
     cfg = PruningConfig(**kwargs)
     model = copy.deepcopy(bench.model)
     t0 = time.perf_counter()
-    prune_model(model, capture_layer_inputs(model, bench.calib.split(8)), cfg, release_inputs=True, progress=False)
+    prune_model(model, capture_layer_inputs(model, bench.calib.split(8)), cfg, overwrite_inputs=True, progress=False)
     seconds = time.perf_counter() - t0
     return Variant(f"{method}_{structure}", model.eval(), method, structure, ratio, cfg.compensation,
                    prune_seconds=seconds)

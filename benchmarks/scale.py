@@ -156,7 +156,7 @@ def worker(args) -> dict[str, Any]:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
         for p in model.parameters():  # weights into anonymous memory (safetensors loads are mmapped)
             p.data = p.data.clone()
-        report = prune_model(model, capture_layer_inputs(model, batches), cfg, progress=False, release_inputs=True)
+        report = prune_model(model, capture_layer_inputs(model, batches), cfg, progress=False, overwrite_inputs=True)
         out["peak_rss_mb"] = vm_hwm_mb()
     else:  # layer7b-ours / -reference / -affine: the whole (2-layer) model in memory
         import calibration_scaling as cs
@@ -171,7 +171,7 @@ def worker(args) -> dict[str, Any]:
             cs.storeall_prune(model, inputs, cfg, dtype=torch.float32)
             report = None
         else:
-            report = prune_model(model, inputs, cfg, progress=False, release_inputs=True)
+            report = prune_model(model, inputs, cfg, progress=False, overwrite_inputs=True)
         out.update(seconds=time.perf_counter() - t0, peak_rss_mb=vm_hwm_mb())
         model = model if args.logits else None
     if report is not None:

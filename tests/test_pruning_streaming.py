@@ -35,7 +35,7 @@ def _checkpoint(folder: Path, shard: str | None = "30KB", num_layers: int = 3, *
 
 def _in_memory(folder: Path, config: PruningConfig):
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    report = prune_model(model, capture_layer_inputs(model, _batches()), config, progress=False, release_inputs=True)
+    report = prune_model(model, capture_layer_inputs(model, _batches()), config, progress=False, overwrite_inputs=True)
     return model, report
 
 
@@ -203,7 +203,7 @@ def test_an_out_of_core_module_needs_save_dir_and_only_prunes(tmp_path):
 
 
 def test_out_of_core_pruning_fixes_the_glibc_mmap_threshold(tmp_path, monkeypatch):
-    from rcpu_lightning.pruning import allocator
+    from rcpu_lightning.pruning import malloc_tuning
 
     calls = []
 
@@ -212,17 +212,17 @@ def test_out_of_core_pruning_fixes_the_glibc_mmap_threshold(tmp_path, monkeypatc
             calls.append((param, value))
             return 1
 
-    monkeypatch.delenv(allocator.ENV, raising=False)
-    monkeypatch.setattr(allocator.sys, "platform", "linux")
-    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name: FakeLibc())
+    monkeypatch.delenv(malloc_tuning.ENV, raising=False)
+    monkeypatch.setattr(malloc_tuning.sys, "platform", "linux")
+    monkeypatch.setattr(malloc_tuning.ctypes, "CDLL", lambda name: FakeLibc())
     prune_checkpoint(_checkpoint(tmp_path / "dense"), tmp_path / "pruned", PruningConfig(ratio=0.34), _batches(),
                      progress=False)
-    assert calls == [(allocator.M_MMAP_THRESHOLD, 1 << 20)]  # M_MMAP_THRESHOLD = -3, fixed at 1 MiB
-    monkeypatch.setenv(allocator.ENV, "4194304")  # the user's own setting wins: no call
-    assert allocator.fix_mmap_threshold() and len(calls) == 1
-    monkeypatch.delenv(allocator.ENV)
-    monkeypatch.setattr(allocator.sys, "platform", "darwin")  # not glibc: nothing to fix
-    assert not allocator.fix_mmap_threshold() and len(calls) == 1
+    assert calls == [(malloc_tuning.M_MMAP_THRESHOLD, 1 << 20)]  # M_MMAP_THRESHOLD = -3, fixed at 1 MiB
+    monkeypatch.setenv(malloc_tuning.ENV, "4194304")  # the user's own setting wins: no call
+    assert malloc_tuning.fix_mmap_threshold() and len(calls) == 1
+    monkeypatch.delenv(malloc_tuning.ENV)
+    monkeypatch.setattr(malloc_tuning.sys, "platform", "darwin")  # not glibc: nothing to fix
+    assert not malloc_tuning.fix_mmap_threshold() and len(calls) == 1
 
 
 def _shard_of(folder: Path, tensor: str) -> Path:

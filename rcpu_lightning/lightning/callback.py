@@ -65,7 +65,6 @@ import inspect
 import logging
 import json
 import math
-import numbers
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
@@ -78,7 +77,7 @@ from torch.utils.data import DistributedSampler
 
 from ..files import REPORT_FILE, atomic_dir, check_output_path, format_output_path, write_json_atomic
 from ..models.adapter import decoder_layers, layer_parts
-from ..pruning.config import PruningConfig
+from ..pruning.config import PruningConfig, check_ratio
 from ..pruning.engine import PruningReport, check_feasible, prune_model
 from ..pruning.inputs import LayerInputCatcher, LayerInputs, StopForward, capture_layer_inputs, first_rows, model_inputs
 from ..pruning.io import save_pruned
@@ -648,7 +647,7 @@ class RCPUPruningCallback(Callback):
             progress = default_progress() if self.progress and trainer.is_global_zero else False
             source = _source(pl_module)
             if source is None:
-                report = prune_model(lm, inputs, config, reduce=reduce, progress=progress, release_inputs=True,
+                report = prune_model(lm, inputs, config, reduce=reduce, progress=progress, overwrite_inputs=True,
                                      calibration=calibration)
             else:  # disk to disk, one layer at a time on the trainer's device; rank 0 writes
                 if config.execution_device is None:
@@ -725,7 +724,7 @@ class RCPUPruningCallback(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         steps = state_dict.get("steps")
-        if steps is None and state_dict.get("pruned"):  # rcpu-lightning <= 0.2: one step, no record
+        if steps is None and state_dict.get("pruned"):  # a checkpoint written before steps were recorded: one step
             steps = [{"epoch": state_dict.get("prune_at_epoch") or 0, "ratio": (state_dict.get("config") or {}).get("ratio")}]
         self.steps = [dict(s) for s in steps or []]
         self.last_epoch = int(state_dict.get("last_epoch", max([s.get("epoch") or 0 for s in self.steps], default=-1)))
@@ -743,12 +742,7 @@ class RCPUPruningCallback(Callback):
 
 # -- schedules --------------------------------------------------------------------------------------
 def _check_ratio_value(value: Any, name: str) -> Optional[float]:
-    if value is None:
-        return None
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) \
-            or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}={value!r} is out of range; allowed: a number in [0, 1)")
-    return float(value)
+    return None if value is None else check_ratio(name, value)
 
 
 def _check_schedule(schedule: Schedule, config: PruningConfig) -> Schedule:

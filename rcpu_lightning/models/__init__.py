@@ -1,6 +1,14 @@
 """Model loading and the Llama-family architecture adapter."""
 
-from .adapter import SUPPORTED_MODEL_TYPES, LayerParts, check_supported, decoder_layers, layer_parts, model_device
+from .adapter import (
+    SUPPORTED_MODEL_TYPES,
+    LayerParts,
+    check_supported,
+    decoder_layers,
+    decoder_parts,
+    layer_parts,
+    model_device,
+)
 from .loading import (
     EMBEDDED_MODELS,
     check_model_spec,
@@ -18,6 +26,7 @@ __all__ = [
     "LayerParts",
     "check_supported",
     "decoder_layers",
+    "decoder_parts",
     "default_cache_dir",
     "embedded_gguf_path",
     "gguf_to_checkpoint",

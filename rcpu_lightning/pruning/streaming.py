@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ..files import _staging, atomic_dir, check_output_path
 from ..models.adapter import check_supported, decoder_layers
-from .allocator import fix_mmap_threshold
+from .malloc_tuning import fix_mmap_threshold
 from .config import PruningConfig
 from .engine import PruningReport, prune_model
 from .inputs import LayerInputs, capture_layer_inputs
@@ -263,7 +263,7 @@ def prune_skeleton(
     (:func:`build_skeleton`) and captured its layer-0 inputs themselves (the Lightning callback's predict
     loop does). ``inputs`` are released as the layers go.
 
-    Fixes glibc's mmap threshold for the process (:mod:`.allocator`: otherwise freed layers stay in
+    Fixes glibc's mmap threshold for the process (:mod:`.malloc_tuning`: otherwise freed layers stay in
     the heap and the peak grows with depth); ``MALLOC_MMAP_THRESHOLD_`` in the environment wins."""
     fix_mmap_threshold()
     dtype = model.get_input_embeddings().weight.dtype
@@ -275,7 +275,7 @@ def prune_skeleton(
             _claim(staged, target)
         writer = ShardWriter(staged, source) if write else None
         store = SafetensorsLayers(source, writer, device, dtype)
-        report = prune_model(model, inputs, config, reduce=reduce, progress=progress, release_inputs=True,
+        report = prune_model(model, inputs, config, reduce=reduce, progress=progress, overwrite_inputs=True,
                              calibration=calibration, store=store)
         if writer is not None:
             _finish(source, writer, model, report, dtype)
