@@ -41,10 +41,9 @@ from typing import Any
 
 import torch
 
-try:
-    from . import _common as C
-except ImportError:  # run as a script
-    import _common as C
+if not __package__:  # run as `python benchmarks/scale.py`: import this folder as the package it is
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+from benchmarks import _common as C  # noqa: E402
 
 RATIO = 0.2
 SEQLEN = 128
@@ -117,15 +116,6 @@ def checkpoint_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 2**20
 
 
-def vm_hwm_mb() -> float:
-    """Peak resident memory of this process (``VmHWM``), MiB."""
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def calibration(vocab: int, nsamples: int, seed: int = 0) -> list[torch.Tensor]:
     ids = torch.randint(0, vocab, (nsamples, SEQLEN), generator=torch.Generator().manual_seed(seed))
     return list(ids.split(8))
@@ -148,7 +138,7 @@ def worker(args) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if args.worker == "disk":
         report = prune_checkpoint(source, args.target, cfg, batches, progress=False, overwrite=True)
-        out["peak_rss_mb"] = vm_hwm_mb()
+        out["peak_rss_mb"] = C.peak_rss_mb()
         model = load_pruned(args.target) if args.logits else None
     elif args.worker == "memory":
         from transformers import AutoModelForCausalLM
@@ -157,7 +147,7 @@ def worker(args) -> dict[str, Any]:
         for p in model.parameters():  # weights into anonymous memory (safetensors loads are mmapped)
             p.data = p.data.clone()
         report = prune_model(model, capture_layer_inputs(model, batches), cfg, progress=False, overwrite_inputs=True)
-        out["peak_rss_mb"] = vm_hwm_mb()
+        out["peak_rss_mb"] = C.peak_rss_mb()
     else:  # layer7b-ours / -reference / -affine: the whole (2-layer) model in memory
         import calibration_scaling as cs
         from transformers import AutoModelForCausalLM
@@ -172,7 +162,7 @@ def worker(args) -> dict[str, Any]:
             report = None
         else:
             report = prune_model(model, inputs, cfg, progress=False, overwrite_inputs=True)
-        out.update(seconds=time.perf_counter() - t0, peak_rss_mb=vm_hwm_mb())
+        out.update(seconds=time.perf_counter() - t0, peak_rss_mb=C.peak_rss_mb())
         model = model if args.logits else None
     if report is not None:
         out.update(seconds=report.seconds, decoder_params_removed=report.decoder_params_removed)

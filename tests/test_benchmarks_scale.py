@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import gpu_llama7b  # noqa: E402
-import scale  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+from benchmarks import gpu_llama7b, scale  # noqa: E402
 
 
 def _args(worker: str, source: Path, target: Path) -> Namespace:

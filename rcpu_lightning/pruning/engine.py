@@ -24,9 +24,10 @@ the refreshed down_proj statistics can only be checked after that layer's attent
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -43,11 +44,12 @@ from .error_selection import (
     select_channels_by_error,
     select_heads_by_error,
 )
-from .inputs import Batches, LayerInputs
+from .inputs import Batches, LayerInputs, capture_layer_inputs
 from .layer_runs import check_stats, layer_stats, product_dtype, run_layer
 from .layer_store import LayerStore, ResidentLayers
 from .plan import LayerPlan, PruningPlan
-from .progress import LayerProgress, ProgressFn, device_peak_mb, resolve_progress, rss_mb
+from .memory import device_peak_mb, rss_mb
+from .progress import LayerProgress, ProgressFn, resolve_progress
 from .scores import SCORES, column_scores, head_scores, standardize
 from .selection import (
     LayerUnits,
@@ -75,7 +77,7 @@ from .surgery import (
 log = logging.getLogger(__name__)
 
 __all__ = ["PruningReport", "check_feasible", "check_stats", "layer_stats", "product_dtype", "prune_layer",
-           "prune_model", "run_layer", "uniform_counts", "validate_counts"]
+           "prune_copy", "prune_model", "run_layer", "uniform_counts", "validate_counts"]
 
 
 @dataclass
@@ -427,6 +429,33 @@ class _LayerPass:
                                             1 - _count(parts.layer) / layer_before[i], rss_mb(),
                                             device_peak_mb(device)))
         return layer_plan
+
+
+def prune_copy(
+    model: nn.Module,
+    windows: Tensor | Iterable[Tensor],
+    config: PruningConfig,
+    batch_size: int | None = None,
+    *,
+    copy_model: bool = True,
+    progress: bool | ProgressFn | None = False,
+    calibration: dict[str, Any] | None = None,
+) -> tuple[nn.Module, PruningReport]:
+    """Prune a copy of ``model`` calibrated on token ``windows``: returns ``(pruned, report)``.
+
+    ``windows``: input ids [N, T], run in batches of ``batch_size`` windows, or the batches themselves
+    (anything :func:`~.inputs.model_inputs` takes). The copy's layer-0 inputs are captured and pruned in
+    place (``overwrite_inputs``: one copy of the activations). ``copy_model=False`` prunes ``model``
+    itself (no second copy of the weights). ``progress`` and ``calibration`` as :func:`prune_model`.
+    """
+    if isinstance(windows, Tensor):
+        if batch_size is None or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive number of windows, got {batch_size!r}")
+        windows = windows.split(batch_size)  # [batch_size, T] each
+    pruned = copy.deepcopy(model) if copy_model else model
+    inputs = capture_layer_inputs(pruned, windows)
+    report = prune_model(pruned, inputs, config, progress=progress, overwrite_inputs=True, calibration=calibration)
+    return pruned, report
 
 
 def _calibration_record(inputs: LayerInputs, given: dict[str, Any] | None) -> dict[str, Any]:
