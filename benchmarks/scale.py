@@ -79,6 +79,7 @@ def make_checkpoint(folder: Path, size: str, seed: int = 0) -> Path:
     from safetensors.torch import save_file
 
     from rcpu_lightning.files import atomic_dir
+    from rcpu_lightning.models.adapter import layer_prefix
 
     if (folder / "model.safetensors.index.json").is_file():
         return folder
@@ -92,9 +93,10 @@ def make_checkpoint(folder: Path, size: str, seed: int = 0) -> Path:
     weight_map, size_bytes = {}, 0
     with atomic_dir(folder, overwrite=True) as staged:
         for layer in range(config.num_hidden_layers):
-            tensors = {f"model.layers.{layer}.{k}": torch.randn(s, generator=g) * 0.02 for k, s in shapes.items()}
-            tensors.update({f"model.layers.{layer}.input_layernorm.weight": torch.ones(h),
-                            f"model.layers.{layer}.post_attention_layernorm.weight": torch.ones(h)})
+            prefix = layer_prefix(layer)  # model.layers.<i>.
+            tensors = {prefix + k: torch.randn(s, generator=g) * 0.02 for k, s in shapes.items()}
+            tensors.update({prefix + "input_layernorm.weight": torch.ones(h),
+                            prefix + "post_attention_layernorm.weight": torch.ones(h)})
             file = f"model-{layer + 1:05d}-of-{total:05d}.safetensors"
             save_file(tensors, str(staged / file), metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(tensors, file))

@@ -75,12 +75,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from ..files import REPORT_FILE, atomic_dir, check_output_path, format_output_path, write_json_atomic
+from ..files import REPORT_FILE, atomic_dir, check_output_path, format_output_path
 from ..models.adapter import decoder_layers, layer_parts
 from ..pruning.config import PruningConfig, check_ratio
 from ..pruning.engine import PruningReport, check_feasible, prune_model
 from ..pruning.inputs import LayerInputCatcher, LayerInputs, StopForward, capture_layer_inputs, first_rows, model_inputs
-from ..pruning.io import save_pruned
+from ..pruning.io import save_pruned, write_pruning_files
 from ..pruning.plan import LayerPlan, PruningPlan
 from ..pruning.progress import default_progress
 from ..pruning.selection import feasible_count, head_layout
@@ -664,6 +664,8 @@ class RCPUPruningCallback(Callback):
         self._log_summary(trainer, report, epoch, target)
         if source is None:
             self._save(trainer, pl_module, epoch)
+        else:
+            self._complete_report(trainer, report, source)
 
     def _prune_from_disk(self, trainer: Trainer, source: CheckpointSource, lm: nn.Module, inputs: LayerInputs,
                          config: PruningConfig, reduce, progress, calibration: dict[str, Any]) -> PruningReport:
@@ -674,6 +676,21 @@ class RCPUPruningCallback(Callback):
         self.saved_to = path
         rank_zero_info(f"pruned model written to {path} (layer by layer from {source.path})")
         return report
+
+    def _complete_report(self, trainer: Trainer, report: PruningReport, source: CheckpointSource) -> None:
+        """Give the folder written out of core the ``pruning_report.json`` fields a saved folder has (beside
+        the engine's summary that :func:`prune_skeleton` wrote there)."""
+        error: Optional[str] = None
+        if trainer.is_global_zero:
+            info = {**_report_fields(self.results_summary()), "run_id": self.run_id,
+                    "weights": f"right after pruning, layer by layer from {source.path}"}
+            try:
+                write_pruning_files(self.saved_to, report={**report.summary(), **info})
+            except Exception as exc:  # every rank must learn about it
+                error = f"{type(exc).__name__}: {exc}"
+        error = trainer.strategy.broadcast(error, src=0)
+        if error is not None:
+            raise RuntimeError(f"writing {REPORT_FILE} into {self.saved_to} failed on rank 0: {error}")
 
     def _log_summary(self, trainer: Trainer, report: PruningReport, epoch: Optional[int], target: float) -> None:
         total = _combine_steps(self.steps)
@@ -970,8 +987,7 @@ def save_hf_checkpoint(lm: nn.Module, plan: Union[PruningReport, PruningPlan, di
     needs ``overwrite``). ``plan``: a :class:`PruningReport` (its summary is written too), a plan, or None."""
     summary: dict[str, Any] = {}
     if isinstance(plan, PruningReport):
-        summary = plan.to_dict()
-        summary.pop("plan")
+        summary = plan.summary()
         plan = plan.plan
     plan = as_plan(plan)
     with atomic_dir(path, overwrite, what, _OVERWRITE_FLAG) as staged:
@@ -981,5 +997,5 @@ def save_hf_checkpoint(lm: nn.Module, plan: Union[PruningReport, PruningPlan, di
             lm.save_pretrained(staged)
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(staged)
-        write_json_atomic(staged / REPORT_FILE, {**summary, **(extra or {})}, indent=1)
+        write_pruning_files(staged, report={**summary, **(extra or {})})
     return Path(path)

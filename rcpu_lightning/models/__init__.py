@@ -1,12 +1,14 @@
 """Model loading and the Llama-family architecture adapter."""
 
 from .adapter import (
+    LAYERS_PATH,
     SUPPORTED_MODEL_TYPES,
     LayerParts,
     check_supported,
     decoder_layers,
     decoder_parts,
     layer_parts,
+    layer_prefix,
     model_device,
 )
 from .loading import (
@@ -22,6 +24,7 @@ from .loading import (
 __all__ = [
     "EMBEDDED_MODELS",
     "check_model_spec",
+    "LAYERS_PATH",
     "SUPPORTED_MODEL_TYPES",
     "LayerParts",
     "check_supported",
@@ -31,6 +34,7 @@ __all__ = [
     "embedded_gguf_path",
     "gguf_to_checkpoint",
     "layer_parts",
+    "layer_prefix",
     "load_causal_lm",
     "model_device",
     "resolve_checkpoint",

@@ -34,6 +34,15 @@ def check_supported(model_or_config) -> None:
         )
 
 
+#: Where a ``*ForCausalLM`` keeps its decoder layers, as a module path and state-dict prefix.
+LAYERS_PATH = "model.layers"
+
+
+def layer_prefix(index: int) -> str:
+    """State-dict (checkpoint) prefix of decoder layer ``index`` of a ``*ForCausalLM``: ``model.layers.<i>.``."""
+    return f"{LAYERS_PATH}.{index}."
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder layers of a ``*ForCausalLM`` (or its bare ``*Model``)."""
     check_supported(model)

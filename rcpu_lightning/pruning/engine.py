@@ -110,6 +110,12 @@ class PruningReport:
         data["model_params_removed"] = self.model_params_removed
         return data
 
+    def summary(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the plan: what ``pruning_report.json`` records (the plan has its own file)."""
+        data = self.to_dict()
+        del data["plan"]
+        return data
+
 
 def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

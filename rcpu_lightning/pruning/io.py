@@ -28,10 +28,20 @@ from typing import Any
 
 from torch import nn
 
-from ..files import PLAN_FILE, atomic_dir, write_json_atomic
+from ..files import PLAN_FILE, REPORT_FILE, atomic_dir, write_json_atomic
 from .plan import SHAPE_KEYS, BIAS_KEYS, PruningPlan
 from .surgery import ATTN_PROJ, BIAS_FLAG_MODEL_TYPES, MLP_PROJ, apply_plan_shapes
 
+
+def write_pruning_files(folder: str | os.PathLike, plan: PruningPlan | None = None,
+                        report: dict[str, Any] | None = None) -> None:
+    """The one writer of what a pruned model folder says about its pruning, each file atomically:
+    ``pruning_plan.json`` (``plan``) and ``pruning_report.json`` (``report``: e.g.
+    :meth:`~.engine.PruningReport.summary`, plus what the caller adds). ``None``: that file is not written."""
+    if plan is not None:
+        write_json_atomic(Path(folder) / PLAN_FILE, plan.to_dict(), indent=1)
+    if report is not None:
+        write_json_atomic(Path(folder) / REPORT_FILE, report, indent=1)
 
 
 def _config_validates(config) -> bool:
@@ -93,8 +103,9 @@ def _pin_head_dim(file: Path, config) -> None:
 
 
 def save_pruned(model: nn.Module, plan: PruningPlan, path: str | os.PathLike, overwrite: bool = False,
-                **save_kwargs: Any) -> Path:
-    """Write ``model`` (pruned by ``plan``) as an HF checkpoint plus ``pruning_plan.json`` at ``path``.
+                report: dict[str, Any] | None = None, **save_kwargs: Any) -> Path:
+    """Write ``model`` (pruned by ``plan``) as an HF checkpoint plus ``pruning_plan.json`` at ``path``
+    (and ``pruning_report.json`` when a ``report`` is given, see :func:`write_pruning_files`).
 
     Atomic; an existing non-empty ``path`` is refused unless ``overwrite=True`` (then it is replaced
     as a whole). ``save_kwargs`` go to ``save_pretrained``. Returns the path.
@@ -103,7 +114,7 @@ def save_pruned(model: nn.Module, plan: PruningPlan, path: str | os.PathLike, ov
         with checkpoint_config(model.config, plan):
             model.save_pretrained(staged, **save_kwargs)
             _pin_head_dim(staged / "config.json", model.config)
-        write_json_atomic(staged / PLAN_FILE, plan.to_dict(), indent=1)
+        write_pruning_files(staged, plan, report)
     return Path(path)
 
 

@@ -39,13 +39,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..files import _staging, atomic_dir, check_output_path
-from ..models.adapter import check_supported, decoder_layers
+from ..files import REPORT_FILE, _staging, atomic_dir, check_output_path
+from ..models.adapter import LAYERS_PATH, check_supported, decoder_layers, layer_prefix
 from .malloc_tuning import fix_mmap_threshold
 from .config import PruningConfig
 from .engine import PruningReport, prune_model
 from .inputs import LayerInputs, capture_layer_inputs
-from .io import PLAN_FILE, save_checkpoint_config
+from .io import PLAN_FILE, save_checkpoint_config, write_pruning_files
 from .progress import ProgressFn
 from .stats import Reduce
 
@@ -57,7 +57,7 @@ __all__ = ["CheckpointSource", "SafetensorsLayers", "ShardWriter", "build_skelet
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 #: Files of a checkpoint folder that are rewritten, not copied, by :func:`prune_checkpoint`.
-_REWRITTEN = (INDEX_FILE, "config.json", PLAN_FILE)
+_REWRITTEN = (INDEX_FILE, "config.json", PLAN_FILE, REPORT_FILE)
 
 
 class CheckpointSource:
@@ -108,11 +108,11 @@ class CheckpointSource:
         return out
 
     def layer_prefix(self, index: int) -> str:
-        return f"model.layers.{index}."
+        return layer_prefix(index)
 
     def other_names(self) -> list[str]:
         """Tensors that belong to no decoder layer (embeddings, final norm, LM head), in file order."""
-        return [n for n in self.files if not n.startswith("model.layers.")]
+        return [n for n in self.files if not n.startswith(LAYERS_PATH + ".")]
 
     def side_files(self) -> list[Path]:
         """Files copied unchanged into the pruned checkpoint (tokenizer, generation config, ...)."""
@@ -190,7 +190,7 @@ class ShardWriter:
         self.size += sum(t.numel() * t.element_size() for t in tensors.values())
 
     def write_layer(self, index: int, layer: nn.Module) -> None:
-        self.write({f"model.layers.{index}.{k}": v for k, v in layer.state_dict().items()})
+        self.write({layer_prefix(index) + k: v for k, v in layer.state_dict().items()})
 
     def finish(self) -> None:
         if self._next != self.total + 1:
@@ -336,7 +336,7 @@ def _finish(src: CheckpointSource, writer: ShardWriter, model: nn.Module, report
     writer.finish()
     model.config.dtype = dtype
     save_checkpoint_config(model.config, report.plan, writer.folder)
-    (writer.folder / PLAN_FILE).write_text(json.dumps(report.plan.to_dict(), indent=1))
+    write_pruning_files(writer.folder, report.plan, report.summary())  # as save_pruned: the one writer
     for file in src.side_files():
         shutil.copy2(file, writer.folder / file.name)
     log.info("pruned checkpoint written: %d shards, %.1f MB", writer.total, writer.size / 2**20)
