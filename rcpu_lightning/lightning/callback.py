@@ -261,8 +261,8 @@ class RCPUPruningCallback(Callback):
         if getattr(pl_module, "pruning_plan", None) is None or self.steps:
             self._check_strategy(trainer, "pruning inside fit")
             self._check_data(trainer, stage="fit")
-            self._deferred_check = not self.steps and not self._check_model(trainer, pl_module, self._check_config(),
-                                                                            defer=True)
+            self._deferred_check = not self.steps and not self._check_model(
+                trainer, pl_module, self._largest_step_config(), defer=True)
         self._wrap_strategy_setup(trainer, pl_module)
 
     def _check_strategy(self, trainer: Trainer, what: str, advice: Optional[str] = None) -> None:
@@ -382,7 +382,7 @@ class RCPUPruningCallback(Callback):
         self._check_outputs(trainer, save=True, export=True)
         if self._deferred_check:  # the LM was built in configure_model
             self._deferred_check = False
-            self._check_model(trainer, pl_module, self._check_config(), defer=False)
+            self._check_model(trainer, pl_module, self._largest_step_config(), defer=False)
         if self._restored:
             if self.steps:
                 rank_zero_info(f"resumed with {len(self.steps)} pruning step(s) done (last at epoch "
@@ -433,7 +433,7 @@ class RCPUPruningCallback(Callback):
         _carry_optimizer_state(trainer.optimizers, old, lm, self.report.plan)
         self._rewrap(trainer, pl_module)
 
-    def _check_config(self) -> PruningConfig:
+    def _largest_step_config(self) -> PruningConfig:
         """The settings checked against the model before any work: the largest ratio the schedule reaches."""
         if callable(self.schedule):  # not known in advance: the architecture only, each step checks its ratio
             return dataclasses.replace(self.config, ratio=0.0)

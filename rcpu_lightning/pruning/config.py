@@ -153,8 +153,9 @@ class PruningConfig:
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.compensation_target == "dense" and self.compensation not in (
                 "rotation", "rotation_scale", "least_squares", "affine_least_squares"):
-            raise ValueError(f"compensation_target='dense' fits compensation to explicit targets; compensation={self.compensation!r} "
-                             "does not; use rotation, rotation_scale, least_squares or affine_least_squares")
+            raise ValueError(f"compensation_target='dense' fits compensation to explicit targets; "
+                             f"compensation={self.compensation!r} does not; use rotation, rotation_scale, "
+                             "least_squares or affine_least_squares")
         if self.allocation != "score" and self.structure != "al_am":
             raise ValueError(f"allocation={self.allocation!r} sets the adaptive structure's per-layer counts; "
                              "it needs structure='al_am' (leave it 'score' for 'uniform')")
