@@ -6,7 +6,7 @@
 For each sample count the parent starts two fresh worker processes (``--worker ours`` then
 ``--worker storeall``), each of which loads the model and the data, records its RSS, resets the
 RSS high-water mark (``/proc/self/clear_refs``), captures the calibration inputs and prunes, and
-reads ``getrusage(RUSAGE_SELF).ru_maxrss``. The model's weights are copied out of the memory-mapped
+reads the high-water mark (``VmHWM``, :mod:`rcpu_lightning.pruning.memory`). The model's weights are copied out of the memory-mapped
 safetensors cache first (otherwise pages touched for the first time during pruning would count).
 Peak memory = that high-water mark minus the RSS
 before the capture (model, tokenizer and data already loaded). ``tracemalloc`` is useless here:

@@ -130,7 +130,7 @@ def probe_ids(vocab: int) -> torch.Tensor:
 # -- workers: one measurement per fresh process ------------------------------------------------------
 def worker(args) -> dict[str, Any]:
     C.setup_torch(args.threads)
-    from rcpu_lightning.pruning import PruningConfig, capture_layer_inputs, load_pruned, prune_model
+    from rcpu_lightning.pruning import PruningConfig, capture_layer_inputs, load_pruned, prune_copy, prune_model
     from rcpu_lightning.pruning.streaming import prune_checkpoint
 
     source, config = Path(args.source), llama_config(args.size)
@@ -148,10 +148,10 @@ def worker(args) -> dict[str, Any]:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
         for p in model.parameters():  # weights into anonymous memory (safetensors loads are mmapped)
             p.data = p.data.clone()
-        report = prune_model(model, capture_layer_inputs(model, batches), cfg, progress=False, overwrite_inputs=True)
+        _, report = prune_copy(model, batches, cfg, copy_model=False)  # in place: the memory measured is the prune's
         out["peak_rss_mb"] = C.peak_rss_mb()
     else:  # layer7b-ours / -reference / -affine: the whole (2-layer) model in memory
-        import calibration_scaling as cs
+        from benchmarks import calibration_scaling as cs
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
