@@ -678,3 +678,22 @@ def test_layer_parts_held_across_a_cut_reads_the_new_modules():
     assert parts.o_proj is layer.self_attn.o_proj and parts.down_proj is layer.mlp.down_proj
     assert (parts.num_heads, parts.intermediate_size) == (report.layers[0]["heads"], report.layers[0]["channels"])
     assert parts.num_heads < heads and parts.intermediate_size < channels
+
+
+def test_prune_copy_prunes_a_copy_on_windows_as_prune_model_does():
+    from rcpu_lightning.pruning import prune_copy
+
+    model, config = make_tiny_llama(**GQA), PruningConfig(ratio=0.34)
+    dense = _state(model)
+    pruned, report = prune_copy(model, _ids(), config, batch_size=2)
+    _assert_same_state(_state(model), dense)  # the caller's model is untouched
+    by_hand = copy.deepcopy(model)
+    expected = prune_model(by_hand, _inputs(by_hand, split=2), config, progress=False)
+    assert report.plan.layers == expected.plan.layers
+    for name, value in _state(by_hand).items():  # the same kernels on the same batches: default float32 tolerance
+        torch.testing.assert_close(_state(pruned)[name], value, msg=name)
+    with pytest.raises(ValueError, match="batch_size"):
+        prune_copy(model, _ids(), config)  # windows [N, T] need a batch size
+    same, _ = prune_copy(model, _ids().split(2), config, copy_model=False)  # batches given; pruned in place
+    assert same is model and decoder_layers(model)[0].self_attn.q_proj.out_features < dense[
+        "model.layers.0.self_attn.q_proj.weight"].shape[0]
