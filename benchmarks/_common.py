@@ -1,17 +1,18 @@
-"""Helpers shared by the benchmark scripts: resumable row files, memory probes, run metadata."""
+"""Helpers shared by the benchmark scripts: resumable row files, run metadata (memory probes: the library's
+:mod:`rcpu_lightning.pruning.memory`, re-exported)."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import resource
 import subprocess
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
 from rcpu_lightning.files import write_json_atomic, write_text_atomic  # the package's one atomic writer
+from rcpu_lightning.pruning.memory import peak_rss_mb, reset_peak_rss, rss_mb  # noqa: F401  the one memory probe
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -57,35 +58,6 @@ class RowStore:
 
     def __iter__(self) -> Iterable[dict]:
         return iter(self.rows)
-
-
-# -- memory -----------------------------------------------------------------------------------------
-def current_rss_mb() -> float:
-    """Resident set size now (``VmRSS``), in MiB."""
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def peak_rss_mb() -> float:
-    """``getrusage(RUSAGE_SELF).ru_maxrss`` (Linux: KiB) in MiB: the process' RSS high-water mark."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def reset_peak_rss() -> bool:
-    """Reset the RSS high-water mark to the current RSS (Linux >= 4.0: ``echo 5 > /proc/self/clear_refs``).
-
-    Returns whether it worked. Without it the peak after a phase is ``max(peak before, peak of the
-    phase)``, so a loading transient larger than the phase would hide the phase's own peak.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
 
 
 # -- metadata ---------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 For each sample count the parent starts two fresh worker processes (``--worker ours`` then
 ``--worker storeall``), each of which loads the model and the data, records its RSS, resets the
 RSS high-water mark (``/proc/self/clear_refs``), captures the calibration inputs and prunes, and
-reads ``getrusage(RUSAGE_SELF).ru_maxrss``. The model's weights are copied out of the memory-mapped
+reads the high-water mark (``VmHWM``, :mod:`rcpu_lightning.pruning.memory`). The model's weights are copied out of the memory-mapped
 safetensors cache first (otherwise pages touched for the first time during pruning would count).
 Peak memory = that high-water mark minus the RSS
 before the capture (model, tokenizer and data already loaded). ``tracemalloc`` is useless here:
@@ -50,10 +50,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-try:
-    from . import _common as C
-except ImportError:  # run as a script
-    import _common as C
+if not __package__:  # run as `python benchmarks/calibration_scaling.py`: import this folder as the package it is
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+from benchmarks import _common as C  # noqa: E402
 
 RATIO = 0.2
 FULL_SAMPLES = [32, 128, 512, 1024]
@@ -122,7 +121,7 @@ def storeall_prune(model: torch.nn.Module, inputs, config, dtype=torch.float64, 
 
     Returns ``{"seconds", "stored_mb_max"}`` (the largest per-layer activation store).
     """
-    from rcpu_lightning.models.adapter import decoder_layers, layer_parts
+    from rcpu_lightning.models.adapter import decoder_parts
     from rcpu_lightning.pruning.engine import run_layer, uniform_counts, validate_counts
     from rcpu_lightning.pruning.plan import LayerPlan, PruningPlan
     from rcpu_lightning.pruning.selection import head_layout, select_channels, select_heads
@@ -131,20 +130,19 @@ def storeall_prune(model: torch.nn.Module, inputs, config, dtype=torch.float64, 
     if config.method != "rcpu" or config.structure != "uniform" or config.compensation not in ("rotation", "none"):
         raise ValueError("the store-all baseline implements uniform RCPU with rotation (or no) compensation only")
     t0 = time.perf_counter()
-    layers = decoder_layers(model)
+    layers = decoder_parts(model)
     plan = PruningPlan(str(model.config.model_type), dense_values(model), [], config.to_dict())
     batches = list(inputs.batches)
-    inputs.batches.clear()  # as prune_model(release_inputs=True): one copy, overwritten layer by layer
+    inputs.batches.clear()  # as prune_model(overwrite_inputs=True): one copy, overwritten layer by layer
     n_tokens = sum(h.shape[0] * h.shape[1] for h, _ in batches)
     stored_max = 0.0
     with torch.no_grad():
         counts = uniform_counts(model, config, [])
         validate_counts(model, counts, config.structure)
-        for i, layer in enumerate(layers):
-            parts = layer_parts(layer)
+        for i, parts in enumerate(layers):
             stores = {"o": _Store(parts.o_proj, n_tokens), "d": _Store(parts.down_proj, n_tokens)}
             try:
-                run_layer(layer, batches, config.offload_inputs, replace=False)  # the layer is re-run below
+                run_layer(parts.layer, batches, config.offload_inputs, replace=False)  # the layer is re-run below
             finally:
                 Xo, Xd = stores["o"].close(), stores["d"].close()
             stored_max = max(stored_max, (Xo.numel() + Xd.numel()) * Xo.element_size() / 2**20)
@@ -161,9 +159,9 @@ def storeall_prune(model: torch.nn.Module, inputs, config, dtype=torch.float64, 
                    else parts.down_proj.weight[:, kept_ch].detach())
             del Xo, Xd, stores
             prune_attention(parts, kept_heads, kept_kv, o_w, None)
-            prune_mlp(layer_parts(layer), kept_ch, d_w, None)
-            plan.layers.append(LayerPlan(kept_heads, kept_kv, kept_ch, biased_projections(layer_parts(layer)), []))
-            run_layer(layer, batches, config.offload_inputs, replace=True, in_place=True)  # layer i + 1's inputs
+            prune_mlp(parts, kept_ch, d_w, None)
+            plan.layers.append(LayerPlan(kept_heads, kept_kv, kept_ch, biased_projections(parts), []))
+            run_layer(parts.layer, batches, config.offload_inputs, replace=True, overwrite_inputs=True)  # layer i + 1's
     del batches
     update_config(model, plan)
     return {"seconds": time.perf_counter() - t0, "stored_mb_max": stored_max}
@@ -175,9 +173,9 @@ def worker(args) -> dict[str, Any]:
     from rcpu_lightning.data import CalibrationConfig, calibration_windows, perplexity_windows
     from rcpu_lightning.eval.perplexity import evaluate_perplexity
     from rcpu_lightning.models import load_causal_lm
-    from rcpu_lightning.pruning import PruningConfig, capture_layer_inputs, prune_model
+    from rcpu_lightning.pruning import PruningConfig, capture_layer_inputs, prune_copy
 
-    rss_start = C.current_rss_mb()
+    rss_start = C.rss_mb()
     model, tokenizer = load_causal_lm(C.MODEL_SPEC)
     model.eval()
     calib = calibration_windows(tokenizer, args.nsamples, args.seqlen, args.seed, args.data_dir)
@@ -191,19 +189,17 @@ def worker(args) -> dict[str, Any]:
     for t in [*model.parameters(), *model.buffers()]:
         t.data = t.data.clone()
     gc.collect()
-    baseline = C.current_rss_mb()
+    baseline = C.rss_mb()
     peak_before_reset = C.peak_rss_mb()
     reset_ok = C.reset_peak_rss()
     t0, c0 = time.perf_counter(), time.process_time()
-    inputs = capture_layer_inputs(model, calib.split(calibration.batch_size))
-    if args.worker == "ours":
-        prune_model(model, inputs, config, progress=False, release_inputs=True)
+    if args.worker == "ours":  # in place (copy_model=False): the memory measured is the prune's own
+        prune_copy(model, calib, config, calibration.batch_size, copy_model=False)
         extra = {}
     else:
-        extra = storeall_prune(model, inputs, config)
+        extra = storeall_prune(model, capture_layer_inputs(model, calib.split(calibration.batch_size)), config)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     peak = C.peak_rss_mb()
-    del inputs
     out = {"impl": args.worker, "samples": args.nsamples, "seconds": seconds, "cpu_seconds": cpu_seconds,
            "baseline_rss_mb": baseline, "peak_rss_mb": peak, "peak_mb": peak - baseline,
            "peak_reset": reset_ok, "peak_before_reset_mb": peak_before_reset, "rss_at_start_mb": rss_start,

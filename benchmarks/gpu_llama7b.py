@@ -28,11 +28,11 @@ import time
 from typing import Any
 
 import torch
+from pathlib import Path
 
-try:
-    from . import _common as C
-except ImportError:  # run as a script
-    import _common as C
+if not __package__:  # run as `python benchmarks/gpu_llama7b.py`: import this folder as the package it is
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+from benchmarks import _common as C  # noqa: E402
 
 LLAMA7B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32, num_hidden_layers=32)
 LLAMA70B = dict(hidden_size=8192, intermediate_size=28672, num_attention_heads=64, num_key_value_heads=8)
@@ -58,7 +58,7 @@ def per_layer_seconds() -> tuple[list[float], Any]:
 
 
 def run(model, device: str, nsamples: int, execution_device: str | None) -> dict[str, Any]:
-    from rcpu_lightning.pruning import PruningConfig, capture_layer_inputs, prune_model
+    from rcpu_lightning.pruning import PruningConfig, prune_copy
 
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (nsamples, 128), generator=torch.Generator().manual_seed(0))
@@ -66,10 +66,10 @@ def run(model, device: str, nsamples: int, execution_device: str | None) -> dict
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    inputs = capture_layer_inputs(model, [b.to(_input_device(model)) for b in ids.split(16)])
     seconds, report_layer = per_layer_seconds()
     config = PruningConfig(method="rcpu", compensation="rotation", ratio=0.2, execution_device=execution_device)
-    report = prune_model(model, inputs, config, progress=report_layer, release_inputs=True)
+    # in place (copy_model=False): the model is built for this run; the batches go to its input device
+    _, report = prune_copy(model, ids, config, 16, copy_model=False, progress=report_layer)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
@@ -79,10 +79,6 @@ def run(model, device: str, nsamples: int, execution_device: str | None) -> dict
             "first_layer_seconds": seconds[0], "total_seconds": time.perf_counter() - t0,
             "peak_gpu_mb": peak, "decoder_params_removed": report.decoder_params_removed,
             "calib_samples": nsamples, "calib_seqlen": 128, "arithmetic": config.arithmetic}
-
-
-def _input_device(model) -> torch.device:
-    return model.get_input_embeddings().weight.device
 
 
 def main(argv=None) -> int:

@@ -33,10 +33,9 @@ import time
 import warnings
 from pathlib import Path
 
-try:
-    from . import _common as C
-except ImportError:  # run as a script
-    import _common as C
+if not __package__:  # run as `python benchmarks/gradual.py`: import this folder as the package it is
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+from benchmarks import _common as C  # noqa: E402
 
 RUNS = {  # key -> (label, schedule)
     "one_shot": ("One-shot 30 %", {0: 0.3}),

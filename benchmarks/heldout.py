@@ -14,15 +14,14 @@ of RCPU-affine were chosen (issue 16): the test split only ever scores the chose
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
+from pathlib import Path
 
-try:
-    from . import _common as C
-except ImportError:  # run as a script
-    import _common as C
+if not __package__:  # run as `python benchmarks/heldout.py`: import this folder as the package it is
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+from benchmarks import _common as C  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -52,16 +51,14 @@ def main(argv=None) -> int:
     from rcpu_lightning.data import calibration_windows, heldout_windows
     from rcpu_lightning.eval.perplexity import evaluate_perplexity
     from rcpu_lightning.models import load_causal_lm
-    from rcpu_lightning.pruning import PruningConfig, capture_layer_inputs, prune_model
+    from rcpu_lightning.pruning import PruningConfig, prune_copy
 
     dense, tokenizer = load_causal_lm(args.model)
     calib = calibration_windows(tokenizer, cal.nsamples, cal.seqlen, cal.seed, args.data_dir)
     held, _ = heldout_windows(tokenizer, args.windows, cal, args.data_dir)
     for key, kw in todo.items():
-        model = copy.deepcopy(dense)
         t0 = time.perf_counter()
-        report = prune_model(model, capture_layer_inputs(model, calib.split(cal.batch_size)), PruningConfig(**kw),
-                             progress=False, release_inputs=True, calibration=cal.to_dict())
+        model, report = prune_copy(dense, calib, PruningConfig(**kw), cal.batch_size, calibration=cal.to_dict())
         seconds = time.perf_counter() - t0
         h = evaluate_perplexity(model, held, progress=False)
         row = {"key": key, "model": C.MODEL_NAME if args.model == C.MODEL_SPEC else args.model, "config": kw, "heldout_windows": args.windows,

@@ -94,10 +94,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-try:
-    from . import _common as C
-except ImportError:  # run as a script
-    import _common as C
+if not __package__:  # run as `python benchmarks/inference.py`: import this folder as the package it is
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+from benchmarks import _common as C  # noqa: E402
 
 log = logging.getLogger("benchmarks.inference")
 
@@ -277,7 +276,7 @@ def load_bench(model_id: str, s: Settings) -> Bench:
 
 def prune_variant(bench: Bench, method: str, structure: str, ratio: float) -> Variant:
     """A deep copy of the dense model pruned by the engine (the calls the project documents)."""
-    from rcpu_lightning.pruning import PruningConfig, capture_layer_inputs, prune_model
+    from rcpu_lightning.pruning import PruningConfig, prune_copy
 
     kwargs: dict[str, Any] = {"method": method, "structure": structure, "ratio": ratio}
     if method == "rcpu":
@@ -285,45 +284,33 @@ def prune_variant(bench: Bench, method: str, structure: str, ratio: float) -> Va
     if bench.compensation.get(method) is not None:
         kwargs["compensation"] = bench.compensation[method]
     cfg = PruningConfig(**kwargs)
-    model = copy.deepcopy(bench.model)
     t0 = time.perf_counter()
-    prune_model(model, capture_layer_inputs(model, bench.calib.split(8)), cfg, release_inputs=True, progress=False)
+    model, _ = prune_copy(bench.model, bench.calib, cfg, batch_size=8)
     seconds = time.perf_counter() - t0
     return Variant(f"{method}_{structure}", model.eval(), method, structure, ratio, cfg.compensation,
                    prune_seconds=seconds)
 
 
 def round_channels(variant: Variant, multiple: int) -> Variant:
-    """A copy of ``variant`` whose kept MLP channels per layer are rounded down to ``multiple``."""
+    """A copy of ``variant`` whose kept MLP channels per layer are rounded down to ``multiple`` (the first
+    ones kept, through the pruning surgery; the config's ``intermediate_size`` follows when uniform)."""
     import torch
-    from torch import nn
 
-    from rcpu_lightning.models.adapter import decoder_layers, layer_parts
+    from rcpu_lightning.models.adapter import decoder_parts
+    from rcpu_lightning.pruning.surgery import prune_mlp
 
     model = copy.deepcopy(variant.model)
-    for layer in decoder_layers(model):
-        p = layer_parts(layer)
+    layers = decoder_parts(model)
+    for p in layers:
         keep = (p.intermediate_size // multiple) * multiple
         if keep <= 0:
             raise ValueError(f"rounding {p.intermediate_size} channels down to a multiple of {multiple} leaves none")
-        if keep == p.intermediate_size:
-            continue
-        with torch.no_grad():
-            for name in ("gate_proj", "up_proj"):
-                old = getattr(p, name)
-                new = nn.Linear(old.in_features, keep, bias=old.bias is not None, dtype=old.weight.dtype)
-                new.weight.copy_(old.weight[:keep])
-                if old.bias is not None:
-                    new.bias.copy_(old.bias[:keep])
-                setattr(p.mlp, name, new)
-            old = p.down_proj
-            new = nn.Linear(keep, old.out_features, bias=old.bias is not None, dtype=old.weight.dtype)
-            new.weight.copy_(old.weight[:, :keep])
-            if old.bias is not None:
-                new.bias.copy_(old.bias)
-            p.mlp.down_proj = new
-        if hasattr(p.mlp, "intermediate_size"):
-            p.mlp.intermediate_size = keep
+        if keep < p.intermediate_size:
+            with torch.no_grad():
+                prune_mlp(p, list(range(keep)), p.down_proj.weight[:, :keep], None)  # down_proj keeps its bias
+    sizes = {p.intermediate_size for p in layers}
+    if len(sizes) == 1:
+        model.config.intermediate_size = sizes.pop()
     return Variant(f"{variant.id}_round{multiple}", model.eval(), variant.method, variant.structure, variant.ratio,
                    variant.compensation, round_to=multiple)
 

@@ -20,11 +20,11 @@ import logging
 import sys
 import time
 import warnings
+from pathlib import Path
 
-try:
-    from . import _common as C
-except ImportError:  # run as a script
-    import _common as C
+if not __package__:  # run as `python benchmarks/overhead.py`: import this folder as the package it is
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+from benchmarks import _common as C  # noqa: E402
 
 
 def bare_pass(model, windows, batch_size: int) -> tuple[float, float]:

@@ -20,7 +20,6 @@ matching rows at the end (``--report-only`` does just that).
 from __future__ import annotations
 
 import argparse
-import copy
 import fnmatch
 import logging
 import math
@@ -30,10 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-try:
-    from . import _common as C
-except ImportError:  # run as a script
-    import _common as C
+if not __package__:  # run as `python benchmarks/quality.py`: import this folder as the package it is
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+from benchmarks import _common as C  # noqa: E402
 
 from rcpu_lightning.data import CalibrationConfig
 
@@ -165,24 +163,23 @@ def plan_jobs(store: C.RowStore, s: Settings, variants: list[Variant], ratios: l
 
 
 # -- data -------------------------------------------------------------------------------------------
-def heldout_windows(tokenizer, n: int, s: Settings, data_dir):
+def lambda_windows(tokenizer, n: int, s: Settings, data_dir):
     """``n`` windows of the calibration split that overlap no calibration window (for choosing λ)."""
-    from rcpu_lightning.data import heldout_windows as draw
+    from rcpu_lightning.data import heldout_windows
 
-    return draw(tokenizer, n, CalibrationConfig(s.nsamples, s.seqlen, s.seed), data_dir)[0]
+    return heldout_windows(tokenizer, n, CalibrationConfig(s.nsamples, s.seqlen, s.seed), data_dir)[0]
 
 
 # -- one job ----------------------------------------------------------------------------------------
-def prune_copy(dense, calib, config_kwargs: dict, s: Settings, ratio: float):
-    """A pruned deep copy of ``dense``; returns (model, report, config, seconds incl. input capture)."""
-    from rcpu_lightning.pruning import PruningConfig, capture_layer_inputs, prune_model
+def pruned_variant(dense, calib, config_kwargs: dict, s: Settings, ratio: float):
+    """A pruned copy of ``dense``; returns (model, report, config, wall and CPU seconds incl. the copy and
+    the input capture)."""
+    from rcpu_lightning.pruning import PruningConfig, prune_copy
 
     cfg = PruningConfig(ratio=ratio, head_rounding=HEAD_ROUNDING, **config_kwargs)
     calibration = CalibrationConfig(s.nsamples, s.seqlen, s.seed)
-    model = copy.deepcopy(dense)
     t0, c0 = time.perf_counter(), time.process_time()
-    inputs = capture_layer_inputs(model, calib.split(calibration.batch_size))
-    report = prune_model(model, inputs, cfg, progress=False, calibration=calibration.to_dict())
+    model, report = prune_copy(dense, calib, cfg, calibration.batch_size, calibration=calibration.to_dict())
     return model, report, cfg, time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -193,7 +190,7 @@ def tune_lambda(dense, calib, heldout, variant: Variant, s: Settings, ratio: flo
     lambdas = [known] if known is not None else list(s.lambdas(variant))
     best, search = None, {}
     for lam in lambdas:
-        model, report, cfg, sec, cpu = prune_copy(dense, calib, {**variant.config, "ls_lambda": lam}, s, ratio)
+        model, report, cfg, sec, cpu = pruned_variant(dense, calib, {**variant.config, "ls_lambda": lam}, s, ratio)
         nll = evaluate_perplexity(model, heldout, progress=False)["mean_nll"] if len(lambdas) > 1 else None
         search[f"{lam:g}"] = nll
         print(f"  LS λ={lam:g}: held-out mean NLL {nll if nll is None else round(nll, 5)} (pruned in {sec:.0f} s)",
@@ -246,7 +243,7 @@ def run_job(job: Job, dense, tokenizer, calib, windows, heldout_fn, store: C.Row
             model, report, cfg, sec, cpu, extra["ls"] = tune_lambda(
                 dense, calib, None if known is not None else heldout_fn(), v, s, run_ratio, known)
         else:
-            model, report, cfg, sec, cpu = prune_copy(dense, calib, config, s, run_ratio)
+            model, report, cfg, sec, cpu = pruned_variant(dense, calib, config, s, run_ratio)
         extra.update(report_summary(report))
         extra.update(config=cfg.to_dict(), prune_seconds=sec, prune_cpu_seconds=cpu)
         print(f"  pruned: decoder-layer params removed {report.decoder_params_removed:.4f}, {sec:.0f} s", flush=True)
@@ -671,7 +668,7 @@ def main(argv=None) -> int:
 
     def heldout():
         if "h" not in cache:
-            cache["h"] = heldout_windows(tokenizer, s.ls_heldout, s, args.data_dir)
+            cache["h"] = lambda_windows(tokenizer, s.ls_heldout, s, args.data_dir)
         return cache["h"]
 
     t_start = time.perf_counter()

@@ -16,12 +16,10 @@ import os
 import sys
 from pathlib import Path
 
-try:
-    from . import _common as C
-    from . import quality as Q
-except ImportError:  # run as a script
-    import _common as C
-    import quality as Q
+if not __package__:  # run as `python benchmarks/render_readme.py`: import this folder as the package it is
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+from benchmarks import _common as C  # noqa: E402
+from benchmarks import quality as Q  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 

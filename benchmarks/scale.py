@@ -41,10 +41,9 @@ from typing import Any
 
 import torch
 
-try:
-    from . import _common as C
-except ImportError:  # run as a script
-    import _common as C
+if not __package__:  # run as `python benchmarks/scale.py`: import this folder as the package it is
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+from benchmarks import _common as C  # noqa: E402
 
 RATIO = 0.2
 SEQLEN = 128
@@ -80,6 +79,7 @@ def make_checkpoint(folder: Path, size: str, seed: int = 0) -> Path:
     from safetensors.torch import save_file
 
     from rcpu_lightning.files import atomic_dir
+    from rcpu_lightning.models.adapter import layer_prefix
 
     if (folder / "model.safetensors.index.json").is_file():
         return folder
@@ -93,9 +93,10 @@ def make_checkpoint(folder: Path, size: str, seed: int = 0) -> Path:
     weight_map, size_bytes = {}, 0
     with atomic_dir(folder, overwrite=True) as staged:
         for layer in range(config.num_hidden_layers):
-            tensors = {f"model.layers.{layer}.{k}": torch.randn(s, generator=g) * 0.02 for k, s in shapes.items()}
-            tensors.update({f"model.layers.{layer}.input_layernorm.weight": torch.ones(h),
-                            f"model.layers.{layer}.post_attention_layernorm.weight": torch.ones(h)})
+            prefix = layer_prefix(layer)  # model.layers.<i>.
+            tensors = {prefix + k: torch.randn(s, generator=g) * 0.02 for k, s in shapes.items()}
+            tensors.update({prefix + "input_layernorm.weight": torch.ones(h),
+                            prefix + "post_attention_layernorm.weight": torch.ones(h)})
             file = f"model-{layer + 1:05d}-of-{total:05d}.safetensors"
             save_file(tensors, str(staged / file), metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(tensors, file))
@@ -117,15 +118,6 @@ def checkpoint_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 2**20
 
 
-def vm_hwm_mb() -> float:
-    """Peak resident memory of this process (``VmHWM``), MiB."""
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def calibration(vocab: int, nsamples: int, seed: int = 0) -> list[torch.Tensor]:
     ids = torch.randint(0, vocab, (nsamples, SEQLEN), generator=torch.Generator().manual_seed(seed))
     return list(ids.split(8))
@@ -138,7 +130,7 @@ def probe_ids(vocab: int) -> torch.Tensor:
 # -- workers: one measurement per fresh process ------------------------------------------------------
 def worker(args) -> dict[str, Any]:
     C.setup_torch(args.threads)
-    from rcpu_lightning.pruning import PruningConfig, capture_layer_inputs, load_pruned, prune_model
+    from rcpu_lightning.pruning import PruningConfig, capture_layer_inputs, load_pruned, prune_copy, prune_model
     from rcpu_lightning.pruning.streaming import prune_checkpoint
 
     source, config = Path(args.source), llama_config(args.size)
@@ -148,7 +140,7 @@ def worker(args) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if args.worker == "disk":
         report = prune_checkpoint(source, args.target, cfg, batches, progress=False, overwrite=True)
-        out["peak_rss_mb"] = vm_hwm_mb()
+        out["peak_rss_mb"] = C.peak_rss_mb()
         model = load_pruned(args.target) if args.logits else None
     elif args.worker == "memory":
         from transformers import AutoModelForCausalLM
@@ -156,10 +148,10 @@ def worker(args) -> dict[str, Any]:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
         for p in model.parameters():  # weights into anonymous memory (safetensors loads are mmapped)
             p.data = p.data.clone()
-        report = prune_model(model, capture_layer_inputs(model, batches), cfg, progress=False, release_inputs=True)
-        out["peak_rss_mb"] = vm_hwm_mb()
+        _, report = prune_copy(model, batches, cfg, copy_model=False)  # in place: the memory measured is the prune's
+        out["peak_rss_mb"] = C.peak_rss_mb()
     else:  # layer7b-ours / -reference / -affine: the whole (2-layer) model in memory
-        import calibration_scaling as cs
+        from benchmarks import calibration_scaling as cs
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
@@ -171,8 +163,8 @@ def worker(args) -> dict[str, Any]:
             cs.storeall_prune(model, inputs, cfg, dtype=torch.float32)
             report = None
         else:
-            report = prune_model(model, inputs, cfg, progress=False, release_inputs=True)
-        out.update(seconds=time.perf_counter() - t0, peak_rss_mb=vm_hwm_mb())
+            report = prune_model(model, inputs, cfg, progress=False, overwrite_inputs=True)
+        out.update(seconds=time.perf_counter() - t0, peak_rss_mb=C.peak_rss_mb())
         model = model if args.logits else None
     if report is not None:
         out.update(seconds=report.seconds, decoder_params_removed=report.decoder_params_removed)

@@ -159,13 +159,13 @@ def test_peak_rss_is_a_high_water_mark_that_can_be_reset():
 
     gc.collect()
     assert C.reset_peak_rss()  # Linux: the benchmarks rely on it
-    before = C.current_rss_mb()
+    before = C.rss_mb()
     assert C.peak_rss_mb() <= before + 1.0
     block = torch.ones(64 * 2**20 // 4)  # 64 MiB, written, so resident
     del block
     gc.collect()
     assert C.peak_rss_mb() >= before + 60  # the freed block still counts in the peak
-    assert C.reset_peak_rss() and C.peak_rss_mb() <= C.current_rss_mb() + 1.0
+    assert C.reset_peak_rss() and C.peak_rss_mb() <= C.rss_mb() + 1.0
 
 
 # -- README rendering -----------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def test_heldout_windows_avoid_calibration_windows(tmp_path):
     words = [f"w{i}" for i in range(4000)]
     (tmp_path / "wiki.valid.tokens").write_text("\n".join(" ".join(words[i : i + 10]) for i in range(0, 4000, 10)) + "\n")
     s = q.Settings(nsamples=8, seqlen=16, seed=3)
-    held = q.heldout_windows(_WordTokenizer(), 20, s, str(tmp_path))
+    held = q.lambda_windows(_WordTokenizer(), 20, s, str(tmp_path))
     assert held.shape == (20, 16)
     ids = _WordTokenizer()(" ".join(["" if not r.strip() else r for r in open(tmp_path / "wiki.valid.tokens")])).input_ids[0]
     rng = random.Random(3)
@@ -418,6 +418,13 @@ def test_inference_flops_match_a_hand_count():
     assert inf.layer_shapes(rounded.model) == [{"heads": 2, "kv_heads": 1, "channels": 8}]
     assert inf.flop_parts(rounded.model, 5.0)["mlp"] == 3 * 2 * 8 * 8
     assert inf.layer_shapes(wide)[0]["channels"] == 13  # the source model is untouched
+    assert rounded.model.config.intermediate_size == 8 and wide.config.intermediate_size == 13  # not stale
+    # the first 8 channels, through the surgery: on each token the MLP equals the one built by hand from them
+    mlp, src = rounded.model.model.layers[0].mlp, wide.model.layers[0].mlp
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        act = torch.nn.functional.silu(x @ src.gate_proj.weight[:8].T) * (x @ src.up_proj.weight[:8].T)
+        torch.testing.assert_close(mlp(x), act @ src.down_proj.weight[:, :8].T)  # same float32 ops: default tol
 
 
 def test_inference_decode_makes_exactly_the_requested_tokens_as_generate_does():

@@ -7,11 +7,21 @@ import sys
 from argparse import Namespace
 from pathlib import Path
 
+import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import gpu_llama7b  # noqa: E402
-import scale  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+from benchmarks import gpu_llama7b, scale  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _restore_grad_mode():
+    """The scripts' ``main`` turns autograd off for the process (a benchmark never trains): give it back."""
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)
 
 
 def _args(worker: str, source: Path, target: Path) -> Namespace:

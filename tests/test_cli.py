@@ -202,6 +202,18 @@ def test_bad_ratio_fails_before_anything_is_written(tiny, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_renamed_target_key_is_refused_naming_compensation_target(tiny, tmp_path, capsys):
+    _, model, data = tiny
+    cfg = tiny_config(tmp_path / "old.yaml", model, data, tmp_path / "out", pruning__config__target="dense")
+    for argv in (["prune", "-c", str(cfg)],  # in a YAML file, and as a flag
+                 ["prune", "-c", str(tiny_config(tmp_path / "new.yaml", model, data, tmp_path / "out")),
+                  "--pruning.config.target", "dense"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code != 0 and "renamed 'compensation_target'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_method_is_rejected_by_the_parser(tiny, tmp_path, capsys):
     _, model, data = tiny
     cfg = tiny_config(tmp_path / "bad.yaml", model, data, tmp_path / "out", pruning__config__method="sparsegpt")

@@ -288,7 +288,7 @@ def test_pruning_does_not_overwrite_what_a_full_forward_returned():
     with LayerInputCatcher(model) as catcher:
         returned = model(ids, use_cache=False, output_hidden_states=True).hidden_states[0]
     kept = returned.clone()
-    prune_model(model, catcher.inputs, PruningConfig(ratio=0.34), progress=False, release_inputs=True)
+    prune_model(model, catcher.inputs, PruningConfig(ratio=0.34), progress=False, overwrite_inputs=True)
     assert torch.equal(returned, kept)
 
 
@@ -394,8 +394,8 @@ def test_float32_statistics_give_the_same_decisions():
 
 
 @pytest.mark.parametrize("structure", ["uniform", "al_am"])
-def test_release_inputs_prunes_in_the_captured_memory(structure):
-    """One copy of the activations: with ``release_inputs`` each layer's outputs are written into
+def test_overwrite_inputs_prunes_in_the_captured_memory(structure):
+    """One copy of the activations: with ``overwrite_inputs`` each layer's outputs are written into
     the captured layer-0 tensors, so layer 1 reads that memory; without it the caller's ``inputs``
     stay untouched (and reusable) and layer 1 reads new tensors. Same pruned model either way."""
     cfg = PruningConfig(ratio=0.34, structure=structure)
@@ -408,7 +408,7 @@ def test_release_inputs_prunes_in_the_captured_memory(structure):
         seen: list[int] = []  # storage of every hidden-state tensor entering layer 1
         layer1 = decoder_layers(model)[1]
         layer1.register_forward_pre_hook(lambda m, args: seen.append(args[0].untyped_storage().data_ptr()))
-        prune_model(model, inputs, cfg, progress=False, release_inputs=release)
+        prune_model(model, inputs, cfg, progress=False, overwrite_inputs=release)
         assert len(inputs.batches) == (0 if release else len(before))
         final_pass = set(seen[-len(before):])  # layer 1's last pass: the inputs of layer 2
         if release:
@@ -507,7 +507,7 @@ def test_dense_targets_with_identical_streams_reduce_to_the_ordinary_compensatio
     states = []
     for target in ("pruned", "dense"):
         model = make_tiny_llama(**GQA, num_layers=1).to(dtype)
-        _prune(model, compensation=compensation, attn_ratio=0.0, mlp_ratio=0.4, target=target, ls_lambda=1e-3,
+        _prune(model, compensation=compensation, attn_ratio=0.0, mlp_ratio=0.4, compensation_target=target, ls_lambda=1e-3,
                arithmetic=arithmetic)
         states.append(_state(model))
     # Same algebra, different rounding: the ordinary path forms W G[:, K] from G, the dense one sums
@@ -545,15 +545,15 @@ def _down_proj_ridge_condition(model, lam: float) -> tuple[float, int, int]:
 def test_dense_target_least_squares_equals_the_stored_activation_fit():
     """o_proj of one layer whose pruned-stream inputs differ from the dense ones: the affine fit of
     t = W u_dense + (x_dense - x_pruned) on the kept columns of u_pruned, solved from stored activations."""
-    from rcpu_lightning.pruning.dense_target import copy_layer
-    from rcpu_lightning.pruning.engine import prune_layer_dense_target
+    from rcpu_lightning.pruning.dense_target import DenseTargets, copy_layer
+    from rcpu_lightning.pruning.engine import prune_layer
 
     model = make_tiny_llama(**GQA, num_layers=1)
     layer = decoder_layers(model)[0]
     dense_inputs = _inputs(model)
     g = torch.Generator().manual_seed(4)
     pruned_batches = [(h + 0.3 * torch.randn(h.shape, generator=g), kw) for h, kw in dense_inputs.batches]
-    dense_batches = [(h.clone(), kw) for h, kw in dense_inputs.batches]
+    dense_batches = dense_inputs.batches
     store = {"u": [], "u_pruned": []}
     reference = copy_layer(layer)
     hook = reference.self_attn.o_proj.register_forward_pre_hook(lambda m, a: store["u"].append(a[0].reshape(-1, 48)))
@@ -570,10 +570,11 @@ def test_dense_target_least_squares_equals_the_stored_activation_fit():
     x = torch.cat([h.reshape(-1, 48) for h, _ in dense_batches]).double()
     x_p = torch.cat([h.reshape(-1, 48) for h, _ in pruned_batches]).double()
     t = u @ W.T + x - x_p  # [N, hidden]
-    config = PruningConfig(ratio=0.34, compensation="affine_least_squares", ls_lambda=1e-12, target="dense",
+    config = PruningConfig(ratio=0.34, compensation="affine_least_squares", ls_lambda=1e-12, compensation_target="dense",
                            arithmetic="float64")
     with torch.no_grad():
-        plan, _ = prune_layer_dense_target(0, layer, pruned_batches, dense_batches, (2, 16), config, None, True, set())
+        source = DenseTargets(dense_batches, config, None)  # the dense stream: a copy of the dense inputs
+        plan, _ = prune_layer(0, layer_parts(layer), pruned_batches, (2, 16), config, source, True)
     cols = torch.tensor([h * 8 + j for h in plan.kept_heads for j in range(8)])
     design = torch.cat([u_p[:, cols], torch.ones(len(u_p), 1, dtype=torch.float64)], 1)
     solution = torch.linalg.lstsq(design, t).solution  # [|K| + 1, hidden]
@@ -582,8 +583,17 @@ def test_dense_target_least_squares_equals_the_stored_activation_fit():
 
 
 def test_dense_target_needs_a_compensation_that_fits_targets():
-    with pytest.raises(ValueError, match="target='dense'.*compensation='bias'"):
-        PruningConfig(method="flap", target="dense")
+    with pytest.raises(ValueError, match="compensation_target='dense'.*compensation='bias'"):
+        PruningConfig(method="flap", compensation_target="dense")
+
+
+@pytest.mark.parametrize("value", ["dense", "pruned"])
+def test_the_old_target_key_is_refused_naming_compensation_target(value):
+    with pytest.raises(ValueError, match="'target' was renamed 'compensation_target'"):
+        PruningConfig(target=value)
+    with pytest.raises(ValueError, match="'target' was renamed 'compensation_target'"):
+        PruningConfig(**{"ratio": 0.2, "target": value})  # a dict read from YAML or an old results row
+    assert "target" not in PruningConfig().to_dict()
 
 
 def test_compensated_error_selection_leaves_less_down_proj_error_than_scores():
@@ -609,7 +619,7 @@ def test_added_bias_count_matches_the_biases_a_bias_compensation_adds():
 
     for shape, cfg in (({}, dict(ratio=0.5)), (GQA, dict(ratio=0.34)), (GQA, dict(ratio=0.5, gqa_mode="whole_group"))):
         model = make_tiny_llama(**shape, num_layers=1)
-        parts = layer_parts(decoder_layers(model)[0])
+        parts = layer_parts(decoder_layers(copy.deepcopy(model))[0])  # the dense layer (parts are live views)
         report = _prune(model, compensation="bias", head_rounding="nearest", **cfg)
         heads, channels = parts.num_heads - report.layers[0]["heads"], parts.intermediate_size - report.layers[0]["channels"]
         predicted = added_bias_params(parts, {"attn", "mlp"}, heads, channels, cfg.get("gqa_mode", "per_group"))
@@ -631,7 +641,7 @@ def test_statistics_pass_stops_before_down_proj_with_the_same_statistics():
         run_layer(layer, batches, offload=False, replace=False)
     calls = []
     handle = parts.down_proj.register_forward_hook(lambda *a: calls.append(1))
-    stopped = layer_stats(layer, batches, modules, config, None, 0)
+    stopped = layer_stats(parts, batches, modules, config, None, 0)
     handle.remove()
     assert calls == []  # down_proj itself never ran
     for name in modules:  # exact: the same hooks sum the same products in the same order (the stop only
@@ -653,3 +663,37 @@ def test_the_catcher_records_only_the_first_max_rows_sequences():
     torch.testing.assert_close(torch.cat([h for h, _ in catcher.inputs.batches]), want.batches[0][0])
     for h, kw in catcher.inputs.batches:  # every per-row kwarg sliced with its rows
         assert all(v.shape[0] in (1, h.shape[0]) for v in kw.values() if isinstance(v, torch.Tensor) and v.dim() >= 2)
+
+
+def test_layer_parts_held_across_a_cut_reads_the_new_modules():
+    # surgery replaces modules; a LayerParts made before the prune must not go on reading the old ones
+    model = make_tiny_llama(**GQA, num_layers=1)
+    layer = decoder_layers(model)[0]
+    parts = layer_parts(layer)
+    old = {name: getattr(parts, name) for name in ("q_proj", "o_proj", "gate_proj", "down_proj")}
+    heads, channels = parts.num_heads, parts.intermediate_size
+    report = _prune(model, ratio=0.34)
+    for name, module in old.items():
+        assert getattr(parts, name) is not module, name
+    assert parts.o_proj is layer.self_attn.o_proj and parts.down_proj is layer.mlp.down_proj
+    assert (parts.num_heads, parts.intermediate_size) == (report.layers[0]["heads"], report.layers[0]["channels"])
+    assert parts.num_heads < heads and parts.intermediate_size < channels
+
+
+def test_prune_copy_prunes_a_copy_on_windows_as_prune_model_does():
+    from rcpu_lightning.pruning import prune_copy
+
+    model, config = make_tiny_llama(**GQA), PruningConfig(ratio=0.34)
+    dense = _state(model)
+    pruned, report = prune_copy(model, _ids(), config, batch_size=2)
+    _assert_same_state(_state(model), dense)  # the caller's model is untouched
+    by_hand = copy.deepcopy(model)
+    expected = prune_model(by_hand, _inputs(by_hand, split=2), config, progress=False)
+    assert report.plan.layers == expected.plan.layers
+    for name, value in _state(by_hand).items():  # the same kernels on the same batches: default float32 tolerance
+        torch.testing.assert_close(_state(pruned)[name], value, msg=name)
+    with pytest.raises(ValueError, match="batch_size"):
+        prune_copy(model, _ids(), config)  # windows [N, T] need a batch size
+    same, _ = prune_copy(model, _ids().split(2), config, copy_model=False)  # batches given; pruned in place
+    assert same is model and decoder_layers(model)[0].self_attn.q_proj.out_features < dense[
+        "model.layers.0.self_attn.q_proj.weight"].shape[0]

@@ -35,7 +35,7 @@ def _checkpoint(folder: Path, shard: str | None = "30KB", num_layers: int = 3, *
 
 def _in_memory(folder: Path, config: PruningConfig):
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    report = prune_model(model, capture_layer_inputs(model, _batches()), config, progress=False, release_inputs=True)
+    report = prune_model(model, capture_layer_inputs(model, _batches()), config, progress=False, overwrite_inputs=True)
     return model, report
 
 
@@ -177,6 +177,40 @@ def test_the_predict_loop_prunes_an_out_of_core_module_from_disk_to_disk(tmp_pat
         torch.testing.assert_close(loaded.state_dict()[name], value, atol=1e-6, rtol=0, msg=name)
 
 
+def test_out_of_core_folders_get_the_pruning_report_an_in_memory_save_gets(tmp_path):
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from rcpu_lightning.files import PLAN_FILE, REPORT_FILE
+    from rcpu_lightning.lightning import CausalLMModule, RCPUPruningCallback, TensorRows
+
+    source = _checkpoint(tmp_path / "dense")
+    config = PruningConfig(ratio=0.34, head_rounding="nearest")
+    streamed = prune_checkpoint(source, tmp_path / "core", config, _batches(), progress=False)  # the core alone
+    assert json.loads((tmp_path / "core" / REPORT_FILE).read_text()) == json.loads(json.dumps(streamed.summary()))
+    assert json.loads((tmp_path / "core" / PLAN_FILE).read_text()) == json.loads(json.dumps(streamed.plan.to_dict()))
+    _, out_of_core = _predict_out_of_core(tmp_path, source, config, save_dir=str(tmp_path / "ooc"))
+    in_memory = RCPUPruningCallback(config, progress=False, save_dir=str(tmp_path / "mem"))
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[in_memory])
+    dense = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    trainer.predict(CausalLMModule(dense), dataloaders=DataLoader(TensorRows(torch.cat(_batches())), batch_size=2),
+                    return_predictions=False)
+    reports = {name: json.loads((tmp_path / name / REPORT_FILE).read_text()) for name in ("ooc", "mem")}
+    assert reports["ooc"]["run_id"] == out_of_core.run_id
+    assert reports["mem"].keys() <= reports["ooc"].keys()  # and the engine's summary, as the core alone writes
+    for key, value in reports["mem"].items():  # the same pruning: the same fields (wall times aside)
+        if key not in ("run_id", "weights", "seconds"):
+            assert _untimed(reports["ooc"][key]) == _untimed(value), key
+
+
+def _untimed(value):
+    """``value`` without its ``seconds`` entries (at any depth): what two runs of one prune share."""
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if k != "seconds"}
+    return [_untimed(v) for v in value] if isinstance(value, list) else value
+
+
 def test_an_out_of_core_module_needs_save_dir_and_only_prunes(tmp_path):
     import lightning as L
 
@@ -203,7 +237,7 @@ def test_an_out_of_core_module_needs_save_dir_and_only_prunes(tmp_path):
 
 
 def test_out_of_core_pruning_fixes_the_glibc_mmap_threshold(tmp_path, monkeypatch):
-    from rcpu_lightning.pruning import allocator
+    from rcpu_lightning.pruning import malloc_tuning
 
     calls = []
 
@@ -212,17 +246,17 @@ def test_out_of_core_pruning_fixes_the_glibc_mmap_threshold(tmp_path, monkeypatc
             calls.append((param, value))
             return 1
 
-    monkeypatch.delenv(allocator.ENV, raising=False)
-    monkeypatch.setattr(allocator.sys, "platform", "linux")
-    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name: FakeLibc())
+    monkeypatch.delenv(malloc_tuning.ENV, raising=False)
+    monkeypatch.setattr(malloc_tuning.sys, "platform", "linux")
+    monkeypatch.setattr(malloc_tuning.ctypes, "CDLL", lambda name: FakeLibc())
     prune_checkpoint(_checkpoint(tmp_path / "dense"), tmp_path / "pruned", PruningConfig(ratio=0.34), _batches(),
                      progress=False)
-    assert calls == [(allocator.M_MMAP_THRESHOLD, 1 << 20)]  # M_MMAP_THRESHOLD = -3, fixed at 1 MiB
-    monkeypatch.setenv(allocator.ENV, "4194304")  # the user's own setting wins: no call
-    assert allocator.fix_mmap_threshold() and len(calls) == 1
-    monkeypatch.delenv(allocator.ENV)
-    monkeypatch.setattr(allocator.sys, "platform", "darwin")  # not glibc: nothing to fix
-    assert not allocator.fix_mmap_threshold() and len(calls) == 1
+    assert calls == [(malloc_tuning.M_MMAP_THRESHOLD, 1 << 20)]  # M_MMAP_THRESHOLD = -3, fixed at 1 MiB
+    monkeypatch.setenv(malloc_tuning.ENV, "4194304")  # the user's own setting wins: no call
+    assert malloc_tuning.fix_mmap_threshold() and len(calls) == 1
+    monkeypatch.delenv(malloc_tuning.ENV)
+    monkeypatch.setattr(malloc_tuning.sys, "platform", "darwin")  # not glibc: nothing to fix
+    assert not malloc_tuning.fix_mmap_threshold() and len(calls) == 1
 
 
 def _shard_of(folder: Path, tensor: str) -> Path:

@@ -65,7 +65,6 @@ import inspect
 import logging
 import json
 import math
-import numbers
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
@@ -76,12 +75,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from ..files import REPORT_FILE, atomic_dir, check_output_path, format_output_path, write_json_atomic
+from ..files import REPORT_FILE, atomic_dir, check_output_path, format_output_path
 from ..models.adapter import decoder_layers, layer_parts
-from ..pruning.config import PruningConfig
+from ..pruning.config import PruningConfig, check_ratio
 from ..pruning.engine import PruningReport, check_feasible, prune_model
 from ..pruning.inputs import LayerInputCatcher, LayerInputs, StopForward, capture_layer_inputs, first_rows, model_inputs
-from ..pruning.io import save_pruned
+from ..pruning.io import save_pruned, write_pruning_files
 from ..pruning.plan import LayerPlan, PruningPlan
 from ..pruning.progress import default_progress
 from ..pruning.selection import feasible_count, head_layout
@@ -265,8 +264,8 @@ class RCPUPruningCallback(Callback):
         if getattr(pl_module, "pruning_plan", None) is None or self.steps:
             self._check_strategy(trainer, "pruning inside fit")
             self._check_data(trainer, stage="fit")
-            self._deferred_check = not self.steps and not self._check_model(trainer, pl_module, self._check_config(),
-                                                                            defer=True)
+            self._deferred_check = not self.steps and not self._check_model(
+                trainer, pl_module, self._largest_step_config(), defer=True)
         self._wrap_strategy_setup(trainer, pl_module)
 
     def _check_strategy(self, trainer: Trainer, what: str, advice: Optional[str] = None) -> None:
@@ -386,7 +385,7 @@ class RCPUPruningCallback(Callback):
         self._check_outputs(trainer, save=True, export=True)
         if self._deferred_check:  # the LM was built in configure_model
             self._deferred_check = False
-            self._check_model(trainer, pl_module, self._check_config(), defer=False)
+            self._check_model(trainer, pl_module, self._largest_step_config(), defer=False)
         if self._restored:
             if self.steps:
                 rank_zero_info(f"resumed with {len(self.steps)} pruning step(s) done (last at epoch "
@@ -438,7 +437,7 @@ class RCPUPruningCallback(Callback):
         _carry_optimizer_state(trainer.optimizers, old, lm, self.report.plan)
         self._rewrap(trainer, pl_module)
 
-    def _check_config(self) -> PruningConfig:
+    def _largest_step_config(self) -> PruningConfig:
         """The settings checked against the model before any work: the largest ratio the schedule reaches."""
         if callable(self.schedule):  # not known in advance: the architecture only, each step checks its ratio
             return dataclasses.replace(self.config, ratio=0.0)
@@ -654,7 +653,7 @@ class RCPUPruningCallback(Callback):
                                         else None)
             source = _source(pl_module)
             if source is None:
-                report = prune_model(lm, inputs, config, reduce=reduce, progress=progress, release_inputs=True,
+                report = prune_model(lm, inputs, config, reduce=reduce, progress=progress, overwrite_inputs=True,
                                      calibration=calibration)
             else:  # disk to disk, one layer at a time on the trainer's device; rank 0 writes
                 if config.execution_device is None:
@@ -671,6 +670,8 @@ class RCPUPruningCallback(Callback):
         self._log_summary(trainer, report, epoch, target)
         if source is None:
             self._save(trainer, pl_module, epoch)
+        else:
+            self._complete_report(trainer, report, source)
 
     def _prune_from_disk(self, trainer: Trainer, source: CheckpointSource, lm: nn.Module, inputs: LayerInputs,
                          config: PruningConfig, reduce, progress, calibration: dict[str, Any]) -> PruningReport:
@@ -681,6 +682,21 @@ class RCPUPruningCallback(Callback):
         self.saved_to = path
         rank_zero_info(f"pruned model written to {path} (layer by layer from {source.path})")
         return report
+
+    def _complete_report(self, trainer: Trainer, report: PruningReport, source: CheckpointSource) -> None:
+        """Give the folder written out of core the ``pruning_report.json`` fields a saved folder has (beside
+        the engine's summary that :func:`prune_skeleton` wrote there)."""
+        error: Optional[str] = None
+        if trainer.is_global_zero:
+            info = {**_report_fields(self.results_summary()), "run_id": self.run_id,
+                    "weights": f"right after pruning, layer by layer from {source.path}"}
+            try:
+                write_pruning_files(self.saved_to, report={**report.summary(), **info})
+            except Exception as exc:  # every rank must learn about it
+                error = f"{type(exc).__name__}: {exc}"
+        error = trainer.strategy.broadcast(error, src=0)
+        if error is not None:
+            raise RuntimeError(f"writing {REPORT_FILE} into {self.saved_to} failed on rank 0: {error}")
 
     def _log_summary(self, trainer: Trainer, report: PruningReport, epoch: Optional[int], target: float) -> None:
         total = _combine_steps(self.steps)
@@ -731,7 +747,7 @@ class RCPUPruningCallback(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         steps = state_dict.get("steps")
-        if steps is None and state_dict.get("pruned"):  # rcpu-lightning <= 0.2: one step, no record
+        if steps is None and state_dict.get("pruned"):  # a checkpoint written before steps were recorded: one step
             steps = [{"epoch": state_dict.get("prune_at_epoch") or 0, "ratio": (state_dict.get("config") or {}).get("ratio")}]
         self.steps = [dict(s) for s in steps or []]
         self.last_epoch = int(state_dict.get("last_epoch", max([s.get("epoch") or 0 for s in self.steps], default=-1)))
@@ -749,12 +765,7 @@ class RCPUPruningCallback(Callback):
 
 # -- schedules --------------------------------------------------------------------------------------
 def _check_ratio_value(value: Any, name: str) -> Optional[float]:
-    if value is None:
-        return None
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) \
-            or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}={value!r} is out of range; allowed: a number in [0, 1)")
-    return float(value)
+    return None if value is None else check_ratio(name, value)
 
 
 def _check_schedule(schedule: Schedule, config: PruningConfig) -> Schedule:
@@ -1000,8 +1011,7 @@ def save_hf_checkpoint(lm: nn.Module, plan: Union[PruningReport, PruningPlan, di
     needs ``overwrite``). ``plan``: a :class:`PruningReport` (its summary is written too), a plan, or None."""
     summary: dict[str, Any] = {}
     if isinstance(plan, PruningReport):
-        summary = plan.to_dict()
-        summary.pop("plan")
+        summary = plan.summary()
         plan = plan.plan
     plan = as_plan(plan)
     with atomic_dir(path, overwrite, what, _OVERWRITE_FLAG) as staged:
@@ -1011,5 +1021,5 @@ def save_hf_checkpoint(lm: nn.Module, plan: Union[PruningReport, PruningPlan, di
             lm.save_pretrained(staged)
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(staged)
-        write_json_atomic(staged / REPORT_FILE, {**summary, **(extra or {})}, indent=1)
+        write_pruning_files(staged, report={**summary, **(extra or {})})
     return Path(path)

@@ -116,7 +116,7 @@ def set_plan(module: nn.Module, plan: Union[dict, PruningPlan], lm: Optional[nn.
 def restore_plan_from_checkpoint(module: nn.Module, checkpoint: dict[str, Any]) -> None:
     """Give ``module``'s LM the shapes of the plan stored in ``checkpoint`` (before its weights load)."""
     plan = checkpoint.get(CHECKPOINT_PLAN_KEY)
-    if plan is None:  # checkpoints of rcpu-lightning 0.1 kept it among the hyper-parameters
+    if plan is None:  # checkpoints written before the plan had its own key kept it among the hyper-parameters
         plan = (checkpoint.get("hyper_parameters") or {}).get("pruning_plan")
     if plan is not None:
         set_plan(module, plan)

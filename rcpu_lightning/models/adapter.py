@@ -5,12 +5,11 @@ Llama, Mistral and Qwen2 share the decoder layout that RCPU prunes::
     model.model.layers[i].self_attn.{q,k,v,o}_proj
     model.model.layers[i].mlp.{gate,up,down}_proj
 
-The pruning core only touches a model through :func:`decoder_layers` and :func:`layer_parts`.
+The pruning core only touches a model through :func:`decoder_layers`, :func:`layer_parts` and
+:func:`decoder_parts`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -35,6 +34,15 @@ def check_supported(model_or_config) -> None:
         )
 
 
+#: Where a ``*ForCausalLM`` keeps its decoder layers, as a module path and state-dict prefix.
+LAYERS_PATH = "model.layers"
+
+
+def layer_prefix(index: int) -> str:
+    """State-dict (checkpoint) prefix of decoder layer ``index`` of a ``*ForCausalLM``: ``model.layers.<i>.``."""
+    return f"{LAYERS_PATH}.{index}."
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder layers of a ``*ForCausalLM`` (or its bare ``*Model``)."""
     check_supported(model)
@@ -45,20 +53,32 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
-@dataclass(frozen=True)
 class LayerParts:
-    """The modules of one decoder layer that structured pruning reads and rewrites."""
+    """Live named access to the modules of one decoder layer that structured pruning reads and rewrites.
 
-    attn: nn.Module
-    q_proj: nn.Linear
-    k_proj: nn.Linear
-    v_proj: nn.Linear
-    o_proj: nn.Linear  # [hidden, n_heads * head_dim]; its input columns are the heads
-    mlp: nn.Module
-    gate_proj: nn.Linear
-    up_proj: nn.Linear
-    down_proj: nn.Linear  # [hidden, intermediate]; its input columns are the MLP channels
-    head_dim: int
+    Every member is looked up on the layer when it is read, never stored: surgery replaces modules
+    (``attn.o_proj = new_linear(...)``), and a ``LayerParts`` held across the cut reads the new ones.
+    One object per layer, made once and passed down (the SliceGPT ``LayerAdapter`` idea).
+    """
+
+    __slots__ = ("layer",)
+
+    def __init__(self, layer: nn.Module) -> None:
+        self.layer = layer
+
+    attn = property(lambda self: self.layer.self_attn)
+    mlp = property(lambda self: self.layer.mlp)
+    q_proj = property(lambda self: self.layer.self_attn.q_proj)
+    k_proj = property(lambda self: self.layer.self_attn.k_proj)
+    v_proj = property(lambda self: self.layer.self_attn.v_proj)
+    o_proj = property(lambda self: self.layer.self_attn.o_proj)  # [hidden, n_heads * head_dim]: columns = heads
+    gate_proj = property(lambda self: self.layer.mlp.gate_proj)
+    up_proj = property(lambda self: self.layer.mlp.up_proj)
+    down_proj = property(lambda self: self.layer.mlp.down_proj)  # [hidden, intermediate]: columns = channels
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.layer.self_attn.head_dim)
 
     @property
     def num_heads(self) -> int:
@@ -72,22 +92,20 @@ class LayerParts:
     def intermediate_size(self) -> int:
         return self.down_proj.in_features
 
+    @property
+    def device(self) -> torch.device:
+        """Where the layer's weights are (the device its forward runs on)."""
+        return self.q_proj.weight.device
+
 
 def layer_parts(layer: nn.Module) -> LayerParts:
-    """Named access to one decoder layer's projections."""
-    attn, mlp = layer.self_attn, layer.mlp
-    return LayerParts(
-        attn=attn,
-        q_proj=attn.q_proj,
-        k_proj=attn.k_proj,
-        v_proj=attn.v_proj,
-        o_proj=attn.o_proj,
-        mlp=mlp,
-        gate_proj=mlp.gate_proj,
-        up_proj=mlp.up_proj,
-        down_proj=mlp.down_proj,
-        head_dim=int(attn.head_dim),
-    )
+    """Named, live access to one decoder layer's projections (see :class:`LayerParts`)."""
+    return LayerParts(layer)
+
+
+def decoder_parts(model: nn.Module) -> list[LayerParts]:
+    """One :class:`LayerParts` per decoder layer of ``model``, in order."""
+    return [LayerParts(layer) for layer in decoder_layers(model)]
 
 
 def model_device(model: nn.Module) -> torch.device:

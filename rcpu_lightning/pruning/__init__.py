@@ -9,6 +9,7 @@ Typical use::
     inputs = capture_layer_inputs(model, batches)          # batches of input_ids [B, T]
     report = prune_model(model, inputs, PruningConfig(method="rcpu", ratio=0.2))
     save_pruned(model, report.plan, "out/pruned")
+    pruned, report = prune_copy(dense, windows, config, batch_size=8)  # [N, T] ids; ``dense`` stays
     model = load_pruned("out/pruned")
 """
 
@@ -23,7 +24,7 @@ from .compensation import (
     rotation_scale_compensation,
 )
 from .config import DEFAULT_COMPENSATION, PruningConfig
-from .engine import PruningReport, prune_model
+from .engine import PruningReport, prune_copy, prune_model
 from .progress import LayerProgress, default_progress
 from .streaming import prune_checkpoint
 from .inputs import LayerInputCatcher, LayerInputs, StopForward, capture_layer_inputs, model_inputs
@@ -75,6 +76,7 @@ __all__ = [
     "load_pruned",
     "procrustes_rotation",
     "prune_checkpoint",
+    "prune_copy",
     "prune_model",
     "reduce_stats",
     "rotation_compensation",

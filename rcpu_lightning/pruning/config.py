@@ -8,7 +8,8 @@ The dataclass is usable from YAML through jsonargparse (plain typed fields with 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import numbers
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Optional, get_args
 
 import torch
@@ -21,7 +22,7 @@ HeadRounding = Literal["floor", "nearest"]
 GqaMode = Literal["per_group", "whole_group"]
 StatsDtype = Literal["float64", "float32"]
 Arithmetic = Literal["fast", "float64"]
-Target = Literal["pruned", "dense"]
+CompensationTarget = Literal["pruned", "dense"]
 Selection = Literal["score", "compensated_error"]
 Allocation = Literal["score", "compensated_error"]
 
@@ -76,13 +77,14 @@ class PruningConfig:
             the paper) or ``compensated_error`` (greedily, the ones whose removal leaves the least
             affine least-squares error once the rest is refitted, :mod:`.error_selection`; needs a
             compensation that refits: not ``none``/``bias``; a module that ``targets`` leaves
-            uncompensated is selected by score; with ``target: dense`` the error is still measured
+            uncompensated is selected by score; with ``compensation_target: dense`` the error is still measured
             against the module's own output). The counts per layer come from ``structure`` either way.
-        target: what a compensated module is fitted to: ``pruned`` (its own output on the pruned-so-far
+        compensation_target: what a compensated module is fitted to: ``pruned`` (its own output on the pruned-so-far
             inputs; the paper) or ``dense`` (the dense model's residual stream after the module, so the
             errors of earlier layers are corrected too; keeps a second copy of the activations and
             runs each layer five times instead of twice; needs a compensation that fits targets:
             rotation, rotation_scale, least_squares or affine_least_squares).
+        target: the old name of ``compensation_target``: refused, with a message naming the new key.
         offload_inputs: keep the captured layer inputs on CPU and move them to the layer's device
             one batch at a time.
         execution_device: the device each decoder layer is moved to while it is pruned, one layer at a
@@ -110,19 +112,27 @@ class PruningConfig:
     offload_inputs: bool = False
     execution_device: Optional[str] = None
     arithmetic: Arithmetic = "fast"
-    target: Target = "pruned"
+    compensation_target: CompensationTarget = "pruned"
     selection: Selection = "score"
+    #: Renamed ``compensation_target``: any value is refused with a message naming the new key (a
+    #: field so that YAML, the CLI and ``PruningConfig(**d)`` all reach that message; not saved).
+    target: Optional[str] = field(default=None, repr=False, compare=False,
+                                  metadata={"help": "renamed: use compensation_target"})
 
     def __post_init__(self) -> None:
+        for old, new in RENAMED_KEYS.items():
+            if getattr(self, old) is not None:
+                raise ValueError(f"{old}={getattr(self, old)!r}: the key {old!r} was renamed {new!r}; "
+                                 f"write {new}: {getattr(self, old)} instead")
         for name, kind in _ENUMS.items():
             _check_choice(name, getattr(self, name), get_args(kind))
         if self.compensation is None:
             self.compensation = DEFAULT_COMPENSATION[self.method]
         _check_choice("compensation", self.compensation, get_args(Compensation))
-        _check_ratio("ratio", self.ratio)
+        check_ratio("ratio", self.ratio)
         for name in ("attn_ratio", "mlp_ratio"):
             if getattr(self, name) is not None:
-                _check_ratio(name, getattr(self, name))
+                check_ratio(name, getattr(self, name))
                 if self.structure == "al_am":
                     raise ValueError(
                         f"{name}={getattr(self, name)!r} cannot be combined with structure='al_am' "
@@ -141,10 +151,11 @@ class PruningConfig:
         for name in ("refresh_mlp_stats", "offload_inputs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if self.target == "dense" and self.compensation not in ("rotation", "rotation_scale", "least_squares",
-                                                                "affine_least_squares"):
-            raise ValueError(f"target='dense' fits compensation to explicit targets; compensation={self.compensation!r} "
-                             "does not; use rotation, rotation_scale, least_squares or affine_least_squares")
+        if self.compensation_target == "dense" and self.compensation not in (
+                "rotation", "rotation_scale", "least_squares", "affine_least_squares"):
+            raise ValueError(f"compensation_target='dense' fits compensation to explicit targets; "
+                             f"compensation={self.compensation!r} does not; use rotation, rotation_scale, "
+                             "least_squares or affine_least_squares")
         if self.allocation != "score" and self.structure != "al_am":
             raise ValueError(f"allocation={self.allocation!r} sets the adaptive structure's per-layer counts; "
                              "it needs structure='al_am' (leave it 'score' for 'uniform')")
@@ -176,8 +187,15 @@ class PruningConfig:
         return self.compensation != "none" and self.targets in ("both", module)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The knobs (renamed keys left out)."""
+        data = asdict(self)
+        for old in RENAMED_KEYS:
+            del data[old]
+        return data
 
+
+#: Keys of older versions -> their names now (refused, naming the new key).
+RENAMED_KEYS = {"target": "compensation_target"}
 
 _ENUMS = {
     "method": Method,
@@ -188,13 +206,13 @@ _ENUMS = {
     "gqa_mode": GqaMode,
     "stats_dtype": StatsDtype,
     "arithmetic": Arithmetic,
-    "target": Target,
+    "compensation_target": CompensationTarget,
     "selection": Selection,
 }
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_choice(name: str, value: Any, allowed: tuple) -> None:
@@ -202,6 +220,8 @@ def _check_choice(name: str, value: Any, allowed: tuple) -> None:
         raise ValueError(f"{name}={value!r} is not supported; allowed values: {list(allowed)}")
 
 
-def _check_ratio(name: str, value: Any) -> None:
+def check_ratio(name: str, value: Any) -> float:
+    """The one check of a pruning ratio (config fields, schedules): ``value`` as a float in [0, 1)."""
     if not _is_number(value) or not math.isfinite(value) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name}={value!r} is out of range; allowed: a number in [0, 1)")
+    return float(value)

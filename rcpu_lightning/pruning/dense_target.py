@@ -1,4 +1,4 @@
-"""Dense-target compensation (``PruningConfig.target = "dense"``): correct the error that the pruning of
+"""Dense-target compensation (``PruningConfig.compensation_target = "dense"``): correct the error that the pruning of
 earlier layers left in the residual stream, not only this layer's own.
 
 With the paper's targets each compensated module reproduces its own output on the pruned-so-far
@@ -27,22 +27,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..models.adapter import layer_parts
-from .inputs import _Slabs, to_device
-from .stats import ChannelStats
-
-Batches = list[tuple[Tensor, dict[str, Any]]]
-
-
-def dense_copy(batches: Batches) -> Batches:
-    """A second copy of the activations (CPU tensors in slabs, as captured ones), sharing the kwargs."""
-    slabs = _Slabs()
-    return [(slabs.put(h) if h.device.type == "cpu" else h.clone(), kw) for h, kw in batches]
+from ..models.adapter import LayerParts, layer_parts
+from .config import PruningConfig
+from .inputs import Batches, copy_activations, to_device
+from .layer_runs import check_stats, product_dtype
+from .stats import ChannelStats, Reduce, reduce_stats
 
 
 class _Pairing:
@@ -115,3 +108,35 @@ def paired_pass(dense_layer: nn.Module, layer: nn.Module, which: str, batches: B
 def copy_layer(layer: nn.Module) -> nn.Module:
     """The dense layer kept for the dense stream while ``layer`` is pruned."""
     return copy.deepcopy(layer)
+
+
+class DenseTargets:
+    """The statistics source of ``compensation_target: dense`` (see :class:`.stats_sources.StatsSource`):
+    a copy of the dense stream's activations, made once; per layer, pass A (o_proj) and pass B (down_proj,
+    after the attention was pruned; the dense outputs become the next layer's dense inputs)."""
+
+    down_proj_first = False
+
+    def __init__(self, batches: Batches, config: PruningConfig, reduce: Reduce | None) -> None:
+        self.dense_batches = copy_activations(batches)  # the dense stream, overwritten layer by layer
+        self.config, self.reduce = config, reduce
+        self.dense_layer: nn.Module | None = None
+
+    def _pass(self, idx: int, parts: LayerParts, batches: Batches, which: str) -> ChannelStats:
+        module = getattr(parts, which)
+        stats = ChannelStats.zeros(module.in_features, getattr(torch, self.config.stats_dtype), module.weight.device)
+        paired_pass(self.dense_layer, parts.layer, which, batches, self.dense_batches, stats,
+                    product_dtype(self.config), write_dense=which == "down_proj")
+        [stats] = reduce_stats([stats], self.reduce)
+        check_stats(stats, f"layer {idx} {which}")
+        return stats
+
+    def o_proj(self, idx: int, parts: LayerParts, batches: Batches) -> ChannelStats:
+        self.dense_layer = copy_layer(parts.layer)
+        return self._pass(idx, parts, batches, "o_proj")
+
+    def down_proj(self, idx: int, parts: LayerParts, batches: Batches) -> ChannelStats:
+        try:
+            return self._pass(idx, parts, batches, "down_proj")
+        finally:
+            self.dense_layer = None

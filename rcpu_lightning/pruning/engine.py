@@ -24,9 +24,10 @@ the refreshed down_proj statistics can only be checked after that layer's attent
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,20 +35,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..models.adapter import LayerParts, check_supported, decoder_layers, layer_parts
+from ..models.adapter import LayerParts, check_supported, decoder_parts
 from .compensation import COMPENSATIONS, compensate
 from .config import PruningConfig
-from .dense_target import copy_layer, dense_copy, paired_pass
 from .error_selection import (
     channel_error_curve,
     head_unit_error_curve,
     select_channels_by_error,
     select_heads_by_error,
 )
-from .inputs import LayerInputs, StopForward, to_device
+from .inputs import Batches, LayerInputs, capture_layer_inputs
+from .layer_runs import check_stats, layer_stats, product_dtype, run_layer
 from .layer_store import LayerStore, ResidentLayers
 from .plan import LayerPlan, PruningPlan
-from .progress import LayerProgress, ProgressFn, device_peak_mb, resolve_progress, rss_mb
+from .memory import device_peak_mb, rss_mb
+from .progress import LayerProgress, ProgressFn, resolve_progress
 from .scores import SCORES, column_scores, head_scores, standardize
 from .selection import (
     LayerUnits,
@@ -60,6 +62,7 @@ from .selection import (
     select_heads,
 )
 from .stats import ChannelStats, Reduce, collect_input_stats, reduce_stats
+from .stats_sources import StatsSource, stats_source
 from .surgery import (
     added_bias_params,
     bias_blocks,
@@ -73,7 +76,8 @@ from .surgery import (
 
 log = logging.getLogger(__name__)
 
-Batches = list[tuple[Tensor, dict[str, Any]]]
+__all__ = ["PruningReport", "check_feasible", "check_stats", "layer_stats", "product_dtype", "prune_layer",
+           "prune_copy", "prune_model", "run_layer", "uniform_counts", "validate_counts"]
 
 
 @dataclass
@@ -106,90 +110,15 @@ class PruningReport:
         data["model_params_removed"] = self.model_params_removed
         return data
 
+    def summary(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the plan: what ``pruning_report.json`` records (the plan has its own file)."""
+        data = self.to_dict()
+        del data["plan"]
+        return data
+
 
 def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def _device(parts: LayerParts) -> torch.device:
-    return parts.q_proj.weight.device
-
-
-def run_layer(layer: nn.Module, batches: Batches, offload: bool, replace: bool, in_place: bool = False) -> None:
-    """Forward every batch through ``layer``.
-
-    ``replace=True`` overwrites each entry of ``batches`` with the layer's output (the next
-    layer's input) as soon as it is computed, so one copy of the activations is held, never two;
-    ``replace=False`` drops the outputs (a statistics pass). ``in_place=True`` (the caller owns the
-    batch tensors) copies each output into its input tensor instead of swapping in a new one, so
-    the activations keep their memory from layer to layer (no new blocks allocated per layer).
-    """
-    device = _device(layer_parts(layer))
-    for k, (hidden, kwargs) in enumerate(batches):
-        try:
-            h = layer(hidden.to(device), **to_device(kwargs, device))
-        except StopForward:  # a statistics pass has what it needs (see _stop_before)
-            if replace:
-                raise
-            continue
-        if replace:
-            h = h[0] if isinstance(h, tuple) else h
-            if in_place and h.shape == hidden.shape and h.dtype == hidden.dtype:
-                hidden.copy_(h)  # [B, T, hidden]; this batch's input is no longer needed
-            else:
-                batches[k] = (h.to("cpu") if offload else h, kwargs)
-        del h
-
-
-@contextmanager
-def _stop_before(module: nn.Module | None) -> Iterator[None]:
-    """While open, a forward reaching ``module`` stops before computing it (hooks registered earlier,
-    e.g. the statistics', still see its inputs). ``None``: nothing stops."""
-    if module is None:
-        yield
-        return
-
-    def hook(mod, args, kwargs):
-        raise StopForward
-
-    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def layer_stats(
-    layer: nn.Module, batches: Batches, modules: dict[str, nn.Module], config: PruningConfig,
-    reduce: Reduce | None, layer_idx: int, diag_only: bool = False, where: str = "",
-) -> dict[str, ChannelStats]:
-    """Reduced input statistics of ``modules`` while ``layer`` runs on ``batches`` (outputs dropped).
-
-    down_proj is the layer's last product: when its inputs are among those recorded, each batch's
-    forward stops there (at LLaMA-7B's dimensions the down_proj product is a fifth of the layer's)."""
-    dtype = getattr(torch, config.stats_dtype)
-    last = layer_parts(layer).down_proj
-    with collect_input_stats(modules, dtype, diag_only, product_dtype(config)) as local, \
-            _stop_before(last if any(m is last for m in modules.values()) else None):
-        run_layer(layer, batches, config.offload_inputs, replace=False)
-    names = list(local)
-    stats = dict(zip(names, reduce_stats([local[n] for n in names], reduce)))
-    for name, s in stats.items():
-        check_stats(s, f"layer {layer_idx} {name} {where}".rstrip())
-    return stats
-
-
-def product_dtype(config: PruningConfig) -> torch.dtype | None:
-    """Per-batch product dtype of the statistics: float32 in ``fast`` arithmetic, else the accumulator's."""
-    return torch.float32 if config.arithmetic == "fast" else None
-
-
-def check_stats(stats: ChannelStats, where: str) -> None:
-    """Refuse non-finite or empty statistics (called before the weights they decide are touched)."""
-    if not stats.is_finite():
-        raise ValueError(f"non-finite calibration statistics at {where}; its weights were not changed")
-    if stats.n <= 0:
-        raise ValueError(f"no calibration tokens reached {where}")
 
 
 # -- counts -------------------------------------------------------------------------------------
@@ -197,7 +126,7 @@ def uniform_counts(model: nn.Module, config: PruningConfig, notes: list[str]) ->
     """(heads, channels) to remove per layer at the configured ratios; the rounding is told in ``notes``
     (not logged here: the pre-flight check calls this too, and the prune logs its notes once)."""
     counts, noted = [], set()
-    for parts in map(layer_parts, decoder_layers(model)):
+    for parts in decoder_parts(model):
         layout = head_layout(parts.num_heads, parts.num_kv_heads, config.gqa_mode)
         heads = feasible_count(config.head_ratio, parts.num_heads, layout.unit_size, config.head_rounding)
         channels = feasible_count(config.channel_ratio, parts.intermediate_size, 1, "floor")
@@ -224,14 +153,14 @@ def al_am_structure(
     as the uniform structure's ``decoder_params_removed``: FLAP's code takes the ratio of the
     prunable heads and channels only, which removes less (18.7 % of SmolLM2's decoder for 0.2).
     """
-    layers = decoder_layers(model)
+    layers = decoder_parts(model)
     rank = error_units if config.allocation == "compensated_error" else score_units
-    units = rank(model, list(batches), config, reduce, store)  # a list: the caller's layer-0 inputs stay
-    channel_params = 3 * layer_parts(layers[0]).down_proj.out_features  # one MLP channel: gate, up, down
-    budget = config.ratio * sum(_count(layer) for layer in layers) / channel_params  # in channel units
+    units = rank(layers, list(batches), config, reduce, store)  # a list: the caller's layer-0 inputs stay
+    channel_params = 3 * layers[0].down_proj.out_features  # one MLP channel: gate, up, down
+    budget = config.ratio * sum(_count(parts.layer) for parts in layers) / channel_params  # in channel units
     counts = al_am_counts(units, config.ratio, budget, config.max_layer_ratio)
     for _ in range(3):  # a bias-adding compensation's biases count as kept: budget for them, until stable
-        added = _added_bias_params(model, config, counts)
+        added = _added_bias_params(model, layers, config, counts)
         recount = (al_am_counts(units, config.ratio, budget + added / channel_params, config.max_layer_ratio)
                    if added else counts)
         if recount == counts:
@@ -240,33 +169,33 @@ def al_am_structure(
     return counts
 
 
-def score_units(model: nn.Module, batches: Batches, config: PruningConfig, reduce: Reduce | None,
+def score_units(layers: list[LayerParts], batches: Batches, config: PruningConfig, reduce: Reduce | None,
                 store: LayerStore) -> list[LayerUnits]:
     """FLAP's ranking: each layer is loaded once and run dense, collecting only the diagonal statistics
     the scores need; its weight terms (a [d_in] vector per module) are kept, so the scores are computed
     after ONE ``reduce`` over all layers' statistics."""
-    layers, local, terms = decoder_layers(model), [], []
+    local, terms = [], []
     dtype = getattr(torch, config.stats_dtype)
     score = SCORES[config.method]
-    for i, layer in enumerate(layers):
-        store.load(i, layer)
-        parts = layer_parts(layer)
+    for i, parts in enumerate(layers):
+        store.load(i, parts.layer)
         with collect_input_stats({"o": parts.o_proj, "d": parts.down_proj}, dtype, diag_only=True) as st:
-            run_layer(layer, batches, config.offload_inputs, replace=True, in_place=i > 0)  # ours after layer 0
+            # the caller's layer-0 tensors stay; ours after layer 0
+            run_layer(parts.layer, batches, config.offload_inputs, replace=True, overwrite_inputs=i > 0)
         local += [st["o"], st["d"]]
         terms.append((score.weight_term(parts.o_proj.weight).cpu(), score.weight_term(parts.down_proj.weight).cpu()))
-        store.unload(i, layer)
+        store.unload(i, parts.layer)
     reduced = reduce_stats(local, reduce)
     units = []
-    for i, layer in enumerate(layers):
+    for i, parts in enumerate(layers):
         o_stats, d_stats = reduced[2 * i], reduced[2 * i + 1]
         check_stats(o_stats, f"layer {i} o_proj (AL-AM pass)")
         check_stats(d_stats, f"layer {i} down_proj (AL-AM pass)")
-        units.append(_layer_units(layer_parts(layer), o_stats, d_stats, terms[i], config))
+        units.append(_layer_units(parts, o_stats, d_stats, terms[i], config))
     return units
 
 
-def error_units(model: nn.Module, batches: Batches, config: PruningConfig, reduce: Reduce | None,
+def error_units(layers: list[LayerParts], batches: Batches, config: PruningConfig, reduce: Reduce | None,
                 store: LayerStore) -> list[LayerUnits]:
     """Ranking by compensated error (``allocation: compensated_error``; beyond FLAP).
 
@@ -281,18 +210,17 @@ def error_units(model: nn.Module, batches: Batches, config: PruningConfig, reduc
     """
     dtype = getattr(torch, config.stats_dtype)
     units = []
-    for i, layer in enumerate(decoder_layers(model)):
-        store.load(i, layer)
-        parts = layer_parts(layer)
-        with _inverse_residual_norm(layer) as scale, collect_input_stats(
+    for i, parts in enumerate(layers):
+        store.load(i, parts.layer)
+        with _inverse_residual_norm(parts.layer) as scale, collect_input_stats(
                 {"o": parts.o_proj, "d": parts.down_proj}, dtype, False, product_dtype(config), scale) as st:
-            run_layer(layer, batches, config.offload_inputs, replace=True, in_place=i > 0)
+            run_layer(parts.layer, batches, config.offload_inputs, replace=True, overwrite_inputs=i > 0)
         o_stats, d_stats = reduce_stats([st["o"], st["d"]], reduce)
         check_stats(o_stats, f"layer {i} o_proj (allocation pass)")
         check_stats(d_stats, f"layer {i} down_proj (allocation pass)")
         units.append(_error_layer_units(parts, o_stats, d_stats, config))
         del st, o_stats, d_stats
-        store.unload(i, layer)
+        store.unload(i, parts.layer)
     return units
 
 
@@ -339,10 +267,10 @@ def _bias_blocks(model: nn.Module, config: PruningConfig, counts: list[tuple[int
     return bias_blocks(str(model.config.model_type), COMPENSATIONS[config.compensation].adds_bias, compensates, counts)
 
 
-def _added_bias_params(model: nn.Module, config: PruningConfig, counts: list[tuple[int, int]]) -> int:
+def _added_bias_params(model: nn.Module, layers: list[LayerParts], config: PruningConfig,
+                       counts: list[tuple[int, int]]) -> int:
     blocks = _bias_blocks(model, config, counts)
-    return sum(added_bias_params(layer_parts(layer), blocks, h, c, config.gqa_mode)
-               for layer, (h, c) in zip(decoder_layers(model), counts))
+    return sum(added_bias_params(parts, blocks, h, c, config.gqa_mode) for parts, (h, c) in zip(layers, counts))
 
 
 def _layer_units(parts: LayerParts, o_stats: ChannelStats, d_stats: ChannelStats, terms: tuple[Tensor, Tensor],
@@ -367,7 +295,7 @@ def check_feasible(model: nn.Module, config: PruningConfig) -> None:
 
 
 def validate_counts(model: nn.Module, counts: list[tuple[int, int]], structure: str) -> None:
-    for i, (parts, (heads, channels)) in enumerate(zip(map(layer_parts, decoder_layers(model)), counts)):
+    for i, (parts, (heads, channels)) in enumerate(zip(decoder_parts(model), counts)):
         check_not_emptied("attention heads", heads, parts.num_heads, i, structure)
         check_not_emptied("MLP channels", channels, parts.intermediate_size, i, structure)
 
@@ -396,62 +324,28 @@ def _decide_channels(parts: LayerParts, stats: ChannelStats, n_remove: int, conf
 
 
 def prune_layer(
-    idx: int, layer: nn.Module, batches: Batches, counts: tuple[int, int], config: PruningConfig,
-    reduce: Reduce | None, own_batches: bool = False, bias_blocks: set[str] = frozenset(),
+    idx: int, parts: LayerParts, batches: Batches, counts: tuple[int, int], config: PruningConfig,
+    source: StatsSource, overwrite_inputs: bool = False, bias_blocks: set[str] = frozenset(),
 ) -> tuple[LayerPlan, int]:
-    """Prune one decoder layer in place; returns its plan and the calibration tokens (all processes)
-    it was decided on. ``batches`` become the next layer's inputs (written into the batch tensors
-    themselves when ``own_batches``, see :func:`run_layer`)."""
-    parts = layer_parts(layer)
-    targets = {"o_proj": parts.o_proj} if config.refresh_mlp_stats else {
-        "o_proj": parts.o_proj, "down_proj": parts.down_proj}
-    stats = layer_stats(layer, batches, targets, config, reduce, idx)
-    kept_heads, kept_kv, o_comp = _decide_heads(parts, stats["o_proj"], counts[0], config)
-    if not config.refresh_mlp_stats:  # all decisions made before any weight changes
-        kept_ch, d_comp = _decide_channels(parts, stats["down_proj"], counts[1], config)
-    added = ["o_proj"] if o_comp.bias_delta is not None and parts.o_proj.bias is None else []
-    prune_attention(parts, kept_heads, kept_kv, o_comp.weight, o_comp.bias_delta)
-    parts = layer_parts(layer)
-    if config.refresh_mlp_stats:
-        d_stats = layer_stats(layer, batches, {"down_proj": parts.down_proj}, config, reduce, idx,
-                                 where="(refreshed after this layer's attention was pruned)")
-        kept_ch, d_comp = _decide_channels(parts, d_stats["down_proj"], counts[1], config)
-    added += ["down_proj"] if d_comp.bias_delta is not None and parts.down_proj.bias is None else []
-    prune_mlp(parts, kept_ch, d_comp.weight, d_comp.bias_delta)
-    harmonise_layer(layer_parts(layer), bias_blocks)
-    plan = LayerPlan(kept_heads, kept_kv, kept_ch, biased_projections(layer_parts(layer)), added)
-    run_layer(layer, batches, config.offload_inputs, replace=True, in_place=own_batches)  # feed layer idx + 1
-    return plan, int(stats["o_proj"].n)
-
-
-def prune_layer_dense_target(
-    idx: int, layer: nn.Module, batches: Batches, dense_batches: Batches, counts: tuple[int, int],
-    config: PruningConfig, reduce: Reduce | None, own_batches: bool, bias_blocks: set[str],
-) -> tuple[LayerPlan, int]:
-    """:func:`prune_layer` with dense targets (see :mod:`.dense_target`); ``dense_batches`` become
-    the dense stream's next inputs (overwritten in place)."""
-    dense_layer = copy_layer(layer)
-    dtype, product = getattr(torch, config.stats_dtype), product_dtype(config)
-    parts = layer_parts(layer)
-    o_stats = ChannelStats.zeros(parts.o_proj.in_features, dtype, parts.o_proj.weight.device)
-    paired_pass(dense_layer, layer, "o_proj", batches, dense_batches, o_stats, product, write_dense=False)
-    [o_stats] = reduce_stats([o_stats], reduce)
-    check_stats(o_stats, f"layer {idx} o_proj")
+    """Prune one decoder layer in place, removing ``counts`` (heads, channels), on the statistics of
+    ``source`` (:mod:`.stats_sources`); returns its plan and the calibration tokens (all processes) it was
+    decided on. ``batches`` become the next layer's inputs (written into the batch tensors themselves
+    when ``overwrite_inputs``, see :func:`run_layer`)."""
+    o_stats = source.o_proj(idx, parts, batches)
     kept_heads, kept_kv, o_comp = _decide_heads(parts, o_stats, counts[0], config)
+    channels = None
+    if source.down_proj_first:  # all decisions made before any weight changes
+        channels = _decide_channels(parts, source.down_proj(idx, parts, batches), counts[1], config)
     added = ["o_proj"] if o_comp.bias_delta is not None and parts.o_proj.bias is None else []
     prune_attention(parts, kept_heads, kept_kv, o_comp.weight, o_comp.bias_delta)
-    parts = layer_parts(layer)
-    d_stats = ChannelStats.zeros(parts.down_proj.in_features, dtype, parts.down_proj.weight.device)
-    paired_pass(dense_layer, layer, "down_proj", batches, dense_batches, d_stats, product, write_dense=True)
-    del dense_layer
-    [d_stats] = reduce_stats([d_stats], reduce)
-    check_stats(d_stats, f"layer {idx} down_proj")
-    kept_ch, d_comp = _decide_channels(parts, d_stats, counts[1], config)
+    if channels is None:
+        channels = _decide_channels(parts, source.down_proj(idx, parts, batches), counts[1], config)
+    kept_ch, d_comp = channels
     added += ["down_proj"] if d_comp.bias_delta is not None and parts.down_proj.bias is None else []
     prune_mlp(parts, kept_ch, d_comp.weight, d_comp.bias_delta)
-    harmonise_layer(layer_parts(layer), bias_blocks)
-    plan = LayerPlan(kept_heads, kept_kv, kept_ch, biased_projections(layer_parts(layer)), added)
-    run_layer(layer, batches, config.offload_inputs, replace=True, in_place=own_batches)  # feed layer idx + 1
+    harmonise_layer(parts, bias_blocks)
+    plan = LayerPlan(kept_heads, kept_kv, kept_ch, biased_projections(parts), added)
+    run_layer(parts.layer, batches, config.offload_inputs, replace=True, overwrite_inputs=overwrite_inputs)
     return plan, int(o_stats.n)
 
 
@@ -462,7 +356,7 @@ def prune_model(
     config: PruningConfig,
     reduce: Reduce | None = None,
     progress: bool | ProgressFn | None = True,
-    release_inputs: bool = False,
+    overwrite_inputs: bool = False,
     calibration: dict[str, Any] | None = None,
     store: LayerStore | None = None,
 ) -> PruningReport:
@@ -483,21 +377,20 @@ def prune_model(
 
     Memory: the engine holds one copy of the calibration activations, overwritten layer by layer,
     plus the per-module sums. ``inputs`` is left untouched by default, so layer 0's activations
-    stay alive for a second prune; ``release_inputs=True`` empties ``inputs`` instead, and
+    stay alive for a second prune; ``overwrite_inputs=True`` empties ``inputs`` instead, and
     layer 0's captured tensors are overwritten with each layer's outputs (one copy, not two).
     """
     _check_args(model, inputs, config, reduce)
-    report_layer = resolve_progress(progress)
     start = time.perf_counter()
-    layers = decoder_layers(model)
-    params_before, layer_before = _count(model), [_count(layer) for layer in layers]
+    layers = decoder_parts(model)  # one live view per layer, for the whole prune
+    params_before, layer_before = _count(model), [_count(parts.layer) for parts in layers]
     plan = PruningPlan(str(model.config.model_type), dense_values(model), [], config.to_dict(),
                        calibration=_calibration_record(inputs, calibration))
     batches = list(inputs.batches)  # the captured tensors themselves, overwritten per layer once owned
-    if release_inputs:
+    if overwrite_inputs:
         inputs.batches.clear()
     store = store if store is not None else ResidentLayers(config.execution_device)
-    dense_batches = dense_copy(batches) if config.target == "dense" else None  # the dense stream
+    source = stats_source(config, reduce, batches)
     notes: list[str] = []
     with torch.no_grad():
         counts = (al_am_structure(model, batches, config, reduce, store) if config.structure == "al_am"
@@ -505,28 +398,70 @@ def prune_model(
         for note in notes:
             log.info("%s", note)
         validate_counts(model, counts, config.structure)
-        blocks = _bias_blocks(model, config, counts)
-        for i, layer in enumerate(layers):
-            t0 = time.perf_counter()
-            store.load(i, layer)
-            device = _device(layer_parts(layer))
-            # the caller's tensors are ours to overwrite once released, and after layer 0 in any case
-            own = release_inputs or i > 0
-            if dense_batches is None:
-                layer_plan, tokens = prune_layer(i, layer, batches, counts[i], config, reduce, own, blocks)
-            else:
-                layer_plan, tokens = prune_layer_dense_target(i, layer, batches, dense_batches, counts[i], config,
-                                                              reduce, own, blocks)
-            store.save(i, layer)
-            plan.layers.append(layer_plan)
-            plan.calibration.setdefault("tokens", tokens)
-            if report_layer is not None:
-                now = time.perf_counter()
-                report_layer(LayerProgress(i, len(layers), now - t0, now - start, layer_plan,
-                                           1 - _count(layer) / layer_before[i], rss_mb(), device_peak_mb(device)))
-    del batches, dense_batches
+        layer_pass = _LayerPass(config, source, _bias_blocks(model, config, counts), store,
+                                resolve_progress(progress), start, overwrite_inputs)
+        for i, parts in enumerate(layers):
+            plan.layers.append(layer_pass(i, parts, batches, counts[i], layer_before, plan))
+    del batches, source
     update_config(model, plan)
     return _report(model, plan, params_before, layer_before, time.perf_counter() - start, notes)
+
+
+@dataclass
+class _LayerPass:
+    """One layer's turn in :func:`prune_model`: load, prune, save, report progress."""
+
+    config: PruningConfig
+    source: StatsSource
+    bias_blocks: set[str]
+    store: LayerStore
+    report_layer: ProgressFn | None
+    start: float
+    overwrite_inputs: bool
+
+    def __call__(self, i: int, parts: LayerParts, batches: Batches, counts: tuple[int, int],
+                 layer_before: list[int], plan: PruningPlan) -> LayerPlan:
+        t0 = time.perf_counter()
+        self.store.load(i, parts.layer)
+        device = parts.device
+        # the caller's tensors are ours to overwrite once released, and after layer 0 in any case
+        layer_plan, tokens = prune_layer(i, parts, batches, counts, self.config, self.source,
+                                         self.overwrite_inputs or i > 0, self.bias_blocks)
+        self.store.save(i, parts.layer)
+        plan.calibration.setdefault("tokens", tokens)
+        if self.report_layer is not None:
+            now = time.perf_counter()
+            self.report_layer(LayerProgress(i, len(layer_before), now - t0, now - self.start, layer_plan,
+                                            1 - _count(parts.layer) / layer_before[i], rss_mb(),
+                                            device_peak_mb(device)))
+        return layer_plan
+
+
+def prune_copy(
+    model: nn.Module,
+    windows: Tensor | Iterable[Tensor],
+    config: PruningConfig,
+    batch_size: int | None = None,
+    *,
+    copy_model: bool = True,
+    progress: bool | ProgressFn | None = False,
+    calibration: dict[str, Any] | None = None,
+) -> tuple[nn.Module, PruningReport]:
+    """Prune a copy of ``model`` calibrated on token ``windows``: returns ``(pruned, report)``.
+
+    ``windows``: input ids [N, T], run in batches of ``batch_size`` windows, or the batches themselves
+    (anything :func:`~.inputs.model_inputs` takes). The copy's layer-0 inputs are captured and pruned in
+    place (``overwrite_inputs``: one copy of the activations). ``copy_model=False`` prunes ``model``
+    itself (no second copy of the weights). ``progress`` and ``calibration`` as :func:`prune_model`.
+    """
+    if isinstance(windows, Tensor):
+        if batch_size is None or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive number of windows, got {batch_size!r}")
+        windows = windows.split(batch_size)  # [batch_size, T] each
+    pruned = copy.deepcopy(model) if copy_model else model
+    inputs = capture_layer_inputs(pruned, windows)
+    report = prune_model(pruned, inputs, config, progress=progress, overwrite_inputs=True, calibration=calibration)
+    return pruned, report
 
 
 def _calibration_record(inputs: LayerInputs, given: dict[str, Any] | None) -> dict[str, Any]:
@@ -548,7 +483,7 @@ def _check_args(model, inputs, config, reduce) -> None:
 
 def _report(model, plan: PruningPlan, params_before: int, layer_before: list[int], seconds: float,
             notes: list[str]) -> PruningReport:
-    layer_after = [_count(layer) for layer in decoder_layers(model)]
+    layer_after = [_count(parts.layer) for parts in decoder_parts(model)]
     ratios = [(b - a) / b for b, a in zip(layer_before, layer_after)]
     overall = (sum(layer_before) - sum(layer_after)) / sum(layer_before)
     summary = [

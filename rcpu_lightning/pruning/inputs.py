@@ -56,11 +56,15 @@ def to_device(obj: Any, device, **kw) -> Any:
     return obj
 
 
+#: The calibration activations one decoder layer runs on: per batch ``(hidden [B, T, H], layer kwargs)``.
+Batches = list[tuple[Tensor, dict[str, Any]]]
+
+
 @dataclass
 class LayerInputs:
     """Captured inputs of decoder layer 0: per batch ``(hidden [B, T, H], layer kwargs)``."""
 
-    batches: list[tuple[Tensor, dict[str, Any]]] = field(default_factory=list)
+    batches: Batches = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -99,6 +103,12 @@ class _Slabs:
         view.copy_(hidden)
         self.used += rows
         return view
+
+
+def copy_activations(batches: Batches) -> Batches:
+    """A second copy of the activations (CPU tensors in slabs, as captured ones), sharing the kwargs."""
+    slabs = _Slabs()
+    return [(slabs.put(h) if h.device.type == "cpu" else h.clone(), kw) for h, kw in batches]
 
 
 def _share_equal(kwargs: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:

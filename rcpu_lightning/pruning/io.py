@@ -31,10 +31,20 @@ from typing import Any
 from torch import nn
 
 from ..export.remote_code import add_remote_code
-from ..files import PLAN_FILE, atomic_dir, write_json_atomic
+from ..files import PLAN_FILE, REPORT_FILE, atomic_dir, write_json_atomic
 from .plan import SHAPE_KEYS, BIAS_KEYS, PruningPlan
 from .surgery import ATTN_PROJ, BIAS_FLAG_MODEL_TYPES, MLP_PROJ, apply_plan_shapes
 
+
+def write_pruning_files(folder: str | os.PathLike, plan: PruningPlan | None = None,
+                        report: dict[str, Any] | None = None) -> None:
+    """The one writer of what a pruned model folder says about its pruning, each file atomically:
+    ``pruning_plan.json`` (``plan``) and ``pruning_report.json`` (``report``: e.g.
+    :meth:`~.engine.PruningReport.summary`, plus what the caller adds). ``None``: that file is not written."""
+    if plan is not None:
+        write_json_atomic(Path(folder) / PLAN_FILE, plan.to_dict(), indent=1)
+    if report is not None:
+        write_json_atomic(Path(folder) / REPORT_FILE, report, indent=1)
 
 
 def _config_validates(config) -> bool:
@@ -96,8 +106,9 @@ def _pin_head_dim(file: Path, config) -> None:
 
 
 def save_pruned(model: nn.Module, plan: PruningPlan, path: str | os.PathLike, overwrite: bool = False,
-                **save_kwargs: Any) -> Path:
-    """Write ``model`` (pruned by ``plan``) as an HF checkpoint plus ``pruning_plan.json`` at ``path``.
+                report: dict[str, Any] | None = None, **save_kwargs: Any) -> Path:
+    """Write ``model`` (pruned by ``plan``) as an HF checkpoint plus ``pruning_plan.json`` at ``path``
+    (and ``pruning_report.json`` when a ``report`` is given, see :func:`write_pruning_files`).
 
     A folder of per-layer shapes also gets a modeling file (``AutoModelForCausalLM.from_pretrained(path,
     trust_remote_code=True)`` loads it; see :mod:`rcpu_lightning.export.remote_code`).
@@ -109,7 +120,7 @@ def save_pruned(model: nn.Module, plan: PruningPlan, path: str | os.PathLike, ov
             model.save_pretrained(staged, **save_kwargs)
             _pin_head_dim(staged / "config.json", model.config)
         add_remote_code(staged, plan, plain_loadable(plan, model.config))  # per-layer shapes: trust_remote_code
-        write_json_atomic(staged / PLAN_FILE, plan.to_dict(), indent=1)
+        write_pruning_files(staged, plan, report)
     return Path(path)
 
 

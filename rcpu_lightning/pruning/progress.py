@@ -14,8 +14,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from .plan import LayerPlan
 
 log = logging.getLogger(__name__)
@@ -43,22 +41,6 @@ class LayerProgress:
 
 
 ProgressFn = Callable[[LayerProgress], None]
-
-
-def rss_mb() -> float | None:
-    """Resident set size of this process in MiB (psutil), or None where it cannot be read."""
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover - psutil is a dependency
-        return None
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def device_peak_mb(device: torch.device) -> float | None:
-    """Peak CUDA memory allocated on ``device`` in MiB (None on other devices)."""
-    if device.type != "cuda":
-        return None
-    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def default_progress(desc: str = "pruning layers") -> ProgressFn:

@@ -40,13 +40,13 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..export.remote_code import add_remote_code
-from ..files import _staging, atomic_dir, check_output_path
-from ..models.adapter import check_supported, decoder_layers
-from .allocator import fix_mmap_threshold
+from ..files import REPORT_FILE, _staging, atomic_dir, check_output_path
+from ..models.adapter import LAYERS_PATH, check_supported, decoder_layers, layer_prefix
+from .malloc_tuning import fix_mmap_threshold
 from .config import PruningConfig
 from .engine import PruningReport, prune_model
 from .inputs import LayerInputs, capture_layer_inputs
-from .io import PLAN_FILE, plain_loadable, save_checkpoint_config
+from .io import PLAN_FILE, plain_loadable, save_checkpoint_config, write_pruning_files
 from .progress import ProgressFn
 from .stats import Reduce
 
@@ -58,7 +58,7 @@ __all__ = ["CheckpointSource", "SafetensorsLayers", "ShardWriter", "build_skelet
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 #: Files of a checkpoint folder that are rewritten, not copied, by :func:`prune_checkpoint`.
-_REWRITTEN = (INDEX_FILE, "config.json", PLAN_FILE)
+_REWRITTEN = (INDEX_FILE, "config.json", PLAN_FILE, REPORT_FILE)
 
 
 class CheckpointSource:
@@ -109,11 +109,11 @@ class CheckpointSource:
         return out
 
     def layer_prefix(self, index: int) -> str:
-        return f"model.layers.{index}."
+        return layer_prefix(index)
 
     def other_names(self) -> list[str]:
         """Tensors that belong to no decoder layer (embeddings, final norm, LM head), in file order."""
-        return [n for n in self.files if not n.startswith("model.layers.")]
+        return [n for n in self.files if not n.startswith(LAYERS_PATH + ".")]
 
     def side_files(self) -> list[Path]:
         """Files copied unchanged into the pruned checkpoint (tokenizer, generation config, ...)."""
@@ -191,7 +191,7 @@ class ShardWriter:
         self.size += sum(t.numel() * t.element_size() for t in tensors.values())
 
     def write_layer(self, index: int, layer: nn.Module) -> None:
-        self.write({f"model.layers.{index}.{k}": v for k, v in layer.state_dict().items()})
+        self.write({layer_prefix(index) + k: v for k, v in layer.state_dict().items()})
 
     def finish(self) -> None:
         if self._next != self.total + 1:
@@ -264,7 +264,7 @@ def prune_skeleton(
     (:func:`build_skeleton`) and captured its layer-0 inputs themselves (the Lightning callback's predict
     loop does). ``inputs`` are released as the layers go.
 
-    Fixes glibc's mmap threshold for the process (:mod:`.allocator`: otherwise freed layers stay in
+    Fixes glibc's mmap threshold for the process (:mod:`.malloc_tuning`: otherwise freed layers stay in
     the heap and the peak grows with depth); ``MALLOC_MMAP_THRESHOLD_`` in the environment wins."""
     fix_mmap_threshold()
     dtype = model.get_input_embeddings().weight.dtype
@@ -276,7 +276,7 @@ def prune_skeleton(
             _claim(staged, target)
         writer = ShardWriter(staged, source) if write else None
         store = SafetensorsLayers(source, writer, device, dtype)
-        report = prune_model(model, inputs, config, reduce=reduce, progress=progress, release_inputs=True,
+        report = prune_model(model, inputs, config, reduce=reduce, progress=progress, overwrite_inputs=True,
                              calibration=calibration, store=store)
         if writer is not None:
             _finish(source, writer, model, report, dtype)
@@ -338,7 +338,7 @@ def _finish(src: CheckpointSource, writer: ShardWriter, model: nn.Module, report
     model.config.dtype = dtype
     save_checkpoint_config(model.config, report.plan, writer.folder)
     add_remote_code(writer.folder, report.plan, plain_loadable(report.plan, model.config))
-    (writer.folder / PLAN_FILE).write_text(json.dumps(report.plan.to_dict(), indent=1))
+    write_pruning_files(writer.folder, report.plan, report.summary())  # as save_pruned: the one writer
     for file in src.side_files():
         shutil.copy2(file, writer.folder / file.name)
     log.info("pruned checkpoint written: %d shards, %.1f MB", writer.total, writer.size / 2**20)

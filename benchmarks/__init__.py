@@ -1,0 +1,1 @@
+"""The benchmark scripts (``python benchmarks/<script>.py --help``), importable as ``benchmarks.<script>``."""
