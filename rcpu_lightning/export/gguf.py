@@ -313,8 +313,6 @@ def export_gguf(
     Returns:
         ``path``.
     """
-    from gguf import GGUFWriter, LlamaFileType
-
     path = Path(path).expanduser()
     if tokenizer is None and not isinstance(model, nn.Module):
         tokenizer = _tokenizer_of(model)
@@ -322,46 +320,54 @@ def export_gguf(
         raise ValueError("GGUF export needs a tokenizer: pass tokenizer= (a .gguf file or a folder with tokenizer.json)")
     _check_args(dtype, path, tokenizer)
     check_output_path(path, overwrite, "GGUF output", "overwrite")
-    if isinstance(model, nn.Module):
-        source_name = name or getattr(model.config, "_name_or_path", "") or "model"
-    else:
-        source_name = name or Path(str(model)).name
-        config_file = Path(str(model)).expanduser() / "config.json"
-        if config_file.is_file():  # refuse another architecture before any weight is read
-            _check_model_type(json.loads(config_file.read_text()).get("model_type"))
-        model = load_source_model(model)
+    model, source_name = _source_model(model, name)
     shapes = _check_model(model)
-    uniform = len(set(shapes)) == 1
-    arch = "llama" if uniform else "deci"
-    n_vocab = int(model.model.embed_tokens.weight.shape[0])
     tensors = _tensors(model, shapes, dtype)
-    file_types = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16,
-                  "bf16": LlamaFileType.MOSTLY_BF16, "q8_0": LlamaFileType.MOSTLY_Q8_0}
 
     def write(staged: str) -> None:
-        writer = GGUFWriter(staged, arch)
-        writer.add_name(Path(str(source_name)).name)
-        writer.add_file_type(int(file_types[dtype]))
-        if dtype == "q8_0":
-            from gguf import GGML_QUANT_VERSION
-
-            writer.add_quantization_version(GGML_QUANT_VERSION)
-        _hparams(writer, model, shapes, uniform)
-        source = Path(tokenizer).expanduser()
-        if source.suffix == ".gguf":
-            _copy_tokenizer(writer, source, n_vocab)
-        else:
-            _hf_tokenizer(writer, source, n_vocab, tokenizer_pre)
-        for tensor_name, (data, raw_type) in tensors.items():
-            writer.add_tensor(tensor_name, data, raw_dtype=raw_type)
-        try:
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_tensors_to_file()
-        finally:
-            writer.close()
+        _write_file(staged, model, shapes, tensors, dtype, Path(str(source_name)).name,
+                    Path(tokenizer).expanduser(), tokenizer_pre)
 
     return write_atomic(path, write, overwrite=overwrite, what="GGUF output", flag="overwrite")
+
+
+def _source_model(model: nn.Module | str | os.PathLike, name: str | None) -> tuple[nn.Module, str]:
+    """The model to export and its ``general.name``; a path is checked (architecture) before it is loaded."""
+    if isinstance(model, nn.Module):
+        return model, name or getattr(model.config, "_name_or_path", "") or "model"
+    config_file = Path(str(model)).expanduser() / "config.json"
+    if config_file.is_file():  # refuse another architecture before any weight is read
+        _check_model_type(json.loads(config_file.read_text()).get("model_type"))
+    return load_source_model(model), name or Path(str(model)).name
+
+
+def _write_file(staged: str, model: nn.Module, shapes: list, tensors: dict, dtype: str, name: str,
+                tokenizer: Path, tokenizer_pre: str | None) -> None:
+    """Write the GGUF file at ``staged``: header keys, tokenizer, tensors (arch ``llama`` or ``deci``)."""
+    from gguf import GGML_QUANT_VERSION, GGUFWriter, LlamaFileType
+
+    uniform = len(set(shapes)) == 1
+    file_types = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16,
+                  "bf16": LlamaFileType.MOSTLY_BF16, "q8_0": LlamaFileType.MOSTLY_Q8_0}
+    n_vocab = int(model.model.embed_tokens.weight.shape[0])
+    writer = GGUFWriter(staged, "llama" if uniform else "deci")
+    writer.add_name(name)
+    writer.add_file_type(int(file_types[dtype]))
+    if dtype == "q8_0":
+        writer.add_quantization_version(GGML_QUANT_VERSION)
+    _hparams(writer, model, shapes, uniform)
+    if tokenizer.suffix == ".gguf":
+        _copy_tokenizer(writer, tokenizer, n_vocab)
+    else:
+        _hf_tokenizer(writer, tokenizer, n_vocab, tokenizer_pre)
+    for tensor_name, (data, raw_type) in tensors.items():
+        writer.add_tensor(tensor_name, data, raw_dtype=raw_type)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
 
 
 # ------------------------------------------------------------------------------------------------ read
@@ -376,7 +382,7 @@ def read_gguf(path: str | os.PathLike) -> nn.Module:
     """Rebuild a Hugging Face ``LlamaForCausalLM`` (float32, per-layer shapes) from a GGUF file that
     :func:`export_gguf` wrote: tensors dequantized, q/k rows put back in Hugging Face's RoPE order.
     A check of the export (and a way back into PyTorch); the tokenizer is not rebuilt."""
-    from gguf import GGMLQuantizationType, GGUFReader, quants
+    from gguf import GGUFReader
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from .modeling_pruned import reshape_layers
@@ -393,14 +399,7 @@ def read_gguf(path: str | os.PathLike) -> nn.Module:
 
     heads, kv_heads = per_layer(key("attention.head_count")), per_layer(key("attention.head_count_kv"))
     widths = per_layer(key("feed_forward_length"))
-    tensors = {}
-    for t in reader.tensors:
-        shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # GGUF lists the fastest dim first
-        if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-            data = np.asarray(t.data, dtype=np.float32)
-        else:
-            data = quants.dequantize(t.data, t.tensor_type)
-        tensors[t.name] = torch.from_numpy(np.array(data.reshape(shape), dtype=np.float32))  # a writable copy
+    tensors = _read_tensors(reader)
     if "rope_freqs.weight" in tensors:
         raise ValueError(f"{str(path)!r} has llama3 RoPE factors (rope_freqs); read_gguf rebuilds default RoPE only")
     hidden, head_dim = int(key("embedding_length")), int(key("attention.key_length"))
@@ -417,10 +416,33 @@ def read_gguf(path: str | os.PathLike) -> nn.Module:
                           if f"blk.{i}.{name}.bias" in tensors]}
               for i, (h, kv, w) in enumerate(zip(heads, kv_heads, widths))]
     reshape_layers(model, layers)
+    model.load_state_dict(_hf_state(tensors, heads, kv_heads), strict=not config.tie_word_embeddings)
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    return model.eval()
+
+
+def _read_tensors(reader) -> dict[str, torch.Tensor]:
+    """Every tensor of the file as float32, in PyTorch's dimension order (quantized ones dequantized)."""
+    from gguf import GGMLQuantizationType, quants
+
+    tensors = {}
+    for t in reader.tensors:
+        shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # GGUF lists the fastest dim first
+        if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            data = np.asarray(t.data, dtype=np.float32)
+        else:
+            data = quants.dequantize(t.data, t.tensor_type)
+        tensors[t.name] = torch.from_numpy(np.array(data.reshape(shape), dtype=np.float32))  # a writable copy
+    return tensors
+
+
+def _hf_state(tensors: dict[str, torch.Tensor], heads: list[int], kv_heads: list[int]) -> dict[str, torch.Tensor]:
+    """GGUF tensor names -> Hugging Face state-dict keys, q/k rows back in Hugging Face's RoPE order."""
     state = {"model.embed_tokens.weight": tensors["token_embd.weight"], "model.norm.weight": tensors["output_norm.weight"]}
     if "output.weight" in tensors:
         state["lm_head.weight"] = tensors["output.weight"]
-    for i in range(n_layer):
+    for i in range(len(heads)):
         for hf_name, name in TENSOR_NAMES.items():
             for kind in ("weight", "bias"):
                 value = tensors.get(f"blk.{i}.{name}.{kind}")
@@ -429,10 +451,7 @@ def read_gguf(path: str | os.PathLike) -> nn.Module:
                 if name in ("attn_q", "attn_k"):
                     value = rope_interleave(value, heads[i] if name == "attn_q" else kv_heads[i], inverse=True)
                 state[f"model.layers.{i}.{hf_name}.{kind}"] = value
-    model.load_state_dict(state, strict=not config.tie_word_embeddings)
-    if config.tie_word_embeddings:
-        model.tie_weights()
-    return model.eval()
+    return state
 
 
 # ---------------------------------------------------------------------------------------- command line
