@@ -54,7 +54,8 @@ from ..models.adapter import check_supported
 from ..models.loading import check_model_spec
 from ..pruning.config import PruningConfig
 from ..pruning.io import PLAN_FILE, load_plan
-from .callback import RCPUPruningCallback, output_fields
+from ..pruning.io import output_fields
+from .callback import RCPUPruningCallback
 from .checkpointing import install_plan_hooks
 from .data import RCPUDataModule
 from .logs import configure_logging

@@ -1,0 +1,57 @@
+"""What the pruning callback's steps did, as plain data (checkpointed with the callback, written to
+results records and to ``pruning_report.json``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from ..pruning.config import PruningConfig
+from ..pruning.engine import PruningReport
+from .schedule import Schedule, describe_schedule
+
+#: The entry points (Lightning stages and CLI subcommands) in which the pruning callback prunes.
+PRUNING_STAGES = ("prune", "predict", "fit")
+
+
+def step_record(report: PruningReport, epoch: Optional[int], target: float, world_size: int) -> dict[str, Any]:
+    return {"epoch": epoch, "ratio": target, "params_before": report.params_before, "params_after": report.params_after,
+            "decoder_params_removed": report.decoder_params_removed, "layer_params_removed": report.layer_params_removed,
+            "seconds": report.seconds, "world_size": world_size, "calibration": report.plan.calibration,
+            "layers": report.layers, "notes": report.notes}
+
+
+def combine_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fractions removed by all steps together (each step's fraction is of the model before it)."""
+    out: dict[str, Any] = {}
+    if all("decoder_params_removed" in s for s in steps):
+        out["decoder_params_removed"] = 1 - math.prod(1 - s["decoder_params_removed"] for s in steps)
+        out["layer_params_removed"] = [1 - math.prod(1 - r for r in per_layer)
+                                       for per_layer in zip(*(s["layer_params_removed"] for s in steps))]
+    if all("params_before" in s for s in steps):
+        out.update(params_before=steps[0]["params_before"], params_after=steps[-1]["params_after"],
+                   model_params_removed=1 - steps[-1]["params_after"] / steps[0]["params_before"],
+                   prune_seconds=sum(s["seconds"] for s in steps))
+    return out
+
+
+def steps_summary(config: PruningConfig, schedule: Schedule, steps: list[dict[str, Any]],
+                  saved_to: Optional[str], exported_to: Optional[str]) -> Optional[dict[str, Any]]:
+    """What the steps did, all together, under a results record's keys (None before the first)."""
+    if not steps:
+        return None
+    last = steps[-1]
+    ratio = (config.ratio, config.head_ratio, config.channel_ratio) if schedule is None else (last["ratio"],) * 3
+    out: dict[str, Any] = {
+        "method": config.method, "ratio": ratio[0], "attn_ratio": ratio[1], "mlp_ratio": ratio[2],
+        "compensation": config.compensation, "structure": config.structure, "targets": config.targets,
+        "head_rounding": config.head_rounding, "gqa_mode": config.gqa_mode,
+    }
+    out.update(combine_steps(steps))
+    out.update(calibration=last.get("calibration"), prune_world_size=last.get("world_size"),
+               save_dir=saved_to, export_dir=exported_to, notes=[n for s in steps for n in s.get("notes") or []])
+    if schedule is not None:
+        out["schedule"] = describe_schedule(schedule)
+    out["pruning_steps"] = [{k: s.get(k) for k in ("epoch", "ratio", "params_before", "params_after",
+                                                   "decoder_params_removed", "seconds")} for s in steps]
+    return out
