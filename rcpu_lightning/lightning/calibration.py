@@ -128,3 +128,54 @@ def calibration_record(trainer: Trainer, batches: list, configured: dict[str, An
     if not configured:
         record["source"] = "the dataloader given to the trainer or the callback"
     return record
+
+
+class PredictCapture:
+    """The predict loop's calibration: a catcher of decoder layer 0's inputs on the LM, and (for a
+    module with ``stops_calibration_forward``) a hook that ends each forward right after layer 0's
+    inputs are recorded."""
+
+    def __init__(self) -> None:
+        self.catcher = None
+        self._stop_handle = None
+
+    def start(self, trainer: Trainer, lm: torch.nn.Module, catcher_class: type, offload: bool,
+              stop_after_layer0: bool) -> None:
+        loaders = trainer.predict_dataloaders
+        loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+        real = [real_rows(loader, trainer.world_size) for loader in loaders]
+        if len(loaders) > 1 and any(r is not None for r in real):
+            raise ValueError("a calibration loader's sampler repeats samples to fill the processes, which cannot be "
+                             "undone with several predict loaders; use rcpu_lightning.lightning.UnpaddedDistributedSampler")
+        self.catcher = catcher_class(lm, offload=offload, stop=False, max_rows=real[0])
+        self.catcher.__enter__()
+        if stop_after_layer0:  # registered after the catcher's hook, so layer 0's inputs are recorded first
+            from ..models.adapter import decoder_layers
+
+            self._stop_handle = decoder_layers(lm)[0].register_forward_pre_hook(stop_forward, with_kwargs=True)
+
+    def stop(self) -> Any:
+        """Remove the hooks; the catcher (its ``inputs``), or None when none was started."""
+        catcher, self.catcher = self.catcher, None
+        if catcher is not None:
+            catcher.__exit__(None, None, None)
+        if self._stop_handle is not None:
+            self._stop_handle.remove()
+            self._stop_handle = None
+        return catcher
+
+
+def check_data(trainer: Trainer, src: CalibrationSource, nsamples: Optional[int], fit: bool = False) -> None:
+    """Refuse a fit without calibration data, and fewer calibration samples than processes."""
+    if fit:
+        calibration_source(trainer, src)  # there is calibration data
+    if nsamples is not None and nsamples < trainer.world_size:  # the same answer on every rank
+        raise ValueError(too_few(nsamples, trainer.world_size))
+
+
+def ordinary_tensors(inputs: Any) -> None:
+    """Captured in an inference-mode loop, recorded inputs may be inference tensors: replace them by
+    ordinary copies (one batch at a time, so two full copies never coexist)."""
+    for k, (h, kw) in enumerate(inputs.batches):
+        if h.is_inference():
+            inputs.batches[k] = (h.clone(), kw)

@@ -1,69 +1,38 @@
 """`RCPUPruningCallback`: calibrate, prune (RCPU, WANDA-sp, FLAP, magnitude), save and export, from Lightning loops.
 
-When it prunes
---------------
 * **Predict loop** (``trainer.predict``, the CLI's ``prune``): ``on_predict_start`` installs a
-  :class:`~rcpu_lightning.pruning.LayerInputCatcher` on the LM; every calibration batch of this rank
-  is recorded as it enters decoder layer 0; ``on_predict_end`` prunes, once, at ``config``'s ratio.
-  Every rank needs at least one calibration batch: with the DataModule's calibration windows this is
-  checked in ``setup``; otherwise the first collective of the pruning (a rank without batches reaches
-  it in ``teardown``, since Lightning skips an empty predict loop) makes every rank fail with the same
-  message. Statistics are summed over ranks (``trainer.strategy.reduce``, float64), so every rank
-  takes the same decision and ends with the same weights as a single process. A model that already
-  carries a pruning plan (e.g. restored by ``predict(ckpt_path=...)``) is left as it is.
-* **Fit**: the ``schedule`` (default ``{0: config.ratio}``: one-shot before training) says which
-  cumulative fraction of the *dense* model's heads and channels is removed from which epoch on.
+  :class:`~rcpu_lightning.pruning.LayerInputCatcher` on the LM (every calibration batch of this rank
+  is recorded as it enters decoder layer 0); ``on_predict_end`` prunes once, at ``config``'s ratio.
+  Every rank needs a calibration batch (a rank without one fails with the others at the first
+  collective, in ``teardown`` if Lightning skipped its empty loop). Statistics are summed over ranks
+  (float64), so every rank takes the same decision and ends with a single process's weights. A model
+  that already carries a pruning plan (e.g. restored by ``predict(ckpt_path=...)``) is left as it is.
+* **Fit**: the ``schedule`` (:mod:`.schedule`; default ``{0: config.ratio}``) says which cumulative
+  fraction of the *dense* model's heads and channels is removed from which epoch on. The step of
+  epoch 0 runs after ``configure_model`` and the checkpoint restore, before the strategy moves and
+  wraps the model and builds the optimizers (:mod:`.strategy_hook`; a module restored with this
+  callback's state is not pruned again). Later steps run at ``on_train_epoch_start`` (after a resume
+  from a last-batch checkpoint: ``on_train_batch_start``), re-calibrated on the current model; the
+  optimizers keep their objects and get their state sliced to the kept rows/columns
+  (:mod:`rcpu_lightning.pruning.optimizer_state`), and a DDP wrapper is rebuilt. A module that arrives
+  with a plan this callback did not make is fine-tuned as it is.
 
-  - The step of epoch 0 happens after the checkpoint (if any) was restored and before the strategy
-    moves the model, wraps it (DDP) and builds the optimizers. Lightning restores a checkpoint after
-    ``setup`` and ``configure_model`` and right before ``strategy.setup``, and no public hook sits
-    between, so ``setup("fit")`` only checks (calibration data present, settings feasible) and
-    installs a one-shot wrapper on this trainer's ``strategy.setup`` (removed when it runs, and in
-    ``teardown``/``on_exception`` if it never ran). When it runs: if the module now carries a
-    pruning plan restored from a checkpoint, nothing is calibrated or pruned (this callback's own
-    state, restored from the same checkpoint, says which steps are done) and ``save_dir`` is left
-    alone; otherwise the outputs are checked, the LM (built in ``__init__`` or ``configure_model``)
-    is calibrated and pruned, then the original ``strategy.setup`` runs.
-  - Later steps happen at ``on_train_epoch_start`` of their epoch, re-calibrated on the current
-    (pruned, fine-tuned) model; after a resume from a checkpoint saved at the last batch of an epoch
-    (Lightning then starts the next epoch without that hook) at ``on_train_batch_start`` of its
-    first batch. Each step runs once, whatever the checkpoint position. The optimizer object is kept: its ``param_groups`` get the new
-    parameters in place, and its state is carried over, sliced to the kept rows/columns (Adam's
-    moments of the surviving units are unchanged, those of removed units dropped; a bias added by
-    compensation starts with fresh state), so LR schedulers continue as they were. A DDP wrapper is
-    rebuilt over the new parameters.
-  - A module that arrives with a plan this callback did not make (a pruned folder, a checkpoint
-    without this callback's state) is fine-tuned as it is, never pruned again.
+Everything that can be checked is checked before any work: the settings against the architecture,
+the strategy (single device or DDP), the outputs (writable; an existing non-empty folder is replaced
+only with ``overwrite=True`` and only when this tool wrote it, or by the run that wrote it, resumed:
+every fit has a ``run_id``, kept in its checkpoints and in the ``pruning_report.json`` it writes).
 
-Everything that can be checked is checked before any work: the pruning settings against the
-model's architecture (a ratio that would empty a layer, a model that is not Llama-family), the
-strategy (single device or DDP), and the outputs (``save_dir``, ``export_dir``: writable; an
-existing non-empty folder is only replaced with ``overwrite=True``, and only when this tool wrote
-it (:mod:`rcpu_lightning.files`), or by the run that wrote it, resumed: every fit has a
-``run_id``, kept in its checkpoints and in the ``pruning_report.json`` of the folders it writes).
-The results writer's files are checked after the restore too (``check_resumed_outputs``), right
-before the first step.
-
-Outputs (Hugging Face checkpoints plus ``pruning_plan.json`` and ``pruning_report.json``, rank 0,
-atomic; ``load_pruned`` or ``from_pretrained`` reload them):
-
-* ``save_dir``: the model **right after pruning**, before any fine-tuning (with a schedule:
-  after the latest step, before the fine-tuning that follows it).
-* ``export_dir``: the model **at the end of fit**: pruned *and* fine-tuned (also: ``cli.py export``
-  from any checkpoint).
-
-Pruning runs outside inference mode, so the new parameters are ordinary trainable tensors even
-when the predict loop ran with ``inference_mode=True``. The plan is recorded on the LightningModule
-(``pruning_plan``; several steps compose into one plan) and travels with its checkpoints
-(:mod:`.checkpointing`).
+Outputs (:func:`rcpu_lightning.pruning.io.save_hf_checkpoint`, rank 0, atomic): ``save_dir``, the
+model right after pruning (with a schedule: after the latest step); ``export_dir``, the model at the
+end of fit, pruned and fine-tuned (also ``cli.py export``). Pruning runs outside inference mode, so
+the new parameters are trainable. The plan is recorded on the LightningModule (``pruning_plan``;
+steps compose into one plan) and travels with its checkpoints (:mod:`.checkpointing`).
 """
+
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import uuid
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -71,16 +40,15 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from ..files import REPORT_FILE, check_output_path, format_output_path
-from ..models.adapter import decoder_layers
+from ..files import check_output_path, format_output_path
 from ..pruning.config import PruningConfig
 from ..pruning.engine import PruningReport, check_feasible, prune_model
 from ..pruning.inputs import LayerInputCatcher, LayerInputs, capture_layer_inputs
-from ..pruning.io import OVERWRITE_FLAG, output_fields, report_fields, save_hf_checkpoint
+from ..pruning.io import OVERWRITE_FLAG, output_fields, report_fields, save_hf_checkpoint, written_by_run
 from ..pruning.optimizer_state import carry_optimizer_state, projection_params
 from ..pruning.plan import PruningPlan
 from ..pruning.progress import default_progress
-from ..pruning.streaming import CheckpointSource, prune_skeleton
+from ..pruning.streaming import prune_skeleton
 from . import calibration as calib
 from . import schedule as sched
 from .calibration import CalibrationSource, checkpoint_source
@@ -88,13 +56,8 @@ from .checkpointing import as_plan, find_causal_lm, install_plan_hooks, set_plan
 from .logs import configure_logging
 from .ranks import on_rank_zero, stop_on_sigterm, sum_over_ranks
 from .schedule import Schedule
-from .steps import combine_steps, step_record, steps_summary
-from .strategy_hook import BeforeStrategySetup
-
-log = logging.getLogger(__name__)
-
-__all__ = ["RCPUPruningCallback", "save_hf_checkpoint", "output_fields"]
-
+from .steps import composed_plan, log_step, step_record, steps_summary
+from .strategy_hook import BeforeStrategySetup, rewrap_ddp
 
 class RCPUPruningCallback(Callback):
     """Structured pruning of the LM inside a LightningModule (see the module docstring for when).
@@ -111,10 +74,9 @@ class RCPUPruningCallback(Callback):
             only for more than one step; the predict loop prunes once and accepts only ``{0: ratio}``.
         save_dir: write the model right after pruning (before fine-tuning; with a schedule: after the
             latest step) as a Hugging Face checkpoint (rank 0, atomic). May use the placeholders of
-            ``rcpu_lightning.files.OUTPUT_PATH_FIELDS`` but ``{stage}`` (e.g.
-            ``outputs/llama-7b/{method}-{ratio_pct}``). A fit resumed from a
-            checkpoint of the run that wrote it (or ``export_dir``) recognises it as its own (the run
-            id in its ``pruning_report.json``): no ``overwrite`` needed; only a later step rewrites it.
+            ``rcpu_lightning.files.OUTPUT_PATH_FIELDS`` but ``{stage}`` (``outputs/{method}-{ratio_pct}``).
+            A fit resumed from a checkpoint of the run that wrote it (or ``export_dir``) needs no
+            ``overwrite`` for it (the run id in its ``pruning_report.json``).
         export_dir: at the end of ``fit``, write the pruned and fine-tuned model there as a Hugging
             Face checkpoint (rank 0, atomic; same placeholders). ``cli.py export`` writes the same
             from any Lightning checkpoint.
@@ -168,8 +130,7 @@ class RCPUPruningCallback(Callback):
         # this fit's identity: kept in its checkpoints and in the folders it writes, so that a resumed fit
         # recognises its own save_dir/export_dir (e.g. written after the checkpoint it resumes from)
         self.run_id = uuid.uuid4().hex
-        self._catcher: Optional[LayerInputCatcher] = None
-        self._stop_handle = None
+        self._capture = calib.PredictCapture()  # predict: the calibration inputs' catcher
         self._pending = False  # predict: this run prunes, and has not yet
         self._active = False  # fit: this run may prune (the module carries no plan made elsewhere)
         self._restored = False  # fit: a checkpoint was restored before strategy.setup
@@ -226,7 +187,7 @@ class RCPUPruningCallback(Callback):
             rank_zero_info("the LightningModule already carries a pruning plan: the predict loop runs without pruning")
             return
         calib.check_strategy(trainer, "pruning in a predict loop")
-        self._check_data(trainer, stage="predict")
+        calib.check_data(trainer, None, self._calibration.get("nsamples"))
         if checkpoint_source(pl_module) is not None and self.save_dir is None:
             raise ValueError("an out-of-core model (model.out_of_core: true) is pruned from disk to disk: set "
                              "pruning.save_dir, where the pruned checkpoint is written layer by layer")
@@ -245,17 +206,10 @@ class RCPUPruningCallback(Callback):
         # A module that carries a plan made elsewhere is not pruned (decided, and said, before strategy.setup).
         if getattr(pl_module, "pruning_plan", None) is None or self.steps:
             calib.check_strategy(trainer, "pruning inside fit")
-            self._check_data(trainer, stage="fit")
+            calib.check_data(trainer, self.calibration_dataloader, self._calibration.get("nsamples"), fit=True)
             self._deferred_check = not self.steps and not self._check_model(
-                trainer, pl_module, self._check_config(), defer=True)
+                trainer, pl_module, sched.largest_step_config(self.config, self.schedule), defer=True)
         self._before_setup.install(trainer.strategy, lambda: self._before_strategy_setup(trainer, pl_module))
-
-    def _check_data(self, trainer: Trainer, stage: str) -> None:
-        if stage == "fit":
-            calib.calibration_source(trainer, self.calibration_dataloader)  # there is calibration data
-        nsamples = self._calibration.get("nsamples")
-        if nsamples is not None and nsamples < trainer.world_size:  # the same answer on every rank
-            raise ValueError(calib.too_few(nsamples, trainer.world_size))
 
     def _check_model(self, trainer: Trainer, pl_module: LightningModule, config: PruningConfig,
                      defer: bool) -> bool:
@@ -290,12 +244,7 @@ class RCPUPruningCallback(Callback):
 
     def _own(self, path: str) -> bool:
         """Whether the folder ``path`` was written by this run (its report carries this run's id)."""
-        if path == self.saved_to:
-            return True
-        try:
-            return json.loads((Path(path).expanduser() / REPORT_FILE).read_text()).get("run_id") == self.run_id
-        except (OSError, ValueError, AttributeError):
-            return False
+        return path == self.saved_to or written_by_run(path, self.run_id)
 
     # -- fit: before strategy.setup ------------------------------------------------------------
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -317,7 +266,7 @@ class RCPUPruningCallback(Callback):
         self._check_outputs(trainer, save=True, export=True)
         if self._deferred_check:  # the LM was built in configure_model
             self._deferred_check = False
-            self._check_model(trainer, pl_module, self._check_config(), defer=False)
+            self._check_model(trainer, pl_module, sched.largest_step_config(self.config, self.schedule), defer=False)
         if self._restored:
             if self.steps:
                 rank_zero_info(f"resumed with {len(self.steps)} pruning step(s) done (last at epoch "
@@ -332,9 +281,8 @@ class RCPUPruningCallback(Callback):
             self._fit_step(trainer, pl_module, trainer.current_epoch, before_setup=False)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        # Resumed from a checkpoint saved at the last batch of an epoch, Lightning starts the next
-        # epoch without ``on_train_epoch_start``: its step runs here, before its first batch, with the
-        # restored optimizers (sliced as at an epoch start). Otherwise the epoch start handled it.
+        # Resumed from a checkpoint saved at an epoch's last batch, Lightning starts the next epoch without
+        # ``on_train_epoch_start``: its step runs here, before its first batch (otherwise it ran there).
         if self._active and trainer.current_epoch > self.last_epoch:
             self._fit_step(trainer, pl_module, trainer.current_epoch, before_setup=False)
 
@@ -359,24 +307,11 @@ class RCPUPruningCallback(Callback):
         if carry_optimizer_state(trainer.optimizers, old, lm, self.report.plan):
             rank_zero_warn("optimizer state that is not shaped like its parameter cannot be sliced: "
                            "pruned parameters of this optimizer start with fresh state")
-        self._rewrap(trainer, pl_module)
-
-    def _check_config(self) -> PruningConfig:
-        """The settings checked against the model before any work: the largest ratio the schedule reaches."""
-        return sched.largest_step_config(self.config, self.schedule)
+        rewrap_ddp(trainer, pl_module)
 
     def _plan_of(self, pl_module: LightningModule) -> Optional[PruningPlan]:
         """The plan of the model this callback pruned so far (None before its first step)."""
         return as_plan(getattr(pl_module, "pruning_plan", None)) if self.steps else None
-
-    def _rewrap(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """A DDP wrapper registered the old parameters: wrap the module again."""
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy = trainer.strategy
-        if isinstance(strategy, DDPStrategy):
-            strategy.model = pl_module
-            strategy.configure_ddp()
 
     def _prune_from_loader(self, trainer: Trainer, pl_module: LightningModule, lm: nn.Module,
                            config: PruningConfig, epoch: Optional[int], target: float) -> None:
@@ -398,30 +333,11 @@ class RCPUPruningCallback(Callback):
             self._pending = False
             rank_zero_info("the checkpoint holds a pruned model: the predict loop runs without pruning")
             return
-        lm = self.lm(pl_module)
-        loaders = trainer.predict_dataloaders
-        loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
-        real = [calib.real_rows(loader, trainer.world_size) for loader in loaders]
-        if len(loaders) > 1 and any(r is not None for r in real):
-            raise ValueError("a calibration loader's sampler repeats samples to fill the processes, which cannot be "
-                             "undone with several predict loaders; use rcpu_lightning.lightning.UnpaddedDistributedSampler")
-        self._catcher = LayerInputCatcher(lm, offload=self.config.offload_inputs, stop=False, max_rows=real[0])
-        self._catcher.__enter__()
-        if getattr(pl_module, "stops_calibration_forward", False):
-            # Registered after the catcher's hook, so layer 0's inputs are recorded first.
-            self._stop_handle = decoder_layers(lm)[0].register_forward_pre_hook(calib.stop_forward, with_kwargs=True)
-
-    def _remove_hooks(self) -> Optional[LayerInputCatcher]:
-        catcher, self._catcher = self._catcher, None
-        if catcher is not None:
-            catcher.__exit__(None, None, None)
-        if self._stop_handle is not None:
-            self._stop_handle.remove()
-            self._stop_handle = None
-        return catcher
+        self._capture.start(trainer, self.lm(pl_module), LayerInputCatcher, self.config.offload_inputs,
+                            stop_after_layer0=getattr(pl_module, "stops_calibration_forward", False))
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        catcher = self._remove_hooks()
+        catcher = self._capture.stop()
         if catcher is not None:
             config = sched.first_step_config(self.config, self.schedule)
             self._prune(trainer, pl_module, self.lm(pl_module), catcher.inputs, config, None, config.ratio)
@@ -435,7 +351,7 @@ class RCPUPruningCallback(Callback):
             calib.calibration_record(trainer, [], self._calibration)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._remove_hooks()
+        self._capture.stop()
         self._before_setup.remove()
 
     # -- export ------------------------------------------------------------------------------
@@ -458,8 +374,7 @@ class RCPUPruningCallback(Callback):
         pruned = bool(self.steps) or getattr(pl_module, "pruning_plan", None) is not None
         state, model = ("pruned and fine-tuned", "pruned, fine-tuned model") if pruned else \
             ("fine-tuned, not pruned", "fine-tuned model (not pruned)")
-        info = {**report_fields(self.results_summary()), "weights": f"{state}: {source}"}
-        self._write(trainer, pl_module, path, info, what="pruning.export_dir", overwrite=self.overwrite or self._own(path))
+        self._write(trainer, pl_module, path, "pruning.export_dir", weights=f"{state}: {source}")
         self.exported_to = path
         rank_zero_info(f"{model} exported to {path}")
         return path
@@ -468,11 +383,7 @@ class RCPUPruningCallback(Callback):
     def _prune(self, trainer: Trainer, pl_module: LightningModule, lm: nn.Module, inputs: LayerInputs,
                config: PruningConfig, epoch: Optional[int], target: float) -> None:
         with torch.inference_mode(False):
-            # Captured in an inference-mode loop the inputs may be inference tensors: make ordinary
-            # copies (one batch at a time, so two full copies never coexist).
-            for k, (h, kw) in enumerate(inputs.batches):
-                if h.is_inference():
-                    inputs.batches[k] = (h.clone(), kw)
+            calib.ordinary_tensors(inputs)
             self._pending = False
             calibration = calib.calibration_record(trainer, inputs.batches, self._calibration)
             progress = stop_on_sigterm(trainer, default_progress() if self.progress and trainer.is_global_zero
@@ -484,60 +395,34 @@ class RCPUPruningCallback(Callback):
             else:  # disk to disk, one layer at a time on the trainer's device; rank 0 writes
                 if config.execution_device is None:
                     config = dataclasses.replace(config, execution_device=str(trainer.strategy.root_device))
-                report = self._prune_from_disk(trainer, source, lm, inputs, config, progress, calibration)
-        previous = self._plan_of(pl_module)
-        plan = report.plan if previous is None else previous.then(report.plan)
-        # the settings recorded with the plan: the user's, at the ratio reached (not a step's own ratios)
-        plan.config = self.config.to_dict() if self.schedule is None else \
-            {**self.config.to_dict(), "ratio": target, "attn_ratio": None, "mlp_ratio": None}
+                report = prune_skeleton(source, lm, inputs, self.save_path(), config, reduce=sum_over_ranks(trainer),
+                                        progress=progress, overwrite=self.overwrite, calibration=calibration,
+                                        write=trainer.is_global_zero)
+                trainer.strategy.barrier("rcpu-out-of-core-written")
+                self.saved_to = self.save_path()
+                rank_zero_info(f"pruned model written to {self.saved_to} (layer by layer from {source.path})")
+        plan = composed_plan(self._plan_of(pl_module), report.plan, self.config, self.schedule, target)
         self.report = report
         self.steps.append(step_record(report, epoch, target, trainer.world_size))
         set_plan(pl_module, plan, lm, reshape=False)
-        self._log_summary(trainer, report, epoch, target)
+        log_step(trainer, self.config, self.steps, report, epoch, target)
         if source is None:
             self._save(trainer, pl_module, epoch)
-
-    def _prune_from_disk(self, trainer: Trainer, source: CheckpointSource, lm: nn.Module, inputs: LayerInputs,
-                         config: PruningConfig, progress, calibration: dict[str, Any]) -> PruningReport:
-        path = self.save_path()
-        report = prune_skeleton(source, lm, inputs, path, config, reduce=sum_over_ranks(trainer), progress=progress,
-                                overwrite=self.overwrite, calibration=calibration, write=trainer.is_global_zero)
-        trainer.strategy.barrier("rcpu-out-of-core-written")
-        self.saved_to = path
-        rank_zero_info(f"pruned model written to {path} (layer by layer from {source.path})")
-        return report
-
-    def _log_summary(self, trainer: Trainer, report: PruningReport, epoch: Optional[int], target: float) -> None:
-        total = combine_steps(self.steps)
-        when = "" if epoch is None else f" (epoch {epoch}, step {len(self.steps)})"
-        rank_zero_info(
-            f"pruned with {self.config.method} ({self.config.compensation}, {self.config.structure}) to ratio "
-            f"{target:g}{when}: parameters {report.params_before:,} -> {report.params_after:,}; decoder-layer "
-            f"params removed {100 * total['decoder_params_removed']:.1f}%, whole-model params removed "
-            f"{100 * total['model_params_removed']:.1f}%; {report.seconds:.1f} s")
-        if trainer.logger is not None:
-            metrics = {"prune/params_before": report.params_before, "prune/params_after": report.params_after,
-                       "prune/decoder_params_removed": total["decoder_params_removed"],
-                       "prune/model_params_removed": total["model_params_removed"], "prune/seconds": report.seconds}
-            metrics.update({f"prune/layer_{i:02d}_params_removed": r
-                            for i, r in enumerate(total["layer_params_removed"])})
-            trainer.logger.log_metrics(metrics, step=trainer.global_step)
 
     def _save(self, trainer: Trainer, pl_module: LightningModule, epoch: Optional[int]) -> None:
         if self.save_dir is None:
             return
         path = self.save_path()
         when = "" if epoch is None else f" at epoch {epoch}"
-        info = {**report_fields(self.results_summary()),
-                "weights": f"right after pruning{when}, before the fine-tuning that follows"}
-        # a folder this run wrote at an earlier step (or before a crash) is its own output
-        self._write(trainer, pl_module, path, info, what="pruning.save_dir", overwrite=self.overwrite or self._own(path))
+        self._write(trainer, pl_module, path, "pruning.save_dir",
+                    weights=f"right after pruning{when}, before the fine-tuning that follows")
         self.saved_to = path
         rank_zero_info(f"pruned model saved to {path}")
 
-    def _write(self, trainer: Trainer, pl_module: LightningModule, path: str, info: dict[str, Any], what: str,
-               overwrite: bool) -> None:
-        info = {**info, "run_id": self.run_id}
+    def _write(self, trainer: Trainer, pl_module: LightningModule, path: str, what: str, weights: str) -> None:
+        """The module's LM to ``path`` (rank 0, atomic); a folder this run wrote before is its own output."""
+        info = {**report_fields(self.results_summary()), "weights": weights, "run_id": self.run_id}
+        overwrite = self.overwrite or self._own(path)
         on_rank_zero(trainer, lambda: save_hf_checkpoint(
             self.lm(pl_module), getattr(pl_module, "pruning_plan", None), path, getattr(pl_module, "tokenizer", None),
             overwrite=overwrite, extra=info, what=what), catch=(Exception,),

@@ -6,8 +6,12 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
 from ..pruning.config import PruningConfig
 from ..pruning.engine import PruningReport
+from ..pruning.plan import PruningPlan
 from .schedule import Schedule, describe_schedule
 
 #: The entry points (Lightning stages and CLI subcommands) in which the pruning callback prunes.
@@ -55,3 +59,32 @@ def steps_summary(config: PruningConfig, schedule: Schedule, steps: list[dict[st
     out["pruning_steps"] = [{k: s.get(k) for k in ("epoch", "ratio", "params_before", "params_after",
                                                    "decoder_params_removed", "seconds")} for s in steps]
     return out
+
+
+def log_step(trainer: Trainer, config: PruningConfig, steps: list[dict[str, Any]], report: PruningReport,
+             epoch: Optional[int], target: float) -> None:
+    """Say what the latest step did (rank 0) and log it to the trainer's logger."""
+    total = combine_steps(steps)
+    when = "" if epoch is None else f" (epoch {epoch}, step {len(steps)})"
+    rank_zero_info(
+        f"pruned with {config.method} ({config.compensation}, {config.structure}) to ratio "
+        f"{target:g}{when}: parameters {report.params_before:,} -> {report.params_after:,}; decoder-layer "
+        f"params removed {100 * total['decoder_params_removed']:.1f}%, whole-model params removed "
+        f"{100 * total['model_params_removed']:.1f}%; {report.seconds:.1f} s")
+    if trainer.logger is not None:
+        metrics = {"prune/params_before": report.params_before, "prune/params_after": report.params_after,
+                   "prune/decoder_params_removed": total["decoder_params_removed"],
+                   "prune/model_params_removed": total["model_params_removed"], "prune/seconds": report.seconds}
+        metrics.update({f"prune/layer_{i:02d}_params_removed": r
+                        for i, r in enumerate(total["layer_params_removed"])})
+        trainer.logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def composed_plan(previous: Optional[PruningPlan], step: PruningPlan, config: PruningConfig, schedule: Schedule,
+                  target: float) -> PruningPlan:
+    """The plan of the model after a step: the previous steps' plan followed by this one's, recording
+    the user's settings at the ratio reached (not a step's own per-step ratios)."""
+    plan = step if previous is None else previous.then(step)
+    plan.config = config.to_dict() if schedule is None else \
+        {**config.to_dict(), "ratio": target, "attn_ratio": None, "mlp_ratio": None}
+    return plan

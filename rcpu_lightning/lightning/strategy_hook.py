@@ -1,8 +1,8 @@
 """A one-shot hook before ``strategy.setup``: the one point of a fit after ``configure_model`` and the
 checkpoint restore, and before the model is moved, wrapped (DDP) and the optimizers are built.
 
-Lightning (tested with 2.4-2.6, ``tests/test_lightning_restore_order.py``) runs, in ``Trainer.fit``:
-``setup`` hooks -> ``configure_model`` -> checkpoint restore (``on_load_checkpoint``, model weights)
+Lightning runs, in ``Trainer.fit`` (checked by ``tests/test_lightning_restore_order.py``, with 2.6;
+pyproject.toml bounds the version to the tested range): ``setup`` hooks -> ``configure_model`` -> checkpoint restore (``on_load_checkpoint``, model weights)
 -> ``strategy.setup`` (move, wrap, optimizers) -> optimizer state restore. No public hook sits
 between the restore and ``strategy.setup``, so this wraps that method of one strategy instance.
 """
@@ -51,3 +51,13 @@ class BeforeStrategySetup:
             del strategy.setup
         else:
             strategy.setup = before
+
+
+def rewrap_ddp(trainer: Any, pl_module: Any) -> None:
+    """After a pruning step inside fit: a DDP wrapper registered the old parameters, wrap the module again."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy):
+        strategy.model = pl_module
+        strategy.configure_ddp()

@@ -175,6 +175,14 @@ def summary_fields(report: dict[str, Any]) -> dict[str, Any]:
     return {key: report[report_key] for report_key, key in REPORT_KEYS.items() if report_key in report}
 
 
+def written_by_run(folder: str | os.PathLike, run_id: str) -> bool:
+    """Whether ``folder`` holds a ``pruning_report.json`` written by the run ``run_id``."""
+    try:
+        return json.loads((Path(folder).expanduser() / REPORT_FILE).read_text()).get("run_id") == run_id
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def output_fields(config: PruningConfig, nsamples: int | None, schedule: Any = None) -> dict[str, Any]:
     """Placeholder values of a pruning run's output paths (:data:`rcpu_lightning.files.OUTPUT_PATH_FIELDS`):
     the engine settings (``ratio``: where a ``{epoch: ratio}`` schedule ends) and the calibration size."""
