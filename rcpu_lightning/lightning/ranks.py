@@ -20,13 +20,13 @@ def on_rank_zero(trainer: Trainer, work: Callable[[], Any], catch: tuple[type[Ba
     if trainer.is_global_zero:
         try:
             result = work()
-        except catch as exc:
-            error = (type(exc), str(exc))
+        except catch as exc:  # with ``failure`` only its name travels (any class, even one that does not pickle)
+            error = (type(exc), str(exc)) if failure is None else (None, f"{type(exc).__name__}: {exc}")
     error, result = trainer.strategy.broadcast((error, result), src=0)
     if error is None:
         return result
     if failure is not None:
-        raise RuntimeError(f"{failure}: {error[0].__name__}: {error[1]}")
+        raise RuntimeError(f"{failure}: {error[1]}")
     raise error[0](error[1])
 
 
