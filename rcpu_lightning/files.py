@@ -71,8 +71,8 @@ class OutputExistsError(FileExistsError):
 
 
 def format_output_path(template: str, fields: dict[str, Any]) -> str:
-    """Fill ``{method}``, ``{compensation}``, ``{structure}``, ``{targets}``, ``{ratio}``, ``{ratio_pct}``
-    (e.g. 20), ``{nsamples}``, ``{stage}`` in an output path; any other placeholder is an error."""
+    """Fill the placeholders of :data:`OUTPUT_PATH_FIELDS` in an output path (``{ratio_pct}``: ``ratio``
+    in percent, e.g. 20); any other placeholder is an error."""
     if "{" not in template:
         return template
     values = {k: fields.get(k) for k in OUTPUT_PATH_FIELDS}

@@ -199,3 +199,16 @@ def test_a_uniform_prune_whose_head_dim_is_no_longer_hidden_over_heads_loads_wit
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
     assert (reloaded.config.num_attention_heads, reloaded.config.head_dim) == (2, 128)
     _assert_same_logits(_logits(reloaded), _logits(model))
+
+
+def test_the_report_of_a_saved_folder_reads_back_into_the_results_keys_it_was_written_from():
+    """``report_fields`` (callback summary -> pruning_report.json) and ``summary_fields`` (the report ->
+    a results record) come from one mapping: a summary written and read back keeps every fact."""
+    from rcpu_lightning.pruning.io import REPORT_KEYS, report_fields, summary_fields
+
+    summary = {key: float(i) for i, key in enumerate(REPORT_KEYS.values())}
+    summary.update(notes=["a note"], pruning_steps=[{"epoch": 0}], method="rcpu")
+    report = report_fields(summary)
+    assert report["seconds"] == summary["prune_seconds"] and report["world_size"] == summary["prune_world_size"]
+    assert report["notes"] == ["a note"] and "method" not in report  # the settings live in the plan
+    assert summary_fields(json.loads(json.dumps(report))) == {k: summary[k] for k in REPORT_KEYS.values()}

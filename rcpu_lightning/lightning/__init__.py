@@ -11,7 +11,8 @@
 * :mod:`.cli`: ``RCPUTrainer`` (adds ``prune``) and ``RCPUCLI`` (the repo's ``cli.py``).
 """
 
-from .callback import RCPUPruningCallback, save_hf_checkpoint
+from ..pruning.io import save_hf_checkpoint
+from .callback import RCPUPruningCallback
 from .checkpointing import CHECKPOINT_PLAN_KEY, PruningPlanMixin, find_causal_lm, install_plan_hooks
 from .data import RCPUDataModule, TensorRows, UnpaddedDistributedSampler
 from .logs import configure_logging

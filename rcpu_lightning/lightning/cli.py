@@ -54,14 +54,15 @@ from ..files import check_output_path, format_output_path
 from ..models.adapter import check_supported
 from ..models.loading import check_model_spec
 from ..pruning.config import PruningConfig
-from ..pruning.io import PLAN_FILE, load_plan
-from .callback import RCPUPruningCallback, output_fields
+from ..pruning.io import DENSE_FIELDS, PLAN_FILE, load_plan, output_fields
+from .callback import RCPUPruningCallback
 from .checkpointing import install_plan_hooks
 from .data import RCPUDataModule
 from .logs import configure_logging
 from .module import CausalLMModule
 from .progress import LogProgress
 from .results import RCPUResultsWriter, config_path, summary_lines
+from .steps import PRUNING_STAGES
 
 DEBUG_ENV = "RCPU_DEBUG"
 
@@ -94,6 +95,11 @@ EXPORT_HELP = (
 )
 DEFAULT_MODEL = "rcpu_lightning.lightning.CausalLMModule"
 DEFAULT_DATA = "rcpu_lightning.lightning.RCPUDataModule"
+
+
+def pruned_again(what: str) -> ValueError:
+    """The refusal of pruning a model that is pruned already (``what`` says how it was found out)."""
+    return ValueError(f"{what}: pruning a pruned model again is not supported; start from the dense model")
 
 
 def _writers(trainer: Trainer) -> list[RCPUResultsWriter]:
@@ -135,13 +141,7 @@ class RCPUTrainer(Trainer):
     ) -> dict[str, Any]:
         """Calibrate on the calibration windows, prune, save the pruned checkpoint, then evaluate it.
 
-        The usual options (see ``--help`` for all): ``--pruning.config.method``/``ratio``/
-        ``compensation``/``structure``/``head_rounding`` (what to prune), ``--pruning.save_dir``
-        (where the pruned checkpoint goes; ``--pruning.overwrite true`` to replace one),
-        ``--data.calibration.nsamples`` (calibration windows; fewer = faster),
-        ``--data.ppl_max_windows`` (evaluate on the first N perplexity windows only),
-        ``--data.tasks`` (zero-shot tasks), ``--results.path`` (the results JSON),
-        ``--trainer.prune_evaluate_dense true`` (the dense model too, for a before/after).
+        The options most runs need are listed once, in ``PRUNE_HELP`` (``cli.py prune --help``).
 
         Args:
             model: the LightningModule wrapping the dense LM.
@@ -158,15 +158,13 @@ class RCPUTrainer(Trainer):
                              "evaluated in this process: set --trainer.prune_evaluate false (and prune_evaluate_dense "
                              "false), then evaluate the written folder: cli.py test --model.model SAVE_DIR")
         if getattr(model, "pruning_plan", None) is not None:
-            raise ValueError("the model already carries a pruning plan (a pruned folder?): pruning a pruned model "
-                             "again is not supported; start from the dense model")
+            raise pruned_again("the model already carries a pruning plan (a pruned folder?)")
         if self.prune_evaluate_dense:  # the writer keeps it as the "dense" baseline
             self.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=weights_only)
         self.predict(model, datamodule=datamodule, ckpt_path=ckpt_path, return_predictions=False,
                      weights_only=weights_only)
         if not callback.pruned:
-            raise ValueError(f"the checkpoint {ckpt_path} holds a pruned model: pruning a pruned model again is not "
-                             "supported; start from the dense model")
+            raise pruned_again(f"the checkpoint {ckpt_path} holds a pruned model")
         if self.prune_evaluate:
             self.test(model, datamodule=datamodule, verbose=False)
         self._print_summary()
@@ -368,13 +366,12 @@ class RCPUCLI(LightningCLI):
         if isinstance(spec, (str, os.PathLike)):
             kind = check_model_spec(spec)
             pruned_input = kind == "folder" and (Path(spec).expanduser() / PLAN_FILE).is_file()
-            if kind == "folder" and sub in ("prune", "predict", "fit"):
+            if kind == "folder" and sub in PRUNING_STAGES:
                 _check_architecture(Path(spec).expanduser())
         if sub == "prune" and pruned_input:
-            raise ValueError(f"model.model={str(spec)!r} is a pruned folder (it holds {PLAN_FILE}): pruning a pruned "
-                             "model again is not supported; start from the dense model")
+            raise pruned_again(f"model.model={str(spec)!r} is a pruned folder (it holds {PLAN_FILE})")
         # a pruned folder is fine-tuned as it is
-        prunes = sub in ("prune", "predict", "fit") and not pruned_input
+        prunes = sub in PRUNING_STAGES and not pruned_input
         # a resumed fit's own outputs are recognised after its checkpoint is restored (callback, writer)
         resumed = sub == "fit" and bool(config.get("ckpt_path"))
         data_cls, data = _class_and_args(config.data)
@@ -444,7 +441,7 @@ def _folder_fields(spec: Any) -> dict[str, Any]:
     if isinstance(spec, (str, os.PathLike)) and (folder / PLAN_FILE).is_file():
         plan = load_plan(folder)
         return {**(plan.config or {}), "nsamples": plan.calibration.get("nsamples")}
-    return {"method": "dense", "ratio": 0.0}
+    return dict(DENSE_FIELDS)
 
 
 class _NoProductTips(logging.Filter):

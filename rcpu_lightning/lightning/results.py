@@ -31,16 +31,12 @@ from typing import Any, Optional
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from ..files import check_output_path, format_output_path, write_json_atomic, write_text_atomic
+from ..files import REPORT_FILE, check_output_path, format_output_path, write_json_atomic, write_text_atomic
+from ..pruning.io import DENSE_FIELDS, summary_fields
+from .ranks import on_rank_zero
+from .steps import PRUNING_STAGES
 
 log = logging.getLogger(__name__)
-
-#: Pruning facts a pruned model folder records in ``pruning_report.json`` -> their key in the record.
-_SAVED_REPORT_KEYS = {"params_before": "params_before", "params_after": "params_after",
-                      "decoder_params_removed": "decoder_params_removed", "model_params_removed": "model_params_removed",
-                      "layer_params_removed": "layer_params_removed", "seconds": "prune_seconds",
-                      "world_size": "prune_world_size"}
-
 
 _FLAG = "overwrite=True (CLI: --results.overwrite true)"
 
@@ -59,8 +55,8 @@ class RCPUResultsWriter(Callback):
     (then with ``training``: steps, epochs, the last training metrics).
 
     Args:
-        path: the JSON file (``null``: write nothing). May hold ``{method}``, ``{compensation}``,
-            ``{structure}``, ``{targets}``, ``{ratio}``, ``{ratio_pct}``, ``{nsamples}``, ``{stage}``.
+        path: the JSON file (``null``: write nothing). May hold the placeholders of
+            ``rcpu_lightning.files.OUTPUT_PATH_FIELDS`` (``{method}``, ``{ratio_pct}``, ``{stage}``, ...).
         name: model label in the record (default: the module's ``model_name``, e.g. the model spec).
         overwrite: replace an existing results file. Without it the run stops before any work.
     """
@@ -89,19 +85,15 @@ class RCPUResultsWriter(Callback):
         if self.path is None or self.resolved is not None:
             return  # resolved once per run (``prune`` = predict + test: one file)
         path = format_output_path(self.path, {**self._path_fields(trainer, pl_module, self.stage), "stage": self.stage})
-        error = None
-        if trainer.is_global_zero:
-            try:
-                for file in (path, config_path(path)):
-                    if stage == "fit" and not self.overwrite and Path(file).is_file():
-                        self._unverified.append(file)  # a resumed fit's own? its run id is not restored yet
-                        continue
-                    check_output_path(file, self.overwrite, "results.path", _FLAG)
-            except OSError as exc:
-                error = (type(exc), str(exc))
-        error = trainer.strategy.broadcast(error, src=0)
-        if error is not None:
-            raise error[0](error[1])
+
+        def check() -> None:
+            for file in (path, config_path(path)):
+                if stage == "fit" and not self.overwrite and Path(file).is_file():
+                    self._unverified.append(file)  # a resumed fit's own? its run id is not restored yet
+                    continue
+                check_output_path(file, self.overwrite, "results.path", _FLAG)
+
+        on_rank_zero(trainer, check)
         self.resolved = path
 
     def check_resumed_outputs(self, trainer: Trainer) -> None:
@@ -109,16 +101,13 @@ class RCPUResultsWriter(Callback):
         (resumed from its checkpoint). Called after the restore and before any work: by the pruning
         callback before it prunes, else at ``on_fit_start``."""
         files, self._unverified = self._unverified, []
-        error = None
-        if trainer.is_global_zero and files and not self._own_results():
-            try:
+
+        def check() -> None:
+            if files and not self._own_results():
                 for file in files:
                     check_output_path(file, False, "results.path", _FLAG)
-            except OSError as exc:
-                error = (type(exc), str(exc))
-        error = trainer.strategy.broadcast(error, src=0)
-        if error is not None:
-            raise error[0](error[1])
+
+        on_rank_zero(trainer, check)
 
     def _own_results(self) -> bool:
         """Whether the results file (and so the config beside it) was written by this run."""
@@ -146,14 +135,14 @@ class RCPUResultsWriter(Callback):
         if plan is not None:  # a pruned model: its own settings
             cfg = plan.get("config") or {}
             return {**cfg, "nsamples": (plan.get("calibration") or {}).get("nsamples")}
-        if stage in ("fit", "predict", "prune"):  # a callback is about to prune: its settings
+        if stage in PRUNING_STAGES:  # a callback is about to prune: its settings
             fields: dict[str, Any] = {}
             for cb in trainer.callbacks:
                 if callable(getattr(cb, "output_fields", None)):
                     fields.update(cb.output_fields())
             if fields:
                 return fields
-        return {"method": "dense", "ratio": 0.0}
+        return dict(DENSE_FIELDS)
 
     # -- what --------------------------------------------------------------------------------------
     def build(self, trainer: Trainer, pl_module: LightningModule, evaluation: Optional[str]) -> dict[str, Any]:
@@ -195,14 +184,14 @@ class RCPUResultsWriter(Callback):
                 return summary
         plan = getattr(pl_module, "pruning_plan", None)
         if plan is None:
-            return {"method": "dense", "ratio": 0.0, "params_before": params, "params_after": params,
+            return {**DENSE_FIELDS, "params_before": params, "params_after": params,
                     "decoder_params_removed": 0.0, "model_params_removed": 0.0}
         cfg = plan.get("config") or {}
         facts = {k: cfg.get(k) for k in ("method", "ratio", "compensation", "structure", "targets", "head_rounding",
                                          "gqa_mode")}
         facts.update(params_after=params, calibration=plan.get("calibration"))
         saved = _saved_report(pl_module)
-        facts.update({key: saved[k] for k, key in _SAVED_REPORT_KEYS.items() if k in saved})
+        facts.update(summary_fields(saved))
         return facts
 
     # -- when --------------------------------------------------------------------------------------
@@ -278,9 +267,9 @@ def _describe(dm: Any, evaluation: Optional[str]) -> dict[str, Any]:
 
 
 def _saved_report(pl_module: LightningModule) -> dict[str, Any]:
-    """``pruning_report.json`` of the folder the module's model was loaded from (or {})."""
+    """``REPORT_FILE`` (``pruning_report.json``) of the folder the module's model was loaded from (or {})."""
     name = getattr(pl_module, "model_name", None)
-    file = Path(str(name)).expanduser() / "pruning_report.json" if name else None
+    file = Path(str(name)).expanduser() / REPORT_FILE if name else None
     try:
         return json.loads(file.read_text()) if file is not None and file.is_file() else {}
     except (OSError, ValueError):
@@ -296,7 +285,7 @@ def config_path(results_path: str) -> str:
 def summary_lines(record: dict[str, Any]) -> list[str]:
     """The end-of-run summary of a results record (what ``cli.py prune`` prints last)."""
     lines = [f"== {record.get('stage') or 'run'} summary ==", f"model         {record.get('model')}"]
-    if record.get("method") not in (None, "dense"):
+    if record.get("method") not in (None, DENSE_FIELDS["method"]):
         lines.append(f"pruning       {record['method']} ({record.get('compensation')}, {record.get('structure')}), "
                      f"ratio {record.get('ratio')}")
     before, after = record.get("params_before"), record.get("params_after")

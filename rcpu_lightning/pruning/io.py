@@ -18,6 +18,9 @@ hidden sibling folder, then renamed into place; an existing non-empty folder is 
 ``from_pretrained`` instantiate a subclass whose ``__init__`` ends with
 :func:`apply_plan_shapes`, so that all of ``from_pretrained`` (dtype, device_map, tied weights,
 buffers) works on the pruned shapes, then restores the plain class and the uniform config values.
+
+``save_hf_checkpoint`` is the folder the CLI and the Lightning callback write (``save_pruned`` +
+tokenizer + ``pruning_report.json``); ``REPORT_KEYS`` maps that report's keys to a results record's.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from torch import nn
 
 from ..export.remote_code import add_remote_code
 from ..files import PLAN_FILE, REPORT_FILE, atomic_dir, write_json_atomic
+from .config import PruningConfig
+from .engine import PruningReport
 from .plan import SHAPE_KEYS, BIAS_KEYS, PruningPlan
 from .surgery import ATTN_PROJ, BIAS_FLAG_MODEL_TYPES, MLP_PROJ, apply_plan_shapes
 
@@ -157,3 +162,73 @@ def load_pruned(path: str | os.PathLike, **from_pretrained_kwargs: Any) -> nn.Mo
     model = shaped.from_pretrained(path, config=config, **from_pretrained_kwargs)
     model.__class__ = base
     return model
+
+
+# -- a pruned model folder as the CLI and the Lightning callback write it --------------------------
+OVERWRITE_FLAG = "overwrite=True (CLI: --pruning.overwrite true)"
+#: The record of a model nobody pruned (results and output path placeholders).
+DENSE_FIELDS = {"method": "dense", "ratio": 0.0}
+#: Pruning facts ``pruning_report.json`` holds -> their key in a results record / callback summary.
+REPORT_KEYS = {"params_before": "params_before", "params_after": "params_after",
+               "decoder_params_removed": "decoder_params_removed", "model_params_removed": "model_params_removed",
+               "layer_params_removed": "layer_params_removed", "seconds": "prune_seconds",
+               "world_size": "prune_world_size"}
+#: Facts of a summary written to ``pruning_report.json`` under the same key, and not read back.
+REPORT_ONLY_KEYS = ("notes", "pruning_steps", "schedule")
+
+
+def report_fields(summary: dict[str, Any] | None) -> dict[str, Any]:
+    """A results summary under the keys of ``pruning_report.json``."""
+    if not summary:
+        return {}
+    out = {k: summary[k] for k in REPORT_ONLY_KEYS if k in summary}
+    out.update({report_key: summary[key] for report_key, key in REPORT_KEYS.items() if key in summary})
+    return out
+
+
+def summary_fields(report: dict[str, Any]) -> dict[str, Any]:
+    """The facts of a ``pruning_report.json`` under the keys of a results record (the inverse of
+    :func:`report_fields`, for the keys it reads back)."""
+    return {key: report[report_key] for report_key, key in REPORT_KEYS.items() if report_key in report}
+
+
+def written_by_run(folder: str | os.PathLike, run_id: str) -> bool:
+    """Whether ``folder`` holds a ``pruning_report.json`` written by the run ``run_id``."""
+    try:
+        return json.loads((Path(folder).expanduser() / REPORT_FILE).read_text()).get("run_id") == run_id
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def output_fields(config: PruningConfig, nsamples: int | None, schedule: Any = None) -> dict[str, Any]:
+    """Placeholder values of a pruning run's output paths (:data:`rcpu_lightning.files.OUTPUT_PATH_FIELDS`):
+    the engine settings (``ratio``: where a ``{epoch: ratio}`` schedule ends) and the calibration size."""
+    fields = {**config.to_dict(), "nsamples": nsamples}
+    if isinstance(schedule, dict) and schedule:
+        fields["ratio"] = schedule[max(schedule)]
+    return fields
+
+
+def save_hf_checkpoint(lm: nn.Module, plan: PruningReport | PruningPlan | dict | None, path: str | Path,
+                       tokenizer: Any = None, overwrite: bool = False, extra: dict | None = None,
+                       what: str = "pruning.save_dir") -> Path:
+    """``save_pruned`` (``save_pretrained`` for a model without a plan) + tokenizer + ``pruning_report.json``
+    into ``path``, atomically (see :func:`rcpu_lightning.files.atomic_dir`; an existing non-empty ``path``
+    needs ``overwrite``). ``plan``: a :class:`PruningReport` (its summary is written too), a plan, or None."""
+    summary: dict[str, Any] = {}
+    if isinstance(plan, PruningReport):
+        summary = plan.summary()
+        plan = plan.plan
+    if isinstance(plan, dict):
+        plan = PruningPlan.from_dict(plan)
+    elif plan is not None and not isinstance(plan, PruningPlan):
+        raise TypeError(f"a pruning plan must be a dict (PruningPlan.to_dict()) or a PruningPlan, got {type(plan).__name__}")
+    with atomic_dir(path, overwrite, what, OVERWRITE_FLAG) as staged:
+        if plan is not None:
+            save_pruned(lm, plan, staged, overwrite=True)
+        else:
+            lm.save_pretrained(staged)
+        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(staged)
+        write_pruning_files(staged, report={**summary, **(extra or {})})
+    return Path(path)
