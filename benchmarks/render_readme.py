@@ -554,15 +554,30 @@ def deploy_section(results: Path, readme: Path) -> str:
                      f"| {'yes' if gen['identical_f32'] else 'no'} ({gen['same_tokens_f32']}/{s['new_tokens']}) "
                      f"| {tps('f16', 'prefill')} | {tps('f16', 'decode')} | {tps('q8_0', 'prefill')} "
                      f"| {tps('q8_0', 'decode')} | ×{r['ideal_speedup']:.2f} |")
-    lines += ["", f"- Measured on {run.get('cpus')} shared cores (load average {run.get('loadavg_1m')} at the end; "
-              f"commit {run.get('commit')}): other jobs ran at the same time, so the speedups are rough; every "
-              "round runs all four models in turn so that load hits them alike."
-              + (" llama.cpp's threads spin-wait at every barrier, so with more runnable jobs than cores (as "
-                 "here) its throughput collapses (decode at a few tokens/s) and the speedups say little about a "
-                 "quiet machine." if (run.get("loadavg_1m") or 0) > (run.get("cpus") or 0) else ""),
+    busy = (run.get("loadavg_1m") or 0) > (run.get("torch_threads") or run.get("cpus") or 0) + 0.5
+    lines += ["", f"- Measured on {run.get('cpus')} cores (1-minute load {run.get('loadavg_1m')} at the end, "
+              f"commit {run.get('commit')}): "
+              + ("other jobs ran at the same time, so the speedups are rough. llama.cpp's threads spin-wait at "
+                 "every barrier, so with more runnable jobs than cores its throughput collapses and the speedups "
+                 "say little about a quiet machine." if busy else
+                 "nothing else ran (the load is the benchmark's own threads).")
+              + " Every round runs all four models in turn, so that load from elsewhere hits them alike."
+              + _prefill_note(data["rows"]),
               "- The RCPU-affine rows were pruned with 32 calibration windows (not 128): the table is about "
               "deployment (agreement, speed), not quality. Pruning commands: `prune_command` in the JSON."]
     return "\n".join(lines + harness_lines(results, readme)) + "\n"
+
+
+def _prefill_note(rows: list[dict]) -> str:
+    """A sentence when llama.cpp's f16 prefill of a pruned model falls short of its ideal by more than a tenth."""
+    short = [(r["model"], r["speed_f16"]["prefill_speedup"], r["ideal_speedup"]) for r in rows
+             if r["ideal_speedup"] > 1 and r["speed_f16"]["prefill_speedup"] < 0.9 * r["ideal_speedup"]]
+    if not short:
+        return ""
+    listed = ", ".join(f"{m} ×{got:.2f} of ×{ideal:.2f}" for m, got, ideal in short)
+    return (f" f16 prefill falls short of the ideal ({listed}) while decode does not: llama.cpp's batched f16 "
+            "matrix products are less efficient on the pruned widths (e.g. MLP widths that are not multiples of "
+            "64), a likely cause that this benchmark does not break down.")
 
 
 def harness_lines(results: Path, readme: Path) -> list[str]:

@@ -55,3 +55,15 @@ def test_deploy_table_is_rendered_from_the_json(tmp_path):
     (tmp_path / "harness_trust_remote_code.json").write_text(json.dumps(harness))
     line = rr.deploy_section(tmp_path, tmp_path / "README.md").splitlines()[-1]
     assert "300 arc_easy" in line and "acc 0.4467 / acc_norm 0.3833" in line and "0.4500 / 0.3800" in line
+
+
+def test_the_prefill_note_names_only_the_rows_short_of_their_ideal():
+    from benchmarks import render_readme
+
+    def row(model, prefill, ideal):
+        return {"model": model, "ideal_speedup": ideal, "speed_f16": {"prefill_speedup": prefill}}
+
+    rows = [row("Dense", 1.0, 1.0), row("A", 0.75, 1.20), row("B", 1.15, 1.20)]
+    note = render_readme._prefill_note(rows)
+    assert "A ×0.75 of ×1.20" in note and "B " not in note and "Dense" not in note
+    assert render_readme._prefill_note([row("Dense", 1.0, 1.0), row("B", 1.15, 1.20)]) == ""
