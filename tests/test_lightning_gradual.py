@@ -357,6 +357,19 @@ def test_the_results_writer_keeps_its_own_runs_file_on_resume_and_refuses_others
     assert resumed.run_id == first.run_id and json.loads(results.read_text())["seconds"] == resumed.record["seconds"]
 
 
+def test_the_results_writer_alone_refuses_another_runs_file_at_fit_start(tmp_path):
+    # without the pruning callback (fine-tuning a pruned folder from Python) the writer checks at on_fit_start;
+    # a merge once left two on_fit_start methods and the later one dropped the check
+    from rcpu_lightning.lightning import RCPUResultsWriter
+
+    results = tmp_path / "fit.json"
+    results.write_text('{"run_id": "another run"}')
+    with pytest.raises(FileExistsError, match="results.path"):
+        _trainer(tmp_path, [RCPUResultsWriter(str(results))], max_epochs=1).fit(
+            ValidatedLM(), train_dataloaders=_train_loader(), val_dataloaders=_train_loader())
+    assert json.loads(results.read_text()) == {"run_id": "another run"}
+
+
 def _other_runs_checkpoint(tmp_path):
     """A checkpoint at the end of epoch 0 of a different run with the same settings."""
     ckpts = ModelCheckpoint(dirpath=tmp_path / "other", filename="{epoch}")

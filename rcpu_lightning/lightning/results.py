@@ -116,9 +116,6 @@ class RCPUResultsWriter(Callback):
         except (OSError, ValueError, AttributeError):
             return False
 
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.check_resumed_outputs(trainer)
-
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id}
 
@@ -230,6 +227,7 @@ class RCPUResultsWriter(Callback):
             self.write(trainer, pl_module, "validate")
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.check_resumed_outputs(trainer)  # no-op when the pruning callback already checked (before pruning)
         self._epochs, self._validated_at = [], None
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
