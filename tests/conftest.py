@@ -67,6 +67,14 @@ def make_tiny_llama(
 
 
 @pytest.fixture
+def cli_argv(monkeypatch):
+    """sys.argv as cli.py sees it (LightningCLI(args=...) warns about pytest's own argv)."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+
+
+@pytest.fixture
 def tiny_mha() -> LlamaForCausalLM:
     return make_tiny_llama()
 

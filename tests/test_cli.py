@@ -17,9 +17,7 @@ from tiny_setup import save_tiny_llama, tiny_config, write_tiny_wikitext  # noqa
 from rcpu_lightning.lightning.cli import main  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["cli.py"])  # LightningCLI(args=...) warns about pytest's own argv
+pytestmark = pytest.mark.usefixtures("cli_argv")
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,7 @@ from rcpu_lightning.lightning.cli import main  # noqa: E402
 EVERY_BATCH = [{"class_path": "rcpu_lightning.lightning.progress.LogProgress", "init_args": {"interval": 1e-9}}]
 
 
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["cli.py"])  # LightningCLI(args=...) warns about pytest's own argv
+pytestmark = pytest.mark.usefixtures("cli_argv")
 
 
 @pytest.fixture(scope="module")
