@@ -21,6 +21,7 @@ from rcpu_lightning.lightning import (
     UnpaddedDistributedSampler,
 )
 from rcpu_lightning.pruning import PruningConfig
+from rcpu_lightning.lightning.checkpointing import CHECKPOINT_MARKER_KEY
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 
@@ -104,6 +105,23 @@ def test_prune_in_setup_then_train_and_resume(tmp_path):
     assert trainer2.global_step == 3 * 8 and _params(resumed) == _params(module)
     assert resumed.pruning_plan == module.pruning_plan
     assert resumed.losses[-1] < module.losses[0]
+
+
+def test_pruned_checkpoint_loaded_without_the_plan_hooks_names_the_mixin(tmp_path):
+    """A module without PruningPlanMixin (load_from_checkpoint) or without the callback (fit(ckpt_path=))
+    cannot rebuild the pruned shapes: torch's size-mismatch error must name the fix on its first line."""
+    module = UserLMWithPlan()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    _trainer(tmp_path, max_epochs=1, callbacks=[_pruning(), ckpt]).fit(module, train_dataloaders=_train_loader())
+    last = tmp_path / "ckpt" / "last.ckpt"
+    with pytest.raises(RuntimeError) as err:
+        UserLM.load_from_checkpoint(last)
+    first_problem = str(err.value).splitlines()[1]  # line 0: "Error(s) in loading state_dict for UserLM:"
+    assert "PruningPlanMixin" in first_problem and "RCPUPruningCallback" in first_problem
+    with pytest.raises(RuntimeError, match="PruningPlanMixin"):
+        _trainer(tmp_path, max_epochs=2).fit(UserLM(), train_dataloaders=_train_loader(), ckpt_path=last)
+    # with the mixin the marker is consumed before the weights load (strict loading passes)
+    assert UserLMWithPlan.load_from_checkpoint(last).pruning_plan == module.pruning_plan
 
 
 def test_model_pruned_in_predict_loop_can_be_finetuned_and_reloaded(tmp_path):
@@ -324,6 +342,7 @@ def test_resume_restores_the_pruned_model_without_calibrating_or_pruning(tmp_pat
     assert engine_calls == {"capture": 1, "catcher": 0, "prune": 1}
     last = tmp_path / "ckpt" / "last.ckpt"
     saved = torch.load(last, weights_only=False)["state_dict"]
+    assert saved.pop(CHECKPOINT_MARKER_KEY).numel() == 1  # the marker, consumed by the plan hooks
     written = {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in save_dir.iterdir()}
     engine_calls.update(capture=0, catcher=0, prune=0)
 

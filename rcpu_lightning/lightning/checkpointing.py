@@ -26,6 +26,7 @@ import types
 from collections.abc import Callable
 from typing import Any, Optional, Union
 
+import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
@@ -37,8 +38,12 @@ log = logging.getLogger(__name__)
 
 #: Key of the plan inside a Lightning checkpoint (next to ``state_dict``).
 CHECKPOINT_PLAN_KEY = "rcpu_pruning_plan"
+#: A scalar added to a pruned checkpoint's ``state_dict`` and removed again by the plan hooks before the
+#: weights load. A module without them (no :class:`PruningPlanMixin`, no callback) meets it as an
+#: unexpected key, so the first line of torch's size-mismatch error names the fix.
+CHECKPOINT_MARKER_KEY = "rcpu_pruned_checkpoint:load_with_PruningPlanMixin_or_RCPUPruningCallback"
 
-__all__ = ["CHECKPOINT_PLAN_KEY", "PruningPlanMixin", "find_causal_lm", "install_plan_hooks", "plan_matches",
+__all__ = ["CHECKPOINT_MARKER_KEY", "CHECKPOINT_PLAN_KEY", "PruningPlanMixin", "find_causal_lm", "install_plan_hooks", "plan_matches",
            "restore_plan_from_checkpoint", "search_causal_lm", "set_plan"]
 
 
@@ -115,6 +120,9 @@ def set_plan(module: nn.Module, plan: Union[dict, PruningPlan], lm: Optional[nn.
 
 def restore_plan_from_checkpoint(module: nn.Module, checkpoint: dict[str, Any]) -> None:
     """Give ``module``'s LM the shapes of the plan stored in ``checkpoint`` (before its weights load)."""
+    state = checkpoint.get("state_dict")
+    if isinstance(state, dict):
+        state.pop(CHECKPOINT_MARKER_KEY, None)
     plan = checkpoint.get(CHECKPOINT_PLAN_KEY)
     if plan is None:  # checkpoints written before the plan had its own key kept it among the hyper-parameters
         plan = (checkpoint.get("hyper_parameters") or {}).get("pruning_plan")
@@ -137,6 +145,8 @@ def _saving(save: Callable) -> Callable:
         save(self, checkpoint)  # the user's hook first: its keys stay, the plan is added
         if getattr(self, "pruning_plan", None) is not None:
             checkpoint[CHECKPOINT_PLAN_KEY] = self.pruning_plan
+            if isinstance(checkpoint.get("state_dict"), dict):
+                checkpoint["state_dict"][CHECKPOINT_MARKER_KEY] = torch.zeros(())
 
     setattr(on_save_checkpoint, _WRAPPED, True)
     return on_save_checkpoint
