@@ -634,7 +634,7 @@ def test_statistics_pass_stops_before_down_proj_with_the_same_statistics():
 
     model = make_tiny_llama(**GQA)
     batches = list(_inputs(model).batches)
-    layer, config = decoder_layers(model)[0], PruningConfig()
+    layer, config = decoder_layers(model)[0], PruningConfig(compensation="rotation_scale")  # full Gram statistics
     parts = layer_parts(layer)
     modules = {"o_proj": parts.o_proj, "down_proj": parts.down_proj}
     with collect_input_stats(modules, torch.float64, False, torch.float32) as whole:  # the whole layer, as fast does
@@ -697,3 +697,60 @@ def test_prune_copy_prunes_a_copy_on_windows_as_prune_model_does():
     same, _ = prune_copy(model, _ids().split(2), config, copy_model=False)  # batches given; pruned in place
     assert same is model and decoder_layers(model)[0].self_attn.q_proj.out_features < dense[
         "model.layers.0.self_attn.q_proj.weight"].shape[0]
+
+
+def test_cross_term_statistics_replace_the_gram_for_the_rotation():
+    """``fast`` rotation: the statistics pass keeps diag(G) and C = Σ (W x) xᵀ (= W G) instead of G."""
+    from rcpu_lightning.models.adapter import decoder_layers, layer_parts
+    from rcpu_lightning.pruning.compensation import uses_cross_term
+    from rcpu_lightning.pruning.engine import layer_stats
+
+    model = make_tiny_llama(**GQA)
+    batches = list(_inputs(model).batches)
+    parts = layer_parts(decoder_layers(model)[0])
+    modules = {"o_proj": parts.o_proj, "down_proj": parts.down_proj}
+    fast, gram_config = PruningConfig(), PruningConfig(compensation="rotation_scale")
+    assert uses_cross_term(fast) and not uses_cross_term(gram_config)
+    assert not uses_cross_term(PruningConfig(arithmetic="float64"))
+    assert not uses_cross_term(PruningConfig(selection="compensated_error"))
+    cross, gram = layer_stats(parts, batches, modules, fast, None, 0), layer_stats(parts, batches, modules, gram_config, None, 0)
+    for name, module in modules.items():
+        c, g = cross[name], gram[name]
+        assert c.diag_only and c.C.shape == (module.out_features, module.in_features)
+        w = module.weight.detach().double()
+        # C sums float32 products y xᵀ of the forward's float32 outputs; W G sums float32 x xᵀ: both are
+        # float32 roundings of the same float64 sums, relative error ~ sqrt(tokens) · 6e-8 ≈ 1e-6 here
+        torch.testing.assert_close(c.C, w @ g.G, rtol=1e-5, atol=1e-5 * float((w @ g.G).abs().max()))
+        torch.testing.assert_close(c.diag(), g.diag(), rtol=1e-6, atol=0)
+        for got, want in zip((c.n, c.s1, c.sabs), (g.n, g.s1, g.sabs)):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+
+
+def test_rotation_from_the_cross_term_equals_the_float64_gram_rotation():
+    """The whole prune: the ``fast`` arithmetic (cross term, float32 products) and the ``float64`` one (the
+    equations as written, on G) give the same model to float32 accuracy."""
+    from rcpu_lightning.pruning import prune_copy
+
+    model = make_tiny_llama(**GQA)
+    fast, _ = prune_copy(model, _ids(8, batch=8), PruningConfig(ratio=0.3), batch_size=4)
+    exact, _ = prune_copy(model, _ids(8, batch=8), PruningConfig(ratio=0.3, arithmetic="float64"), batch_size=4)
+    for (name, a), (_, b) in zip(fast.state_dict().items(), exact.state_dict().items()):
+        # float32 forwards and products (eps 6e-8) through a polar factor whose error grows with the
+        # condition number of M (~1e2 on a tiny random layer): 1e-5 relative on each weight matrix
+        assert a.shape == b.shape, name
+        assert float((a - b).norm() / b.norm().clamp_min(1e-30)) < 1e-5, name  # seen: 2.5e-7
+
+
+def test_each_layer_reports_the_seconds_of_its_phases():
+    from rcpu_lightning.pruning import prune_copy
+    from rcpu_lightning.pruning.progress import PHASES
+
+    events = []
+    _, report = prune_copy(make_tiny_llama(**GQA), _ids(), PruningConfig(ratio=0.3), batch_size=2,
+                           progress=events.append)
+    assert len(events) == len(report.layers) == 2
+    for event, layer in zip(events, report.layers):
+        assert list(event.phases) == list(PHASES)  # every phase ran, recorded in the order it ran
+        assert all(t >= 0 for t in event.phases.values())
+        assert sum(event.phases.values()) <= event.seconds  # the phases are parts of the layer's wall time
+        assert layer["seconds"] == event.phases  # and the report keeps them per layer

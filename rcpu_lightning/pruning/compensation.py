@@ -57,20 +57,30 @@ def _columns_by_block(keep: Tensor, rows: int, d_out: int, block_fn) -> Tensor:
     return out
 
 
+def target_columns(weight: Tensor, G: Tensor, dtype: torch.dtype, cross: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+    """``cols -> A[:, cols]`` [d_out, block] in ``dtype``, where ``A = Σ t xᵀ`` (the targets' cross term):
+    ``cross[:, cols]`` when the statistics kept it, else ``W G[:, cols]`` (own outputs ``t = W x``)."""
+    if cross is not None:
+        return lambda cols: cross[:, cols].to(dtype)
+    w = weight.to(dtype)
+    return lambda cols: w @ G[:, cols].to(dtype)
+
+
 def weight_gram_columns(weight: Tensor, G: Tensor, keep: Tensor, dtype: torch.dtype) -> Tensor:
     """``A = W G[:, K]`` -> [d_out, |K|] in float64, the products in ``dtype``, a block of columns at a
     time (neither ``W G`` nor ``G`` in ``dtype`` is ever whole: for a 7B down_proj that is 0.5 GB each)."""
-    w = weight.to(dtype)
-    return _columns_by_block(keep, G.shape[0], w.shape[0], lambda cols: w @ G[:, cols].to(dtype))
+    return _columns_by_block(keep, G.shape[0], weight.shape[0], target_columns(weight, G, dtype))
 
 
-def blockwise_cross_gram(weight: Tensor, G: Tensor, keep: Tensor, dtype: torch.dtype) -> Tensor:
-    """``M = W G[:, K] W_Kᵀ`` -> [d_out, d_out] in float64 (:func:`cross_gram`): the products in ``dtype``
-    over one block of ``K`` at a time, the blocks summed in float64 (``W G[:, K]`` is never whole)."""
-    w = weight.to(dtype)
+def blockwise_cross_gram(weight: Tensor, G: Tensor, keep: Tensor, dtype: torch.dtype,
+                         cross: Tensor | None = None) -> Tensor:
+    """``M = A[:, K] W_Kᵀ`` -> [d_out, d_out] in float64, ``A = W G`` (:func:`cross_gram`) or the kept
+    cross term ``cross``: the products in ``dtype`` over one block of ``K`` at a time, the blocks summed in
+    float64 (``A[:, K]`` is never whole)."""
+    w, a_cols = weight.to(dtype), target_columns(weight, G, dtype, cross)
     M = torch.zeros(weight.shape[0], weight.shape[0], dtype=torch.float64, device=weight.device)
-    for cols in _column_blocks(keep, G.shape[0]):
-        M += (w @ G[:, cols].to(dtype)) @ w[:, cols].T  # [d_out, block] @ [block, d_out]
+    for cols in _column_blocks(keep, weight.shape[1]):
+        M += a_cols(cols) @ w[:, cols].T  # [d_out, block] @ [block, d_out]
     return M
 
 
@@ -132,7 +142,7 @@ def thin_rotation(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def fast_rotation(weight: Tensor, G: Tensor, keep: Tensor, rcond32: float = 1e-5,
-                  cross: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                  cross: Tensor | None = None, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """The RCPU rotation of the ``fast`` arithmetic -> ``(Q W_K [d_out, |K|], Σ)`` in float64.
 
     ``M = A Bᵀ`` (``A = W G[:, K]``, ``B = W_K``) comes from float32 products summed in float64 over
@@ -140,24 +150,20 @@ def fast_rotation(weight: Tensor, G: Tensor, keep: Tensor, rcond32: float = 1e-5
     (``σ_min >= rcond32 · σ_max``); otherwise, and always in the rank-deficient case (o_proj once
     heads go, where ``M`` can have a condition number of 1e8 and a float32 ``A`` costs 1e-3 on the
     weights), the products are float64 — cheap there, since o_proj is square. ``cross``
-    (``Σ t xᵀ`` of explicit targets) gives ``A = cross[:, K]`` directly. The polar factor is float64.
+    (``C = Σ t xᵀ``: explicit targets, or the module's own outputs, :func:`uses_cross_term`) gives
+    ``A = C[:, K]`` directly. ``dtype=torch.float64``: every product in float64 (the ``float64``
+    arithmetic with a cross term). The polar factor is float64.
     """
     thin = keep.numel() < weight.shape[0]  # M has rank |K| < d_out
-    if cross is not None:
-        A, B = cross[:, keep].double(), weight[:, keep].double()  # [d_out, |K|] each
-        return thin_rotation(A, B) if thin else _full_rotation(A, B)
     if thin:
-        return thin_rotation(weight_gram_columns(weight, G, keep, torch.float64), weight[:, keep].double())
-    Q, sigma = polar_factor(blockwise_cross_gram(weight, G, keep, torch.float32))  # M = Y Zᵀ [d_out, d_out]
-    if sigma[-1] < rcond32 * sigma[0]:
-        Q, sigma = polar_factor(blockwise_cross_gram(weight, G, keep, torch.float64))
+        A = cross[:, keep].double() if cross is not None else weight_gram_columns(weight, G, keep, torch.float64)
+        return thin_rotation(A, weight[:, keep].double())
+    Q, sigma = polar_factor(blockwise_cross_gram(weight, G, keep, dtype, cross))  # M = Y Zᵀ [d_out, d_out]
+    if dtype == torch.float64 or sigma[-1] < rcond32 * sigma[0]:
+        if dtype != torch.float64:
+            Q, sigma = polar_factor(blockwise_cross_gram(weight, G, keep, torch.float64, cross))
         return rotate_columns(Q, weight, keep), sigma
     return rotate_columns(Q, weight, keep, torch.float32), sigma  # Q orthogonal: float32 costs ~3e-7
-
-
-def _full_rotation(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
-    Q, sigma = polar_factor(A @ B.T)
-    return Q @ B, sigma
 
 
 def z_norm2(weight: Tensor, G: Tensor, keep: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -233,6 +239,7 @@ class Compensator:
     fn: CompensationFn
     needs_gram: bool  # needs the full Gram matrix G (not only its diagonal)
     adds_bias: bool = False  # may give the compensated module a bias
+    cross_suffices: bool = False  # the diagonal statistics plus the cross term C = Σ (W x) xᵀ replace G
 
 
 def _none(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
@@ -242,15 +249,20 @@ def _none(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) ->
 def _rotation(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
     if config.arithmetic == "float64" and stats.C is None:
         return Compensated(rotation_compensation(w.double(), stats.G.double(), keep))
-    return Compensated(fast_rotation(w, stats.G, keep, cross=stats.C)[0])
+    return Compensated(fast_rotation(w, stats.G, keep, cross=stats.C, dtype=_product_dtype(config))[0])
+
+
+def _product_dtype(config) -> torch.dtype:
+    """The large products' dtype of :func:`fast_rotation` under ``config.arithmetic``."""
+    return torch.float64 if config.arithmetic == "float64" else torch.float32
 
 
 def _rotation_scale(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) -> Compensated:
     if config.arithmetic == "float64" and stats.C is None:
         return Compensated(rotation_scale_compensation(w.double(), stats.G.double(), keep))
-    rotated, sigma = fast_rotation(w, stats.G, keep, cross=stats.C)
+    rotated, sigma = fast_rotation(w, stats.G, keep, cross=stats.C, dtype=_product_dtype(config))
     # fast: float32 products, float64 sum; float64 (explicit targets): float64 throughout
-    z = z_norm2(w, stats.G, keep, torch.float64 if config.arithmetic == "float64" else torch.float32)
+    z = z_norm2(w, stats.G, keep, _product_dtype(config))
     return Compensated((sigma.sum() / z if z > 0 else 1.0) * rotated)
 
 
@@ -280,13 +292,27 @@ def _bias(w: Tensor, stats: ChannelStats, keep: Tensor, drop: Tensor, config) ->
 
 
 COMPENSATIONS: dict[str, Compensator] = {
-    "rotation": Compensator(_rotation, needs_gram=True),
+    "rotation": Compensator(_rotation, needs_gram=True, cross_suffices=True),
     "rotation_scale": Compensator(_rotation_scale, needs_gram=True),
     "least_squares": Compensator(_least_squares, needs_gram=True),
     "affine_least_squares": Compensator(_affine_least_squares, needs_gram=True, adds_bias=True),
     "bias": Compensator(_bias, needs_gram=False, adds_bias=True),
     "none": Compensator(_none, needs_gram=False),
 }
+
+
+def uses_cross_term(config: "PruningConfig") -> bool:
+    """Whether a layer's statistics keep ``diag(G)`` and the cross term ``C = Σ (W x) xᵀ`` [d_out, d_in] of
+    each module's own outputs instead of the full Gram ``G`` [d_in, d_in].
+
+    The rotation needs only ``M = C[:, K] W_Kᵀ`` (``C = W G``): for down_proj ``C`` costs ``d_out·d_in``
+    per token where ``G`` costs ``d_in²/2``, ``W G[:, K]`` is never formed, and ``C`` is 2.7x smaller at
+    LLaMA-7B's MLP (11008 inputs, 4096 outputs). Only in the ``fast`` arithmetic (``C`` is summed from the
+    forward's own outputs, in the model's dtype) and where nothing else needs ``G`` (the error-greedy
+    selection does)."""
+    entry = COMPENSATIONS.get(config.compensation)
+    return (config.arithmetic == "fast" and entry is not None and entry.cross_suffices
+            and config.selection != "compensated_error")
 
 
 def compensate(kind: str, weight: Tensor, stats: ChannelStats, keep: list[int], config: "PruningConfig") -> Compensated:
@@ -299,7 +325,7 @@ def compensate(kind: str, weight: Tensor, stats: ChannelStats, keep: list[int], 
     if kind not in COMPENSATIONS:
         raise ValueError(f"compensation={kind!r} is not supported; allowed values: {list(COMPENSATIONS)}")
     entry = COMPENSATIONS[kind]
-    if stats.diag_only and entry.needs_gram:
+    if stats.diag_only and entry.needs_gram and not (entry.cross_suffices and stats.C is not None):
         raise ValueError(f"compensation={kind!r} needs the full Gram matrix, got diagonal statistics")
     dev, dtype = weight.device, weight.dtype
     work = torch.float64 if config.arithmetic == "float64" else torch.promote_types(dtype, torch.float32)

@@ -49,7 +49,7 @@ from .layer_runs import check_stats, layer_stats, product_dtype, run_layer
 from .layer_store import LayerStore, ResidentLayers
 from .plan import LayerPlan, PruningPlan
 from .memory import device_peak_mb, rss_mb
-from .progress import LayerProgress, ProgressFn, resolve_progress
+from .progress import LayerProgress, PhaseClock, ProgressFn, resolve_progress
 from .scores import SCORES, column_scores, head_scores, standardize
 from .selection import (
     LayerUnits,
@@ -326,27 +326,42 @@ def _decide_channels(parts: LayerParts, stats: ChannelStats, n_remove: int, conf
 def prune_layer(
     idx: int, parts: LayerParts, batches: Batches, counts: tuple[int, int], config: PruningConfig,
     source: StatsSource, overwrite_inputs: bool = False, bias_blocks: set[str] = frozenset(),
+    clock: PhaseClock | None = None,
 ) -> tuple[LayerPlan, int]:
     """Prune one decoder layer in place, removing ``counts`` (heads, channels), on the statistics of
     ``source`` (:mod:`.stats_sources`); returns its plan and the calibration tokens (all processes) it was
     decided on. ``batches`` become the next layer's inputs (written into the batch tensors themselves
-    when ``overwrite_inputs``, see :func:`run_layer`)."""
-    o_stats = source.o_proj(idx, parts, batches)
-    kept_heads, kept_kv, o_comp = _decide_heads(parts, o_stats, counts[0], config)
+    when ``overwrite_inputs``, see :func:`run_layer`). ``clock`` gets the seconds of each phase."""
+    clock = clock if clock is not None else PhaseClock()
+    with clock("statistics"):
+        o_stats = source.o_proj(idx, parts, batches)
+    with clock("compensate_o_proj"):
+        kept_heads, kept_kv, o_comp = _decide_heads(parts, o_stats, counts[0], config)
     channels = None
     if source.down_proj_first:  # all decisions made before any weight changes
-        channels = _decide_channels(parts, source.down_proj(idx, parts, batches), counts[1], config)
+        channels = _channels(idx, parts, batches, counts[1], config, source, clock)
     added = ["o_proj"] if o_comp.bias_delta is not None and parts.o_proj.bias is None else []
-    prune_attention(parts, kept_heads, kept_kv, o_comp.weight, o_comp.bias_delta)
+    with clock("surgery"):
+        prune_attention(parts, kept_heads, kept_kv, o_comp.weight, o_comp.bias_delta)
     if channels is None:
-        channels = _decide_channels(parts, source.down_proj(idx, parts, batches), counts[1], config)
+        channels = _channels(idx, parts, batches, counts[1], config, source, clock)
     kept_ch, d_comp = channels
     added += ["down_proj"] if d_comp.bias_delta is not None and parts.down_proj.bias is None else []
-    prune_mlp(parts, kept_ch, d_comp.weight, d_comp.bias_delta)
-    harmonise_layer(parts, bias_blocks)
+    with clock("surgery"):
+        prune_mlp(parts, kept_ch, d_comp.weight, d_comp.bias_delta)
+        harmonise_layer(parts, bias_blocks)
     plan = LayerPlan(kept_heads, kept_kv, kept_ch, biased_projections(parts), added)
-    run_layer(parts.layer, batches, config.offload_inputs, replace=True, overwrite_inputs=overwrite_inputs)
+    with clock("forward"):
+        run_layer(parts.layer, batches, config.offload_inputs, replace=True, overwrite_inputs=overwrite_inputs)
     return plan, int(o_stats.n)
+
+
+def _channels(idx: int, parts: LayerParts, batches: Batches, n_remove: int, config: PruningConfig,
+              source: StatsSource, clock: PhaseClock):
+    with clock("statistics"):
+        stats = source.down_proj(idx, parts, batches)
+    with clock("compensate_down_proj"):
+        return _decide_channels(parts, stats, n_remove, config)
 
 
 # -- the model ----------------------------------------------------------------------------------
@@ -404,7 +419,7 @@ def prune_model(
             plan.layers.append(layer_pass(i, parts, batches, counts[i], layer_before, plan))
     del batches, source
     update_config(model, plan)
-    return _report(model, plan, params_before, layer_before, time.perf_counter() - start, notes)
+    return _report(model, plan, params_before, layer_before, time.perf_counter() - start, notes, layer_pass.phases)
 
 
 @dataclass
@@ -418,22 +433,26 @@ class _LayerPass:
     report_layer: ProgressFn | None
     start: float
     overwrite_inputs: bool
+    phases: list[dict[str, float]] = field(default_factory=list)  # per layer: seconds per phase
 
     def __call__(self, i: int, parts: LayerParts, batches: Batches, counts: tuple[int, int],
                  layer_before: list[int], plan: PruningPlan) -> LayerPlan:
-        t0 = time.perf_counter()
-        self.store.load(i, parts.layer)
+        t0, clock = time.perf_counter(), PhaseClock()
+        with clock("load"):
+            self.store.load(i, parts.layer)
         device = parts.device
         # the caller's tensors are ours to overwrite once released, and after layer 0 in any case
         layer_plan, tokens = prune_layer(i, parts, batches, counts, self.config, self.source,
-                                         self.overwrite_inputs or i > 0, self.bias_blocks)
-        self.store.save(i, parts.layer)
+                                         self.overwrite_inputs or i > 0, self.bias_blocks, clock)
+        removed = 1 - _count(parts.layer) / layer_before[i]
+        with clock("save"):
+            self.store.save(i, parts.layer)
         plan.calibration.setdefault("tokens", tokens)
+        self.phases.append(clock.seconds)
         if self.report_layer is not None:
             now = time.perf_counter()
             self.report_layer(LayerProgress(i, len(layer_before), now - t0, now - self.start, layer_plan,
-                                            1 - _count(parts.layer) / layer_before[i], rss_mb(),
-                                            device_peak_mb(device)))
+                                            removed, rss_mb(), device_peak_mb(device), clock.seconds))
         return layer_plan
 
 
@@ -482,13 +501,14 @@ def _check_args(model, inputs, config, reduce) -> None:
 
 
 def _report(model, plan: PruningPlan, params_before: int, layer_before: list[int], seconds: float,
-            notes: list[str]) -> PruningReport:
+            notes: list[str], phases: list[dict[str, float]]) -> PruningReport:
     layer_after = [_count(parts.layer) for parts in decoder_parts(model)]
     ratios = [(b - a) / b for b, a in zip(layer_before, layer_after)]
     overall = (sum(layer_before) - sum(layer_after)) / sum(layer_before)
     summary = [
-        {"heads": lp.num_heads, "kv_heads": lp.num_kv_heads, "channels": lp.intermediate_size, "params_removed": r}
-        for lp, r in zip(plan.layers, ratios)
+        {"heads": lp.num_heads, "kv_heads": lp.num_kv_heads, "channels": lp.intermediate_size, "params_removed": r,
+         "seconds": dict(t)}
+        for lp, r, t in zip(plan.layers, ratios, phases)
     ]
     log.info("pruned %d layers in %.1f s: decoder-layer parameters removed %.2f%%", len(ratios), seconds, 100 * overall)
     return PruningReport(plan, ratios, overall, params_before, _count(model), seconds, summary, notes)

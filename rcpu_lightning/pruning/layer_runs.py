@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..models.adapter import LayerParts
+from .compensation import uses_cross_term
 from .config import PruningConfig
 from .inputs import Batches, StopForward, to_device
 from .stats import ChannelStats, Reduce, collect_input_stats, reduce_stats
@@ -67,10 +68,12 @@ def layer_stats(
     """Reduced input statistics of ``modules`` while the layer runs on ``batches`` (outputs dropped).
 
     down_proj is the layer's last product: when its inputs are among those recorded, each batch's
-    forward stops there (at LLaMA-7B's dimensions the down_proj product is a fifth of the layer's)."""
+    forward stops there (at LLaMA-7B's dimensions the down_proj product is a fifth of the layer's),
+    unless the statistics keep the cross term of its outputs (:func:`.compensation.uses_cross_term`)."""
     dtype = getattr(torch, config.stats_dtype)
-    last = parts.down_proj
-    with collect_input_stats(modules, dtype, diag_only, product_dtype(config)) as local, \
+    cross = not diag_only and uses_cross_term(config)
+    last = None if cross else parts.down_proj
+    with collect_input_stats(modules, dtype, diag_only, product_dtype(config), cross=cross) as local, \
             _stop_before(last if any(m is last for m in modules.values()) else None):
         run_layer(parts.layer, batches, config.offload_inputs, replace=False)
     names = list(local)

@@ -11,12 +11,37 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from .plan import LayerPlan
 
 log = logging.getLogger(__name__)
+
+
+#: The phases of one layer's turn, in order (seconds of each in :attr:`PhaseClock.seconds`).
+PHASES = ("load", "statistics", "compensate_o_proj", "compensate_down_proj", "surgery", "forward", "save")
+
+
+@dataclass
+class PhaseClock:
+    """Wall seconds per phase of one layer's turn (:data:`PHASES`): ``load`` and ``save`` move the layer
+    (from disk, out of core), ``statistics`` is the dense forward with its hooks (and the reduce),
+    ``compensate_*`` choose the kept columns and compensate, ``forward`` runs the pruned layer."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}; phases: {PHASES}")
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
 @dataclass(frozen=True)
@@ -31,6 +56,7 @@ class LayerProgress:
     params_removed: float  # fraction of this layer's parameters removed
     rss_mb: float | None  # resident memory of this process now (None where unknown)
     device_mb: float | None  # peak accelerator memory allocated so far (CUDA only)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase (PhaseClock)
 
     def describe(self) -> str:
         mem = [f"RSS {self.rss_mb:,.0f} MB"] if self.rss_mb is not None else []

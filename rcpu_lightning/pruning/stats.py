@@ -43,17 +43,22 @@ class ChannelStats:
 
     @classmethod
     def zeros(
-        cls, dim: int, dtype: torch.dtype = torch.float64, device=None, diag_only: bool = False
+        cls, dim: int, dtype: torch.dtype = torch.float64, device=None, diag_only: bool = False,
+        cross_rows: int | None = None,
     ) -> "ChannelStats":
-        """Empty statistics for a ``dim``-wide input (a rank with no batches still has these)."""
+        """Empty statistics for a ``dim``-wide input (a rank with no batches still has these); with
+        ``cross_rows`` (``d_out``) also an empty ``C`` [d_out, dim] and ``tsum`` [d_out]."""
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype={dtype} is not supported; allowed: torch.float32, torch.float64")
         shape = (dim,) if diag_only else (dim, dim)
+        cross = cross_rows is not None
         return cls(
             n=torch.zeros((), dtype=dtype, device=device),
             s1=torch.zeros(dim, dtype=dtype, device=device),
             sabs=torch.zeros(dim, dtype=dtype, device=device),
             G=torch.zeros(shape, dtype=dtype, device=device),
+            C=torch.zeros(cross_rows, dim, dtype=dtype, device=device) if cross else None,
+            tsum=torch.zeros(cross_rows, dtype=dtype, device=device) if cross else None,
         )
 
     @property
@@ -70,9 +75,7 @@ class ChannelStats:
         ``product_dtype`` (e.g. float32): compute this batch's sums and Gram product in that dtype and
         add them to the accumulators (their dtype) once; default: the accumulators' dtype throughout.
         """
-        if x.shape[-1] != self.dim:
-            raise ValueError(f"x has {x.shape[-1]} features, these statistics have {self.dim}")
-        x = x.detach().reshape(-1, self.dim).to(device=self.s1.device, dtype=product_dtype or self.s1.dtype)  # [N, d]
+        x = self._tokens(x, product_dtype)  # [N, d]
         self.n += x.shape[0]
         self.s1 += x.sum(0)
         self.sabs += x.abs().sum(0)
@@ -90,6 +93,20 @@ class ChannelStats:
             self.G[j:, j:e] += block
             if e < d:
                 self.G[j:e, e:] += block[e - j :].T
+
+    def _tokens(self, x: Tensor, product_dtype: torch.dtype | None) -> Tensor:
+        """``x`` [..., d] as [N, d] on the statistics' device, in the product dtype (default: the sums')."""
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"x has {x.shape[-1]} features, these statistics have {self.dim}")
+        return x.detach().reshape(-1, self.dim).to(device=self.s1.device, dtype=product_dtype or self.s1.dtype)
+
+    def update_with_outputs(self, x: Tensor, y: Tensor, product_dtype: torch.dtype | None = None) -> None:
+        """Add the tokens of ``x`` [..., d] and the cross term of the module's own outputs ``y = W x``
+        [..., d_out]: ``C += Σ y xᵀ`` (= ``W G``, without ever forming ``G``; the rotation needs only
+        ``C[:, K]``, see :func:`.compensation.uses_cross_term`)."""
+        x = self._tokens(x, product_dtype)  # [N, d]
+        self.update(x, product_dtype)
+        self.add_targets(y.detach().reshape(x.shape[0], -1).to(x.device, x.dtype), x)
 
     def merge(self, other: "ChannelStats") -> "ChannelStats":
         """Sum of two statistics (new object)."""
@@ -182,16 +199,23 @@ def collect_input_stats(
     diag_only: bool = False,
     product_dtype: torch.dtype | None = None,
     token_scale: Callable[[], Tensor] | None = None,
+    cross: bool = False,
 ) -> Iterator[dict[str, ChannelStats]]:
     """Forward hooks accumulating each module's input statistics while the context is open.
 
     Yields ``{name: ChannelStats}`` (zero-initialised, so a process without batches still has
     statistics of the right shape). Hooks are removed on exit, even on error. ``token_scale()``, when
     given, returns a per-token factor [..., 1] that multiplies each input before it is added (the
-    statistics of ``s_t x_t``: a token-weighted Gram ``Σ s_t² x_t x_tᵀ``).
+    statistics of ``s_t x_t``: a token-weighted Gram ``Σ s_t² x_t x_tᵀ``). ``cross``: diagonal statistics
+    plus ``C = Σ (W x) xᵀ`` from each module's own outputs (:meth:`ChannelStats.update_with_outputs`), so
+    the modules must run (a forward hook, after the product).
     """
+    if cross and token_scale is not None:
+        raise ValueError("cross-term statistics are not token-weighted; pass token_scale or cross, not both")
+    diag_only = diag_only or cross
     stats = {
-        name: ChannelStats.zeros(m.in_features, dtype, m.weight.device, diag_only) for name, m in modules.items()
+        name: ChannelStats.zeros(m.in_features, dtype, m.weight.device, diag_only, m.out_features if cross else None)
+        for name, m in modules.items()
     }
 
     def make_hook(name: str):
@@ -199,9 +223,14 @@ def collect_input_stats(
             x = args[0] if args else kwargs["input"]
             stats[name].update(x if token_scale is None else x * token_scale().to(x.device, x.dtype), product_dtype)
 
-        return hook
+        def cross_hook(module, args, kwargs, output):
+            y = output if module.bias is None else output - module.bias  # W x: the bias is not the product's
+            stats[name].update_with_outputs(args[0] if args else kwargs["input"], y, product_dtype)
 
-    handles = [m.register_forward_pre_hook(make_hook(n), with_kwargs=True) for n, m in modules.items()]
+        return cross_hook if cross else hook
+
+    register = "register_forward_hook" if cross else "register_forward_pre_hook"
+    handles = [getattr(m, register)(make_hook(n), with_kwargs=True) for n, m in modules.items()]
     try:
         yield stats
     finally:
