@@ -104,3 +104,33 @@ def median(values: list[float]) -> float:
 def fmt(x: float | None, spec: str) -> str:
     """``format(x, spec)``, or an en dash for a figure that was not measured."""
     return "–" if x is None else format(x, spec)
+
+
+# -- the two-forward limit of a layer and where a layer's seconds go (scale.py, gpu_llama7b.py) ----------
+def layer_forward_seconds(model, batches, repeats: int = 2) -> float:
+    """Best of ``repeats`` wall times of decoder layer 0 of ``model`` run over ``batches`` (layer inputs as
+    ``capture_layer_inputs`` gives them; outputs dropped), the device synchronised around each run."""
+    import torch
+
+    from rcpu_lightning.models.adapter import decoder_layers
+    from rcpu_lightning.pruning.layer_runs import run_layer
+
+    layer = decoder_layers(model)[0]
+    device = next(layer.parameters()).device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            run_layer(layer, batches, offload=False, replace=False)
+            sync()
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def mean_phases(layers: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds per phase (``PruningReport.layers[i]["seconds"]``), averaged over the layers."""
+    names = {name for layer in layers for name in layer["seconds"]}
+    return {name: sum(layer["seconds"].get(name, 0.0) for layer in layers) / len(layers) for name in sorted(names)}
+

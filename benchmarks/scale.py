@@ -154,17 +154,23 @@ def worker(args) -> dict[str, Any]:
         from benchmarks import calibration_scaling as cs
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+        dtype = getattr(torch, args.dtype)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).eval()
         for p in model.parameters():
             p.data = p.data.clone()
         inputs = capture_layer_inputs(model, batches)
+        layer0 = [(h.clone(), kw) for h, kw in inputs.batches]  # for the limit: layer 0's inputs, kept
+        dense_forward = C.layer_forward_seconds(model, layer0) if args.worker == "layer7b-ours" else None
         t0 = time.perf_counter()
         if args.worker == "layer7b-reference":
             cs.storeall_prune(model, inputs, cfg, dtype=torch.float32)
             report = None
         else:
             report = prune_model(model, inputs, cfg, progress=False, overwrite_inputs=True)
+            out["phases"] = C.mean_phases(report.layers)
         out.update(seconds=time.perf_counter() - t0, peak_rss_mb=C.peak_rss_mb())
+        if dense_forward is not None:  # the limit of a layer: one dense forward + one pruned forward
+            out.update(dense_forward_s=dense_forward, pruned_forward_s=C.layer_forward_seconds(model, layer0))
         model = model if args.logits else None
     if report is not None:
         out.update(seconds=report.seconds, decoder_params_removed=report.decoder_params_removed)
@@ -186,7 +192,8 @@ def affine_config(arithmetic: str):
 
 def run_worker(mode: str, size: str, source: Path, target: Path, args, logits: bool) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", mode, "--size", size, "--source", str(source), "--target", str(target),
-           "--nsamples", str(args.nsamples), "--threads", str(args.threads), "--arithmetic", args.arithmetic]
+           "--nsamples", str(args.nsamples), "--threads", str(args.threads), "--arithmetic", args.arithmetic,
+           "--dtype", args.dtype]
     if logits:
         cmd.append("--logits")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -197,7 +204,8 @@ def run_worker(mode: str, size: str, source: Path, target: Path, args, logits: b
 
 
 def row_key(mode: str, size: str, args) -> str:
-    return f"{mode}|{size}|ratio={RATIO}|calib={args.nsamples}x{SEQLEN}|{args.arithmetic}"
+    dtype = "" if args.dtype == "float32" else f"|{args.dtype}"  # float32 rows keep their historical keys
+    return f"{mode}|{size}|ratio={RATIO}|calib={args.nsamples}x{SEQLEN}|{args.arithmetic}{dtype}"
 
 
 def measure(mode: str, size: str, args, store: C.RowStore, work: Path) -> None:
@@ -216,7 +224,12 @@ def measure(mode: str, size: str, args, store: C.RowStore, work: Path) -> None:
            "heads": heads, "checkpoint_mb": checkpoint_mb(source), "calib_samples": args.nsamples, "calib_seqlen": SEQLEN,
            "arithmetic": args.arithmetic, "peak_rss_mb": result["peak_rss_mb"], "seconds": result["seconds"],
            "seconds_per_layer": result["seconds"] / layers, "decoder_params_removed": result.get("decoder_params_removed"),
-           "max_abs_logit_diff_vs_in_memory": None, "run": C.run_info()}
+           "max_abs_logit_diff_vs_in_memory": None, "dtype": args.dtype, "run": C.run_info()}
+    if "dense_forward_s" in result:  # ours / the two-forward limit, measured in the same process
+        limit = result["dense_forward_s"] + result["pruned_forward_s"]
+        row.update(phases=result["phases"], dense_forward_s=result["dense_forward_s"],
+                   pruned_forward_s=result["pruned_forward_s"], limit_s=limit,
+                   ours_over_limit=row["seconds_per_layer"] / limit)
     if small and mode in ("disk", "memory"):
         (work / f"logits-{size}-{mode}.json").write_text(json.dumps(result["logits"]))
         other = work / f"logits-{size}-{'memory' if mode == 'disk' else 'disk'}.json"
@@ -245,6 +258,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nsamples", type=int, default=64, help="calibration windows of 128 tokens")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--arithmetic", default="fast", choices=["fast", "float64"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="dtype the layer7b rows load and run the model in (the reference row is float32 only)")
     p.add_argument("--work-dir", default="/tmp/rcpu-scale", help="where the random checkpoints go (several GB)")
     p.add_argument("--out", default=None, help="results JSON (default results/scale.json, _quick with --quick)")
     p.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
@@ -267,6 +282,8 @@ def main(argv=None) -> int:
         wanted = set(args.rows.split(","))
         rows = [(m, s) for m, s in rows if m in wanted or s in wanted or m.split("-")[0] in wanted]
         rows += [("disk", s) for s in sorted(wanted & set(SIZES)) if all(s != size for _, size in rows)]  # e.g. 2048x32
+    if args.dtype != "float32":  # the reference code cannot run bf16 on a CPU; the disk rows are float32 sizes
+        rows = [(m, s) for m, s in rows if m in ("layer7b-ours", "layer7b-affine")]
     out = Path(args.out) if args.out else C.RESULTS_DIR / ("scale_quick.json" if args.quick else "scale.json")
     store, work = C.RowStore(out), Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ def _restore_grad_mode():
 
 def _args(worker: str, source: Path, target: Path) -> Namespace:
     return Namespace(worker=worker, size="tiny", source=str(source), target=str(target), nsamples=8, threads=1,
-                     arithmetic="fast", logits=True)
+                     arithmetic="fast", logits=True, dtype="float32")
 
 
 def test_generated_checkpoint_is_a_plain_llama_of_the_declared_size(tmp_path):
@@ -55,3 +55,16 @@ def test_gpu_script_runs_on_cpu_at_tiny_size(tmp_path):
     result = json.loads(out.read_text())
     assert {"device", "layers", "hidden", "seconds_per_layer", "peak_gpu_mb"} <= set(result)
     assert result["layers"] == 4 and result["llama70b_onload"]["layers"] == 2 and result["seconds_per_layer"] > 0
+    from rcpu_lightning.pruning.progress import PHASES
+
+    assert set(result["phases"]) == set(PHASES) and result["limit_s"] > 0
+    assert result["ours_over_limit"] == pytest.approx(result["seconds_per_layer"] / result["limit_s"])
+    assert result["llama70b_onload"]["limit_s"] is None  # its layers wait on the CPU: no layer-0 limit there
+
+
+def test_layer7b_worker_measures_the_two_forward_limit_and_the_phases(tmp_path):
+    folder = scale.make_checkpoint(tmp_path / "ckpt", "tiny")
+    ours = scale.worker(_args("layer7b-ours", folder, tmp_path / "unused"))
+    assert ours["dense_forward_s"] > 0 and ours["pruned_forward_s"] > 0
+    assert ours["phases"]["statistics"] > 0 and ours["phases"]["forward"] > 0
+    assert sum(ours["phases"].values()) * scale.SIZES["tiny"][4] <= ours["seconds"]  # parts of the whole prune
