@@ -353,7 +353,7 @@ def main(argv=None) -> int:
     record = generate(args.output, config, seed=args.seed, layers_per_shard=args.layers_per_shard,
                       tokenizer=not args.no_tokenizer, data_dir=args.data_dir, overwrite=args.overwrite,
                       progress=not args.quiet, source=f"preset {preset}" if preset else str(args.config))
-    print(f"wrote {args.output}: {record['params'] / 1e9:.2f} B parameters, {record['total_size'] / 1e9:.2f} GB "
+    print(f"wrote {args.output}: {record['params']:,} parameters, {record['total_size'] / 1e9:.3f} GB "
           f"in {record['shards']} shards, {record['dtype']}, {record['seconds']:.1f} s", flush=True)
     return 0
 
