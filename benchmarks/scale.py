@@ -4,9 +4,9 @@
     .venv/bin/python benchmarks/scale.py --quick         # tiny sizes, a minute: checks the script
     .venv/bin/python benchmarks/scale.py --rows layer7b  # only the LLaMA-7B-dimension layer rows
 
-Random-weight checkpoints are generated on disk (``make_checkpoint``: one safetensors shard per
-layer, written layer by layer, so generating never holds the model either; small vocabulary, so the
-decoder layers are nearly all of it), then pruned with RCPU (rotation) at 20 % in fresh worker
+Random-weight checkpoints are generated on disk (``make_checkpoint``: ``random_checkpoint.py`` in
+float32, one safetensors shard per layer, written layer by layer, so generating never holds the model
+either; small vocabulary, so the decoder layers are nearly all of it), then pruned with RCPU (rotation) at 20 % in fresh worker
 processes:
 
 * ``disk``: :func:`rcpu_lightning.pruning.prune_checkpoint` (disk to disk, one layer at a time);
@@ -44,6 +44,7 @@ import torch
 if not __package__:  # run as `python benchmarks/scale.py`: import this folder as the package it is
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 from benchmarks import _common as C  # noqa: E402
+from benchmarks import random_checkpoint as rc  # noqa: E402
 
 RATIO = 0.2
 SEQLEN = 128
@@ -75,42 +76,12 @@ def llama_config(size: str):
 
 
 def make_checkpoint(folder: Path, size: str, seed: int = 0) -> Path:
-    """A random Llama checkpoint (normal(0, 0.02) weights, unit norms) in one shard per layer."""
-    from safetensors.torch import save_file
-
-    from rcpu_lightning.files import atomic_dir
-    from rcpu_lightning.models.adapter import layer_prefix
-
+    """The random float32 checkpoint of ``size`` (:mod:`benchmarks.random_checkpoint`: one shard per layer,
+    no tokenizer: calibration is random ids); an existing one in ``folder`` is reused."""
     if (folder / "model.safetensors.index.json").is_file():
         return folder
-    config = llama_config(size)
-    g = torch.Generator().manual_seed(seed)
-    hd, h, i, kv, v = config.head_dim, config.hidden_size, config.intermediate_size, config.num_key_value_heads, config.vocab_size
-    shapes = {"self_attn.q_proj.weight": (config.num_attention_heads * hd, h), "self_attn.k_proj.weight": (kv * hd, h),
-              "self_attn.v_proj.weight": (kv * hd, h), "self_attn.o_proj.weight": (h, config.num_attention_heads * hd),
-              "mlp.gate_proj.weight": (i, h), "mlp.up_proj.weight": (i, h), "mlp.down_proj.weight": (h, i)}
-    total = config.num_hidden_layers + 1
-    weight_map, size_bytes = {}, 0
-    with atomic_dir(folder, overwrite=True) as staged:
-        for layer in range(config.num_hidden_layers):
-            prefix = layer_prefix(layer)  # model.layers.<i>.
-            tensors = {prefix + k: torch.randn(s, generator=g) * 0.02 for k, s in shapes.items()}
-            tensors.update({prefix + "input_layernorm.weight": torch.ones(h),
-                            prefix + "post_attention_layernorm.weight": torch.ones(h)})
-            file = f"model-{layer + 1:05d}-of-{total:05d}.safetensors"
-            save_file(tensors, str(staged / file), metadata={"format": "pt"})
-            weight_map.update(dict.fromkeys(tensors, file))
-            size_bytes += sum(t.numel() * 4 for t in tensors.values())
-            del tensors
-        rest = {"model.embed_tokens.weight": torch.randn(v, h, generator=g) * 0.02, "model.norm.weight": torch.ones(h),
-                "lm_head.weight": torch.randn(v, h, generator=g) * 0.02}
-        file = f"model-{total:05d}-of-{total:05d}.safetensors"
-        save_file(rest, str(staged / file), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(rest, file))
-        size_bytes += sum(t.numel() * 4 for t in rest.values())
-        (staged / "model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {"total_size": size_bytes}, "weight_map": weight_map}, indent=1))
-        config.save_pretrained(staged)
+    rc.generate(folder, llama_config(size), seed=seed, tokenizer=False, overwrite=True, progress=False,
+                source=f"benchmarks/scale.py size {size}")
     return folder
 
 

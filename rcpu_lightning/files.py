@@ -36,6 +36,7 @@ __all__ = [
     "OWN_FILES",
     "OutputExistsError",
     "PLAN_FILE",
+    "RANDOM_CHECKPOINT_FILE",
     "REPORT_FILE",
     "atomic_dir",
     "check_output_path",
@@ -52,8 +53,9 @@ OUTPUT_PATH_FIELDS = ("method", "compensation", "structure", "targets", "ratio",
 
 PLAN_FILE = "pruning_plan.json"  # the pruning plan of a pruned model folder
 REPORT_FILE = "pruning_report.json"  # what the pruning did, and which weights the folder holds
+RANDOM_CHECKPOINT_FILE = "random_checkpoint.json"  # a random-weight checkpoint of benchmarks/random_checkpoint.py
 #: A folder holding one of these files was written by this tool (every folder output holds at least one).
-OUTPUT_MARKERS = (PLAN_FILE, REPORT_FILE)
+OUTPUT_MARKERS = (PLAN_FILE, REPORT_FILE, RANDOM_CHECKPOINT_FILE)
 #: What this tool writes into an output folder (name patterns): its own files, and the Hugging Face
 #: model, config and tokenizer files that ``save_pretrained`` writes.
 OWN_FILES = (*OUTPUT_MARKERS, "config.json", "generation_config.json",

@@ -52,7 +52,7 @@ def test_overwrite_replaces_a_folder_this_tool_wrote_as_a_whole_atomically(tmp_p
     assert _names(target) == ["new.txt"] and _names(tmp_path) == ["out"]
 
 
-@pytest.mark.parametrize("marker", [None, "pruning_plan.json", "pruning_report.json"])
+@pytest.mark.parametrize("marker", [None, "pruning_plan.json", "pruning_report.json", "random_checkpoint.json"])
 def test_overwrite_never_replaces_a_folder_holding_files_this_tool_did_not_write(tmp_path, marker):
     # issue #23: a save_dir holding mine.txt and sub/keep.txt was replaced as a whole with the flag
     target = tmp_path / "out"

@@ -40,7 +40,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..export.remote_code import add_remote_code
-from ..files import REPORT_FILE, _staging, atomic_dir, check_output_path
+from ..files import OUTPUT_MARKERS, _staging, atomic_dir, check_output_path
 from ..models.adapter import LAYERS_PATH, check_supported, decoder_layers, layer_prefix
 from .malloc_tuning import fix_mmap_threshold
 from .config import PruningConfig
@@ -57,8 +57,9 @@ __all__ = ["CheckpointSource", "SafetensorsLayers", "ShardWriter", "build_skelet
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-#: Files of a checkpoint folder that are rewritten, not copied, by :func:`prune_checkpoint`.
-_REWRITTEN = (INDEX_FILE, "config.json", PLAN_FILE, REPORT_FILE)
+#: Files of a checkpoint folder that :func:`prune_checkpoint` does not copy: rewritten (index, config), or
+#: markers of who wrote the source folder (the pruned folder gets its own plan and report).
+_REWRITTEN = (INDEX_FILE, "config.json", *OUTPUT_MARKERS)
 
 
 class CheckpointSource:
