@@ -16,9 +16,9 @@ SmolLM2-135M-Instruct, its GGUF dequantised to float32), RCPU rotation at ``--ra
 Every prune accumulates its statistics in float64 and compensates in float32/float64. Each row: the
 engine's seconds and the process CPU seconds of the prune (the machine is shared: both, and the load
 average), test PPL and mean NLL, the relative PPL difference against ``f32``, the decoder parameters
-removed and the layers whose kept heads and channels equal ``f32``'s. ``--dense`` adds the dense model
-in both dtypes on the same windows (``dense_bf16`` against ``dense_f32``: what the bf16 rounding of the
-checkpoint alone costs).
+removed and the layers whose kept heads and channels equal ``f32``'s. Two more rows (``--no-dense``
+leaves them out): the dense model in both dtypes on the same windows (``dense_bf16`` against
+``dense_f32``: what the bf16 rounding of the checkpoint alone does to the PPL).
 The goal of the issue: a bf16 prune within 1 % of the float32 prune's PPL.
 
 Sizes: on a CPU without native bf16 (AVX2 only) a bf16 linear is about 5x slower than a float32 one,
@@ -75,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seqlen", type=int, default=128, help="calibration window length (default 128)")
     p.add_argument("--windows", type=int, default=16, help="WikiText-2 test windows of 128 tokens (default 16)")
     p.add_argument("--ratio", type=float, default=0.2)
-    p.add_argument("--dense", action="store_true", help="also the dense model in both dtypes")
+    p.add_argument("--no-dense", dest="dense", action="store_false", help="leave out the dense model rows")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-dir", default=None, help="default: $RCPU_DATA_DIR")
     p.add_argument("--out", default=None, help="default: results/bf16.json (--quick: results/bf16_quick.json)")

@@ -614,7 +614,7 @@ def test_bf16_script_prunes_each_variant_in_its_dtype_and_compares_with_the_floa
     from benchmarks import bf16
 
     out = tmp_path / "bf16.json"
-    argv = ["--quick", "--dense", "--threads", "1", "--out", str(out)]
+    argv = ["--quick", "--threads", "1", "--out", str(out)]
     threads = torch.get_num_threads()
     try:
         assert bf16.main(argv) == 0

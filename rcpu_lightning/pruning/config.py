@@ -92,9 +92,10 @@ class PruningConfig:
             time (e.g. ``cuda:0`` for a model kept on CPU); null: where the layer's weights are.
         execution_dtype: the dtype each decoder layer and the calibration activations run in while the
             layer is pruned: ``float32``, ``bfloat16`` or ``float16``; the weights go back in the model's
-            (out of core: the checkpoint's) own dtype. null: the model's dtype. ``float32`` for a bf16 model
-            on a CPU without native bf16 (no AVX512-BF16/AMX), where a bf16 matmul is several times slower
-            than a float32 one. Statistics and compensation are float32/float64 either way.
+            (out of core: the checkpoint's) own dtype (rounded, where this dtype is narrower). null: the
+            model's dtype. ``float32`` for a bf16 model on a CPU without native bf16 (no AVX512-BF16/AMX),
+            where a bf16 matmul is several times slower than a float32 one. Statistics and compensation
+            are float32/float64 either way.
         arithmetic: ``fast``: each batch's Gram product in float32, summed in float64, and the
             Procrustes rotation from a float64 eigendecomposition (a thin one where the cross matrix
             is rank-deficient); ``float64``: every product and an SVD in float64 (the reference
