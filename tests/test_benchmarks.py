@@ -608,3 +608,34 @@ def test_big_models_section_reads_targets_off_the_scale_rows(tmp_path):
     assert "on the same layers: 180.0 s per layer, peak 7.00 GiB (its own run; load 1.5)." in text
     assert "128 × 128 calibration; the model in memory): ours 80.0 s, peak 5.86 GiB." in text  # not paired
     assert "GPU (`benchmarks/gpu_llama7b.py`): not run yet" in text
+
+
+def test_bf16_script_prunes_each_variant_in_its_dtype_and_compares_with_the_float32_prune(tmp_path, capsys):
+    from benchmarks import bf16
+
+    out = tmp_path / "bf16.json"
+    argv = ["--quick", "--threads", "1", "--out", str(out)]
+    threads = torch.get_num_threads()
+    try:
+        assert bf16.main(argv) == 0
+    finally:  # the script's setup_torch switches autograd off and sets threads for the whole process
+        torch.set_grad_enabled(True)
+        torch.set_num_threads(threads)
+    rows = {r["variant"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {"f32", "bf16", "bf16_exec_f32", "dense_f32", "dense_bf16"}
+    for name, r in rows.items():  # each evaluated in its own dtype, on the same windows
+        assert r["weight_dtypes"] == [r["dtype"]] and r["ppl"] > 1 and math.isfinite(r["ppl"])
+        assert r["ppl_windows"] == 4 and r["run"]["torch_threads"] == 1
+        ref = rows[r["reference"]]
+        assert r["reference"] == ("dense_f32" if name.startswith("dense") else "f32")
+        assert r["ppl_vs_reference"] == pytest.approx(r["ppl"] / ref["ppl"] - 1)
+    for name, execution in (("f32", None), ("bf16", None), ("bf16_exec_f32", "float32")):
+        r = rows[name]
+        assert r["config"]["execution_dtype"] == execution and r["prune_seconds"] > 0
+        assert r["decoder_params_removed"] == rows["f32"]["decoder_params_removed"]  # the same counts
+        assert 0 <= r["same_layers_as_f32"] <= 2 and r["within_goal"] == (abs(r["ppl_vs_reference"]) <= 0.01)
+    assert rows["bf16"]["dtype"] == rows["bf16_exec_f32"]["dtype"] == "bfloat16"
+    capsys.readouterr()
+    before = out.read_text()
+    assert bf16.main(argv) == 0 and "measured already" in capsys.readouterr().out  # nothing measured again
+    assert out.read_text() == before

@@ -140,14 +140,14 @@ class PredictCapture:
         self._stop_handle = None
 
     def start(self, trainer: Trainer, lm: torch.nn.Module, catcher_class: type, offload: bool,
-              stop_after_layer0: bool) -> None:
+              stop_after_layer0: bool, dtype: Optional[torch.dtype] = None) -> None:
         loaders = trainer.predict_dataloaders
         loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
         real = [real_rows(loader, trainer.world_size) for loader in loaders]
         if len(loaders) > 1 and any(r is not None for r in real):
             raise ValueError("a calibration loader's sampler repeats samples to fill the processes, which cannot be "
                              "undone with several predict loaders; use rcpu_lightning.lightning.UnpaddedDistributedSampler")
-        self.catcher = catcher_class(lm, offload=offload, stop=False, max_rows=real[0])
+        self.catcher = catcher_class(lm, offload=offload, stop=False, max_rows=real[0], dtype=dtype)
         self.catcher.__enter__()
         if stop_after_layer0:  # registered after the catcher's hook, so layer 0's inputs are recorded first
             from ..models.adapter import decoder_layers

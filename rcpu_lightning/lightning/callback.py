@@ -318,7 +318,8 @@ class RCPUPruningCallback(Callback):
         was_training = lm.training
         lm.eval()
         try:
-            inputs = capture_layer_inputs(lm, batches, offload=config.offload_inputs) if batches else LayerInputs()
+            inputs = (capture_layer_inputs(lm, batches, offload=config.offload_inputs, dtype=config.execution_torch_dtype)
+                      if batches else LayerInputs())
             self._prune(trainer, pl_module, lm, inputs, config, epoch, target)
         finally:
             lm.train(was_training)
@@ -332,7 +333,8 @@ class RCPUPruningCallback(Callback):
             rank_zero_info("the checkpoint holds a pruned model: the predict loop runs without pruning")
             return
         self._capture.start(trainer, self.lm(pl_module), LayerInputCatcher, self.config.offload_inputs,
-                            stop_after_layer0=getattr(pl_module, "stops_calibration_forward", False))
+                            stop_after_layer0=getattr(pl_module, "stops_calibration_forward", False),
+                            dtype=self.config.execution_torch_dtype)
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         catcher = self._capture.stop()

@@ -108,6 +108,12 @@ def decoder_parts(model: nn.Module) -> list[LayerParts]:
     return [LayerParts(layer) for layer in decoder_layers(model)]
 
 
+def rotary_embedding(model: nn.Module) -> nn.Module | None:
+    """The model's shared rotary embedding (``model.model.rotary_emb``: ``(x, position_ids) -> (cos, sin)``
+    in ``x``'s dtype), or None."""
+    return getattr(getattr(model, "model", None), "rotary_emb", None)
+
+
 def model_device(model: nn.Module) -> torch.device:
     """Device of the model's first parameter (CPU for a model without parameters)."""
     for p in model.parameters():

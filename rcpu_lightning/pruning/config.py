@@ -25,6 +25,7 @@ Arithmetic = Literal["fast", "float64"]
 CompensationTarget = Literal["pruned", "dense"]
 Selection = Literal["score", "compensated_error"]
 Allocation = Literal["score", "compensated_error"]
+ExecutionDtype = Literal["float32", "bfloat16", "float16"]
 
 #: The compensation each method uses when ``compensation`` is left unset.
 DEFAULT_COMPENSATION: dict[str, str] = {
@@ -89,6 +90,12 @@ class PruningConfig:
             one batch at a time.
         execution_device: the device each decoder layer is moved to while it is pruned, one layer at a
             time (e.g. ``cuda:0`` for a model kept on CPU); null: where the layer's weights are.
+        execution_dtype: the dtype each decoder layer and the calibration activations run in while the
+            layer is pruned: ``float32``, ``bfloat16`` or ``float16``; the weights go back in the model's
+            (out of core: the checkpoint's) own dtype (rounded, where this dtype is narrower). null: the
+            model's dtype. ``float32`` for a bf16 model on a CPU without native bf16 (no AVX512-BF16/AMX),
+            where a bf16 matmul is several times slower than a float32 one. Statistics and compensation
+            are float32/float64 either way.
         arithmetic: ``fast``: each batch's Gram product in float32, summed in float64, and the
             Procrustes rotation from a float64 eigendecomposition (a thin one where the cross matrix
             is rank-deficient); ``float64``: every product and an SVD in float64 (the reference
@@ -111,6 +118,7 @@ class PruningConfig:
     refresh_mlp_stats: bool = False
     offload_inputs: bool = False
     execution_device: Optional[str] = None
+    execution_dtype: Optional[ExecutionDtype] = None
     arithmetic: Arithmetic = "fast"
     compensation_target: CompensationTarget = "pruned"
     selection: Selection = "score"
@@ -151,6 +159,8 @@ class PruningConfig:
         for name in ("refresh_mlp_stats", "offload_inputs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.execution_dtype is not None:
+            _check_choice("execution_dtype", self.execution_dtype, (*get_args(ExecutionDtype), None))
         if self.compensation_target == "dense" and self.compensation not in (
                 "rotation", "rotation_scale", "least_squares", "affine_least_squares"):
             raise ValueError(f"compensation_target='dense' fits compensation to explicit targets; "
@@ -181,6 +191,11 @@ class PruningConfig:
     def channel_ratio(self) -> float:
         """Ratio of MLP channels to remove (``mlp_ratio`` or ``ratio``)."""
         return self.ratio if self.mlp_ratio is None else self.mlp_ratio
+
+    @property
+    def execution_torch_dtype(self) -> torch.dtype | None:
+        """``execution_dtype`` as a torch dtype (None: each layer runs in its own dtype)."""
+        return None if self.execution_dtype is None else getattr(torch, self.execution_dtype)
 
     def compensates(self, module: str) -> bool:
         """Whether compensation applies to ``module`` (``"o_proj"`` or ``"down_proj"``)."""

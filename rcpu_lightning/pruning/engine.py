@@ -44,7 +44,7 @@ from .error_selection import (
     select_channels_by_error,
     select_heads_by_error,
 )
-from .inputs import Batches, LayerInputs, capture_layer_inputs
+from .inputs import Batches, LayerInputs, capture_layer_inputs, cast_activations
 from .layer_runs import check_stats, layer_stats, product_dtype, run_layer
 from .layer_store import LayerStore, ResidentLayers
 from .plan import LayerPlan, PruningPlan
@@ -388,7 +388,9 @@ def prune_model(
     (summed over processes); without it the local sample count and length are recorded.
 
     ``store``: where each layer's weights come from and go to (:mod:`.layer_store`); default: the
-    layers stay in memory, moved to ``config.execution_device`` for their turn when that is set.
+    layers stay in memory, moved to ``config.execution_device`` and cast to ``config.execution_dtype``
+    for their turn when those are set. With ``execution_dtype`` the activations are cast here once (the
+    caller's tensors are left as they are; a store given here must load the layers in that dtype).
 
     Memory: the engine holds one copy of the calibration activations, overwritten layer by layer,
     plus the per-module sums. ``inputs`` is left untouched by default, so layer 0's activations
@@ -404,7 +406,8 @@ def prune_model(
     batches = list(inputs.batches)  # the captured tensors themselves, overwritten per layer once owned
     if overwrite_inputs:
         inputs.batches.clear()
-    store = store if store is not None else ResidentLayers(config.execution_device)
+    batches, overwrite_inputs = _in_execution_dtype(batches, config, overwrite_inputs)
+    store = store if store is not None else ResidentLayers(config.execution_device, config.execution_torch_dtype)
     source = stats_source(config, reduce, batches)
     notes: list[str] = []
     with torch.no_grad():
@@ -420,6 +423,15 @@ def prune_model(
     del batches, source
     update_config(model, plan)
     return _report(model, plan, params_before, layer_before, time.perf_counter() - start, notes, layer_pass.phases)
+
+
+def _in_execution_dtype(batches: Batches, config: PruningConfig, owned: bool) -> tuple[Batches, bool]:
+    """``batches`` in ``config.execution_dtype`` (cast once, here) and whether the engine may overwrite them:
+    ``owned`` (the caller allowed it), or every hidden state is a new tensor of the cast."""
+    if config.execution_dtype is None:
+        return batches, owned
+    cast = cast_activations(batches, config.execution_torch_dtype)
+    return cast, owned or all(c is not h for (c, _), (h, _) in zip(cast, batches))
 
 
 @dataclass
@@ -478,7 +490,7 @@ def prune_copy(
             raise ValueError(f"batch_size must be a positive number of windows, got {batch_size!r}")
         windows = windows.split(batch_size)  # [batch_size, T] each
     pruned = copy.deepcopy(model) if copy_model else model
-    inputs = capture_layer_inputs(pruned, windows)
+    inputs = capture_layer_inputs(pruned, windows, dtype=config.execution_torch_dtype)
     report = prune_model(pruned, inputs, config, progress=progress, overwrite_inputs=True, calibration=calibration)
     return pruned, report
 

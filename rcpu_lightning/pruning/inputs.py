@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..models.adapter import decoder_layers, model_device
+from ..models.adapter import decoder_layers, model_device, rotary_embedding
 
 _DROPPED_KWARGS = ("cache", "past_key_values", "past_key_value", "hidden_states")
 
@@ -92,12 +92,14 @@ class _Slabs:
         self.slab: Tensor | None = None
         self.used = 0
 
-    def put(self, hidden: Tensor) -> Tensor:
+    def put(self, hidden: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """A view into a slab holding a copy of ``hidden`` (cast to ``dtype`` if given)."""
+        dtype = dtype or hidden.dtype
         rows, row = hidden.shape[0], hidden.shape[1:]
         slab = self.slab
-        if slab is None or slab.shape[1:] != row or slab.dtype != hidden.dtype or self.used + rows > slab.shape[0]:
-            per_row = max(hidden[0].numel() * hidden.element_size(), 1)
-            slab = self.slab = torch.empty((max(rows, SLAB_BYTES // per_row), *row), dtype=hidden.dtype)
+        if slab is None or slab.shape[1:] != row or slab.dtype != dtype or self.used + rows > slab.shape[0]:
+            per_row = max(hidden[0].numel() * dtype.itemsize, 1)
+            slab = self.slab = torch.empty((max(rows, SLAB_BYTES // per_row), *row), dtype=dtype)
             self.used = 0
         view = slab[self.used : self.used + rows]  # [B, T, H]
         view.copy_(hidden)
@@ -109,6 +111,35 @@ def copy_activations(batches: Batches) -> Batches:
     """A second copy of the activations (CPU tensors in slabs, as captured ones), sharing the kwargs."""
     slabs = _Slabs()
     return [(slabs.put(h) if h.device.type == "cpu" else h.clone(), kw) for h, kw in batches]
+
+
+def cast_floating(obj: Any, dtype: torch.dtype, memo: dict[int, tuple[Tensor, Tensor]] | None = None) -> Any:
+    """``obj`` with every floating tensor (inside tuples/lists/dicts) in ``dtype``; others as they are.
+    ``memo`` (id -> (tensor, its cast)), shared between calls, casts a tensor met twice only once."""
+    memo = {} if memo is None else memo
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(cast_floating(v, dtype, memo) for v in obj)
+    if isinstance(obj, dict):
+        return {k: cast_floating(v, dtype, memo) for k, v in obj.items()}
+    if not isinstance(obj, Tensor) or not obj.is_floating_point() or obj.dtype == dtype:
+        return obj
+    if id(obj) not in memo:
+        memo[id(obj)] = (obj, obj.to(dtype))  # the source kept alive, so that its id is not reused
+    return memo[id(obj)][1]
+
+
+def cast_activations(batches: Batches, dtype: torch.dtype) -> Batches:
+    """``batches`` with the hidden states and every floating tensor of the kwargs (position embeddings, a
+    float attention mask) in ``dtype``: new tensors where the dtype differs (CPU hidden states in slabs,
+    as captured ones; a kwarg shared by several batches stays shared), the same ones where it does not."""
+    slabs, memo = _Slabs(), {}
+
+    def hidden(h: Tensor) -> Tensor:
+        if h.dtype == dtype or not h.is_floating_point():
+            return h
+        return slabs.put(h, dtype) if h.device.type == "cpu" else h.to(dtype)
+
+    return [(hidden(h), cast_floating(kw, dtype, memo)) for h, kw in batches]
 
 
 def _share_equal(kwargs: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
@@ -147,12 +178,17 @@ class LayerInputCatcher:
     ``offload=True`` keeps the captured tensors on CPU. ``stop=True`` aborts each forward at
     layer 0 by raising an internal exception (use :func:`capture_layer_inputs`, which swallows it).
     ``max_rows``: record only the first ``max_rows`` sequences (rows) seen, e.g. to leave out the
-    duplicates a padding distributed sampler appends (:func:`first_rows`).
+    duplicates a padding distributed sampler appends (:func:`first_rows`). ``dtype``: record the hidden
+    states and floating kwargs in that dtype (``PruningConfig.execution_dtype``), the position embeddings
+    computed again in it (the rotary embedding computes in float32 and rounds to the hidden states' dtype:
+    a bf16 model's cos/sin cast up would keep that rounding); the forward itself is not changed.
     """
 
-    def __init__(self, model: nn.Module, offload: bool = False, stop: bool = False, max_rows: int | None = None):
+    def __init__(self, model: nn.Module, offload: bool = False, stop: bool = False, max_rows: int | None = None,
+                 dtype: torch.dtype | None = None):
         self.layer = decoder_layers(model)[0]
-        self.offload, self.stop, self.max_rows = offload, stop, max_rows
+        self.offload, self.stop, self.max_rows, self.dtype = offload, stop, max_rows, dtype
+        self.rotary = rotary_embedding(model)
         self._inputs = LayerInputs()
         self._handle = None
         self._slabs = _Slabs()
@@ -176,14 +212,22 @@ class LayerInputCatcher:
         # ordinary tensor even in an inference-mode predict loop (no second copy needed later).
         with torch.inference_mode(False):
             if device.type == "cpu":
-                hidden = self._slabs.put(hidden.detach())
+                hidden = self._slabs.put(hidden.detach(), self.dtype)
             else:
-                hidden = hidden.detach().to(device, copy=not self.stop)
+                hidden = hidden.detach().to(device, self.dtype, copy=not self.stop)
             kept = to_device(kept, device)
+            if self.dtype is not None:
+                kept = self._in_dtype(kept, hidden)
         previous = self._inputs.batches[-1][1] if self._inputs.batches else None
         self._inputs.batches.append((hidden, _share_equal(kept, previous)))
         if self.stop:
             raise StopForward
+
+    def _in_dtype(self, kwargs: dict[str, Any], hidden: Tensor) -> dict[str, Any]:
+        kwargs = cast_floating(kwargs, self.dtype)
+        if self.rotary is not None and "position_embeddings" in kwargs and kwargs.get("position_ids") is not None:
+            kwargs["position_embeddings"] = self.rotary(hidden, kwargs["position_ids"])  # (cos, sin) in dtype
+        return kwargs
 
     def __enter__(self) -> "LayerInputCatcher":
         self._handle = self.layer.register_forward_pre_hook(self._hook, with_kwargs=True)
@@ -205,11 +249,13 @@ def _input_device(model: nn.Module) -> torch.device:
 
 
 def capture_layer_inputs(
-    model: nn.Module, batches: Iterable[Tensor | Mapping[str, Tensor]], offload: bool = False
+    model: nn.Module, batches: Iterable[Tensor | Mapping[str, Tensor]], offload: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> LayerInputs:
-    """Run each batch (see :func:`model_inputs`) up to decoder layer 0 and keep what enters it."""
+    """Run each batch (see :func:`model_inputs`) up to decoder layer 0 and keep what enters it (in
+    ``dtype``, see :class:`LayerInputCatcher`)."""
     device = _input_device(model)
-    catcher = LayerInputCatcher(model, offload=offload, stop=True)
+    catcher = LayerInputCatcher(model, offload=offload, stop=True, dtype=dtype)
     with torch.no_grad(), catcher:
         for batch in batches:
             kwargs = to_device(model_inputs(batch), device)

@@ -203,28 +203,32 @@ class ShardWriter:
 
 class SafetensorsLayers:
     """A :class:`~rcpu_lightning.pruning.layer_store.LayerStore` reading layers from a checkpoint and
-    writing the pruned ones to a :class:`ShardWriter` (or nowhere, on processes that do not write)."""
+    writing the pruned ones to a :class:`ShardWriter` (or nowhere, on processes that do not write).
+
+    Each layer is read in ``execution_dtype`` (default ``dtype``) and written in ``dtype``."""
 
     def __init__(self, source: CheckpointSource, writer: ShardWriter | None, device: torch.device,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, execution_dtype: torch.dtype | None = None) -> None:
         self.source, self.writer, self.device, self.dtype = source, writer, device, dtype
+        self.execution_dtype = execution_dtype or dtype
 
     def load(self, index: int, layer: nn.Module) -> None:
         prefix = self.source.layer_prefix(index)
         names = [prefix + k for k in layer.state_dict()]
-        tensors = self.source.tensors(names, self.device, self.dtype)
+        tensors = self.source.tensors(names, self.device, self.execution_dtype)
+        layer.to(dtype=self.execution_dtype)  # still on meta: no memory
         layer.to_empty(device=self.device)
         with torch.no_grad():
             for key, value in layer.state_dict(keep_vars=True).items():
                 value.copy_(tensors.pop(prefix + key))
 
     def unload(self, index: int, layer: nn.Module) -> None:
-        layer.to("meta")
+        layer.to("meta").to(dtype=self.dtype)
 
     def save(self, index: int, layer: nn.Module) -> None:
         if self.writer is not None:
-            self.writer.write_layer(index, layer)
-        layer.to("meta")
+            self.writer.write_layer(index, layer.to(dtype=self.dtype))
+        self.unload(index, layer)
 
 
 def prune_checkpoint(
@@ -243,7 +247,8 @@ def prune_checkpoint(
 
     ``batches``: this process's calibration batches (``input_ids`` [B, T] or dicts, as for
     :func:`~rcpu_lightning.pruning.capture_layer_inputs`). Layers run on ``config.execution_device``
-    (default CPU) in ``dtype`` (default: the checkpoint's). ``target`` must not exist or be empty
+    (default CPU) in ``config.execution_dtype`` and are written in ``dtype`` (default for both: the
+    checkpoint's). ``target`` must not exist or be empty
     unless ``overwrite``. ``write=False`` (the other processes of a distributed run) writes nothing.
     Returns the engine's report; the pruned model is only on disk (``load_pruned(target)``).
     """
@@ -252,7 +257,7 @@ def prune_checkpoint(
     if write:
         check_output_path(target, overwrite, "target", "overwrite=True")
     model = build_skeleton(src, dtype)
-    inputs = capture_layer_inputs(model, batches, offload=config.offload_inputs)
+    inputs = capture_layer_inputs(model, batches, offload=config.offload_inputs, dtype=config.execution_torch_dtype)
     return prune_skeleton(src, model, inputs, target, config, reduce, progress, overwrite, calibration, write)
 
 
@@ -276,7 +281,7 @@ def prune_skeleton(
         if write:
             _claim(staged, target)
         writer = ShardWriter(staged, source) if write else None
-        store = SafetensorsLayers(source, writer, device, dtype)
+        store = SafetensorsLayers(source, writer, device, dtype, config.execution_torch_dtype)
         report = prune_model(model, inputs, config, reduce=reduce, progress=progress, overwrite_inputs=True,
                              calibration=calibration, store=store)
         if writer is not None:
