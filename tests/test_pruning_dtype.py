@@ -76,17 +76,17 @@ def _close_in_bf16(actual: torch.Tensor, expected32: torch.Tensor, name: str) ->
 def test_a_bf16_model_pruned_as_it_is_runs_in_bf16_with_float64_statistics(monkeypatch):
     model = _bf16_model()
     updates, compensations = set(), set()
-    update, fast_rotation = ChannelStats.update, compensation.fast_rotation
+    update, fast_rotation = ChannelStats.update_with_outputs, compensation.fast_rotation
 
-    def recording_update(self, x, product_dtype=None):
-        updates.add((x.dtype, product_dtype, self.G.dtype))
-        return update(self, x, product_dtype)
+    def recording_update(self, x, y, product_dtype=None):  # the rotation's statistics: diag(G) and C = Σ y xᵀ
+        updates.add((x.dtype, y.dtype, product_dtype, self.G.dtype))
+        return update(self, x, y, product_dtype)
 
     def recording_rotation(weight, G, keep, *args, **kwargs):
         compensations.add((weight.dtype, G.dtype))
         return fast_rotation(weight, G, keep, *args, **kwargs)
 
-    monkeypatch.setattr(ChannelStats, "update", recording_update)
+    monkeypatch.setattr(ChannelStats, "update_with_outputs", recording_update)
     monkeypatch.setattr(compensation, "fast_rotation", recording_rotation)
     pruned = copy.deepcopy(model)
     runs = _LayerRuns(pruned)
@@ -94,7 +94,8 @@ def test_a_bf16_model_pruned_as_it_is_runs_in_bf16_with_float64_statistics(monke
     report = prune_model(pruned, inputs, PruningConfig(ratio=0.34, head_rounding="nearest"), progress=False)
     # every forward in bf16: the layer's inputs and all its weights
     assert runs.close() == {(torch.bfloat16, torch.bfloat16)}
-    assert updates == {(torch.bfloat16, torch.float32, torch.float64)}  # bf16 inputs, float32 products, float64 sums
+    # bf16 inputs and outputs, float32 products, float64 sums
+    assert updates == {(torch.bfloat16, torch.bfloat16, torch.float32, torch.float64)}
     assert compensations == {(torch.float32, torch.float64)}  # the rotation's weight in float32, G in float64
     assert {t.dtype for t in pruned.state_dict().values()} == {torch.bfloat16} and pruned.dtype == torch.bfloat16
     assert report.decoder_params_removed > 0.2 and report.plan.config["execution_dtype"] is None
