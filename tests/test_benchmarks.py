@@ -604,7 +604,18 @@ def test_big_models_section_reads_targets_off_the_scale_rows(tmp_path):
     assert "1250 MB at 2 layers, 1260 MB at 21 layers, 1270 MB at 32 layers;" in text
     assert "0.30 × the 4.1 GiB checkpoint (not met); 0.20 × the 6.2 GiB checkpoint (met)" in text
     assert "disk vs memory at 2 layers: max abs logit difference 2.0e-06 (met)" in text
-    assert "64 × 128 calibration; the model in memory): ours 45.0 s" in text and "2.11× faster (met" in text
+    assert "64 × 128 calibration; the model in memory): ours 45.0 s" in text and "reference / ours = 2.11 (met" in text
+    # with the limit and the phases (scale.py's layer7b-ours rows since issue 26): ours / limit and a phase table
+    phases = {"load": 0.0, "statistics": 20.0, "compensate_o_proj": 8.0, "compensate_down_proj": 9.0, "surgery": 0.5,
+              "forward": 7.5, "save": 0.0}
+    rows[4].update(phases=phases, dense_forward_s=10.0, pruned_forward_s=8.0, limit_s=18.0, ours_over_limit=2.5,
+                   dtype="float32", run={"loadavg_1m": 1.5, "cpu": "AMD EPYC"})
+    (d / "scale.json").write_text(json.dumps(rows))
+    text = rr.big_models_section(d, tmp_path / "README.md")
+    assert "ours 45.0 s, peak 4.88 GiB (on AMD EPYC, float32)" in text
+    assert "Ours is 2.50× the layer's two-forward limit (18.0 s" in text and "target ≤ 1.3×: not met) and the reference 5.28×" in text
+    assert "| compensate_o_proj | 8.0 s (0.44×) |" in text and "| **layer total** | **45.0 s (2.50×)** |" in text
+    assert "| limit: dense forward + pruned forward | 10.0 + 8.0 = 18.0 s |" in text
     assert "on the same layers: 180.0 s per layer, peak 7.00 GiB (its own run; load 1.5)." in text
     assert "128 × 128 calibration; the model in memory): ours 80.0 s, peak 5.86 GiB." in text  # not paired
     assert "GPU (`benchmarks/gpu_llama7b.py`): not run yet" in text
