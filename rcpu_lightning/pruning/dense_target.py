@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ..models.adapter import LayerParts, layer_parts
 from .config import PruningConfig
 from .inputs import Batches, copy_activations, to_device
-from .layer_runs import check_stats, product_dtype
+from .layer_runs import PlainForward, check_stats, product_dtype
 from .stats import ChannelStats, Reduce, reduce_stats
 
 
@@ -110,7 +110,7 @@ def copy_layer(layer: nn.Module) -> nn.Module:
     return copy.deepcopy(layer)
 
 
-class DenseTargets:
+class DenseTargets(PlainForward):
     """The statistics source of ``compensation_target: dense`` (see :class:`.stats_sources.StatsSource`):
     a copy of the dense stream's activations, made once; per layer, pass A (o_proj) and pass B (down_proj,
     after the attention was pruned; the dense outputs become the next layer's dense inputs)."""

@@ -351,8 +351,9 @@ def prune_layer(
         prune_mlp(parts, kept_ch, d_comp.weight, d_comp.bias_delta)
         harmonise_layer(parts, bias_blocks)
     plan = LayerPlan(kept_heads, kept_kv, kept_ch, biased_projections(parts), added)
+    keep_cols = [h * parts.head_dim + j for h in kept_heads for j in range(parts.head_dim)]  # o_proj's kept inputs
     with clock("forward"):
-        run_layer(parts.layer, batches, config.offload_inputs, replace=True, overwrite_inputs=overwrite_inputs)
+        source.next_inputs(parts, batches, keep_cols, overwrite_inputs)
     return plan, int(o_stats.n)
 
 

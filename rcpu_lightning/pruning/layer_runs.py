@@ -35,11 +35,57 @@ def run_layer(layer: nn.Module, batches: Batches, offload: bool, replace: bool,
                 raise
             continue
         if replace:
-            h = h[0] if isinstance(h, tuple) else h
-            if overwrite_inputs and h.shape == hidden.shape and h.dtype == hidden.dtype:
-                hidden.copy_(h)  # [B, T, hidden]; this batch's input is no longer needed
-            else:
-                batches[k] = (h.to("cpu") if offload else h, kwargs)
+            _store_output(batches, k, h[0] if isinstance(h, tuple) else h, offload, overwrite_inputs)
+        del h
+
+
+class PlainForward:
+    """``next_inputs`` of a statistics source (:class:`.stats_sources.StatsSource`) that keeps nothing of its
+    passes: the pruned layer runs whole (``self.config``: the :class:`PruningConfig`)."""
+
+    config: PruningConfig
+
+    def next_inputs(self, parts: LayerParts, batches: Batches, keep_cols: list[int], overwrite_inputs: bool) -> None:
+        run_layer(parts.layer, batches, self.config.offload_inputs, replace=True, overwrite_inputs=overwrite_inputs)
+
+
+def _store_output(batches: Batches, k: int, h: torch.Tensor, offload: bool, overwrite_inputs: bool) -> None:
+    """Batch ``k``'s layer output ``h`` [B, T, hidden] becomes its next input (see :func:`run_layer`)."""
+    hidden, kwargs = batches[k]
+    if overwrite_inputs and h.shape == hidden.shape and h.dtype == hidden.dtype:
+        hidden.copy_(h)  # this batch's input is no longer needed
+    else:
+        batches[k] = (h.to("cpu") if offload else h, kwargs)
+
+
+@contextmanager
+def record_inputs(module: nn.Module, into: list[torch.Tensor], offload: bool) -> Iterator[None]:
+    """While open, every input of ``module`` is appended to ``into`` (on the CPU with ``offload``)."""
+    def hook(mod, args, kwargs):
+        x = (args[0] if args else kwargs["input"]).detach()
+        into.append(x.to("cpu") if offload else x)
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def run_pruned_layer_on_attention(parts: LayerParts, batches: Batches, attention: list[torch.Tensor],
+                                  keep_cols: list[int], offload: bool, overwrite_inputs: bool = False) -> None:
+    """The pruned layer's forward (as :func:`run_layer` with ``replace=True``) from the dense pass's o_proj
+    inputs ``attention`` (one [B, T, heads · head_dim] per batch), when the kept heads' attention outputs
+    are those of the dense pass: same layer inputs, their q/k/v rows only sliced (``keep_cols``: their
+    columns). A Llama-family decoder layer is then ``h1 = h + o_proj(a[..., K])``, ``out = h1 +
+    mlp(post_attention_layernorm(h1))``: the q/k/v products and the attention itself are not run again
+    (three of the seven projections of the layer)."""
+    device = parts.device
+    cols = torch.as_tensor(keep_cols, dtype=torch.long, device=device)
+    for k, ((hidden, _), a) in enumerate(zip(batches, attention, strict=True)):
+        h = hidden.to(device) + parts.o_proj(a.to(device).index_select(-1, cols))  # [B, T, hidden]
+        h = h + parts.mlp(parts.layer.post_attention_layernorm(h))
+        _store_output(batches, k, h, offload, overwrite_inputs)
         del h
 
 

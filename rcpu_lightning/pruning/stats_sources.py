@@ -10,13 +10,16 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Protocol
+
+from torch import Tensor
 
 from ..models.adapter import LayerParts
 from .config import PruningConfig
 from .dense_target import DenseTargets
 from .inputs import Batches
-from .layer_runs import layer_stats
+from .layer_runs import PlainForward, layer_stats, record_inputs, run_pruned_layer_on_attention
 from .stats import ChannelStats, Reduce
 
 
@@ -24,7 +27,8 @@ class StatsSource(Protocol):
     """Statistics of one layer, reduced across processes and checked (finite, tokens seen).
 
     ``o_proj`` is called first, before any weight of the layer changes; ``down_proj`` after it, and after
-    the layer's attention was pruned unless ``down_proj_first`` (then before any weight changes too)."""
+    the layer's attention was pruned unless ``down_proj_first`` (then before any weight changes too).
+    ``next_inputs`` runs the pruned layer: ``batches`` become the next layer's inputs."""
 
     down_proj_first: bool
 
@@ -32,19 +36,28 @@ class StatsSource(Protocol):
 
     def down_proj(self, idx: int, parts: LayerParts, batches: Batches) -> ChannelStats: ...
 
+    def next_inputs(self, parts: LayerParts, batches: Batches, keep_cols: list[int], overwrite_inputs: bool) -> None: ...
 
-class OwnOutputs:
-    """Both modules' statistics from one pass over the unpruned layer (one ``reduce``)."""
+
+class OwnOutputs(PlainForward):
+    """Both modules' statistics from one pass over the unpruned layer (one ``reduce``). That pass also keeps
+    o_proj's inputs (the heads' attention outputs, as big as the layer's inputs), so the pruned layer's
+    forward starts at o_proj (:func:`.layer_runs.run_pruned_layer_on_attention`)."""
 
     down_proj_first = True
+    reuses_attention = True
 
     def __init__(self, config: PruningConfig, reduce: Reduce | None) -> None:
         self.config, self.reduce = config, reduce
         self._down: ChannelStats | None = None
+        self._attention: list[Tensor] = []
 
     def o_proj(self, idx: int, parts: LayerParts, batches: Batches) -> ChannelStats:
-        stats = layer_stats(parts, batches, {"o_proj": parts.o_proj, "down_proj": parts.down_proj}, self.config,
-                            self.reduce, idx)
+        self._attention = []
+        with record_inputs(parts.o_proj, self._attention, self.config.offload_inputs) if self.reuses_attention \
+                else nullcontext():
+            stats = layer_stats(parts, batches, {"o_proj": parts.o_proj, "down_proj": parts.down_proj}, self.config,
+                                self.reduce, idx)
         self._down = stats["down_proj"]
         return stats["o_proj"]
 
@@ -52,8 +65,15 @@ class OwnOutputs:
         stats, self._down = self._down, None
         return stats
 
+    def next_inputs(self, parts: LayerParts, batches: Batches, keep_cols: list[int], overwrite_inputs: bool) -> None:
+        attention, self._attention = self._attention, []
+        if len(attention) != len(batches):  # not recorded (reuses_attention off)
+            return super().next_inputs(parts, batches, keep_cols, overwrite_inputs)
+        run_pruned_layer_on_attention(parts, batches, attention, keep_cols, self.config.offload_inputs,
+                                      overwrite_inputs)
 
-class RefreshedMlp:
+
+class RefreshedMlp(PlainForward):
     """o_proj's statistics first; down_proj's again once the attention was pruned (two ``reduce`` calls)."""
 
     down_proj_first = False
