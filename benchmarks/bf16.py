@@ -22,8 +22,8 @@ leaves them out): the dense model in both dtypes on the same windows (``dense_bf
 The goal of the issue: a bf16 prune within 1 % of the float32 prune's PPL.
 
 Sizes: on a CPU without native bf16 (AVX2 only) a bf16 linear is about 5x slower than a float32 one,
-so the ``bf16`` prune and the two bf16 evaluations take most of the time; the defaults (32 x 128
-calibration, 16 test windows) keep the script near 10 minutes at 2 threads on a quiet 2-core machine.
+so the ``bf16`` prune and the bf16 evaluations take most of the time; the defaults (32 x 128
+calibration, 16 test windows) took 12.8 minutes at 2 threads on the shared 2-core machine (load 1-3).
 Rows go to ``results/bf16.json`` (``--quick``: a tiny random Llama on random tokens, seconds, for tests,
 ``results/bf16_quick.json``); a finished row is skipped when the script runs again.
 """
