@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -66,6 +68,12 @@ class Setup:
     test: Any  # [windows, L] input ids
     batch_size: int
 
+
+
+def kept_digest(heads: list[int], channels: list[int]) -> str:
+    """A short fingerprint of one layer's kept heads and channels (rows compare layers by it; the index
+    lists themselves made the results file 100k lines long)."""
+    return hashlib.sha1(json.dumps([heads, channels]).encode()).hexdigest()[:12]
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,7 +150,7 @@ def measure(s: Setup, args: argparse.Namespace, variant: str) -> dict[str, Any]:
                                    calibration={"nsamples": args.nsamples, "seqlen": args.seqlen, "seed": 0})
         row.update(prune_seconds=report.seconds, prune_cpu_seconds=time.process_time() - cpu0,
                    decoder_params_removed=report.decoder_params_removed, config=config.to_dict(),
-                   kept=[[lp.kept_heads, lp.kept_channels] for lp in report.plan.layers])
+                   kept=[kept_digest(lp.kept_heads, lp.kept_channels) for lp in report.plan.layers])
     row["weight_dtypes"] = sorted({str(t.dtype).replace("torch.", "") for t in model.state_dict().values()})
     cpu0, t0 = time.process_time(), time.perf_counter()
     ppl = evaluate_perplexity(model, s.test, batch_size=s.batch_size, progress=False)

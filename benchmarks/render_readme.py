@@ -221,7 +221,28 @@ def big_models_section(results: Path, readme: Path) -> str:
                      f"{r['seconds_per_layer']:.1f} | {C.fmt(r.get('max_abs_logit_diff_vs_in_memory'), '.1e')} | "
                      f"{r.get('run', {}).get('loadavg_1m', '–')} |")
     lines += big_model_targets(store, [r for r in rows if r["mode"] == "layer7b"])
-    return "\n".join(lines + gpu_lines(results)) + "\n"
+    return "\n".join(lines + gpu_lines(results) + bf16_lines(results)) + "\n"
+
+
+def bf16_lines(results: Path) -> list[str]:
+    """SmolLM2 pruned in float32 and as a bf16 checkpoint (``bf16.py``): PPL against the float32 prune's."""
+    rows = {r["variant"]: r for r in (_load(results / "bf16.json") or [])}
+    ref = rows.get("f32")
+    if ref is None:
+        return []
+    what = {"bf16_exec_f32": "the bf16 checkpoint with `execution_dtype: float32`",
+            "bf16": "the bf16 checkpoint with its forwards in bf16"}
+    parts = [f"{label}: {rows[v]['ppl']:.2f} ({100 * (rows[v]['ppl'] / ref['ppl'] - 1):+.2f} %, "
+             f"{rows[v]['prune_seconds']:.0f} s, same kept units as float32 in {rows[v]['same_layers_as_f32']}/"
+             f"{len(rows[v]['kept'])} layers)" for v, label in what.items() if v in rows]
+    dense = [rows[v] for v in ("dense_f32", "dense_bf16") if v in rows]
+    loads = "/".join(f"{r['run'].get('loadavg_1m', '–')}" for r in rows.values())
+    line = (f"- bf16 end to end (`bf16.py`, SmolLM2, RCPU rot {ref['config']['ratio'] * 100:.0f} %, "
+            f"first {ref['ppl_windows']} test windows, on {ref['run'].get('cpu', '?')}, load {loads}): the float32 prune "
+            f"{ref['ppl']:.2f} ({ref['prune_seconds']:.0f} s); " + "; ".join(parts))
+    if len(dense) == 2:
+        line += f". Dense: float32 {dense[0]['ppl']:.2f}, bf16 {dense[1]['ppl']:.2f}"
+    return ["", line + ". Goal: within 1 % of the float32 prune."]
 
 
 def big_model_targets(store: list[dict], layer7b: list[dict]) -> list[str]:

@@ -616,6 +616,14 @@ def test_big_models_section_reads_targets_off_the_scale_rows(tmp_path):
     assert "Ours is 2.50× the layer's two-forward limit (18.0 s" in text and "target ≤ 1.3×: not met) and the reference 5.28×" in text
     assert "| compensate_o_proj | 8.0 s (0.44×) |" in text and "| **layer total** | **45.0 s (2.50×)** |" in text
     assert "| limit: dense forward + pruned forward | 10.0 + 8.0 = 18.0 s |" in text
+    # bf16.py's rows: each bf16 variant's PPL against the float32 prune's
+    base = {"config": {"ratio": 0.2}, "ppl_windows": 16, "run": {"cpu": "AMD EPYC", "loadavg_1m": 1.0}, "kept": ["a", "b"]}
+    (d / "bf16.json").write_text(json.dumps([
+        {**base, "variant": "f32", "ppl": 200.0, "prune_seconds": 30.0, "same_layers_as_f32": 2},
+        {**base, "variant": "bf16_exec_f32", "ppl": 201.0, "prune_seconds": 32.0, "same_layers_as_f32": 1}]))
+    text = rr.big_models_section(d, tmp_path / "README.md")
+    assert "the float32 prune 200.00 (30 s); the bf16 checkpoint with `execution_dtype: float32`: 201.00 (+0.50 %, 32 s, " \
+           "same kept units as float32 in 1/2 layers). Goal: within 1 % of the float32 prune." in text
     assert "on the same layers: 180.0 s per layer, peak 7.00 GiB (its own run; load 1.5)." in text
     assert "128 × 128 calibration; the model in memory): ours 80.0 s, peak 5.86 GiB." in text  # not paired
     assert "GPU (`benchmarks/gpu_llama7b.py`): not run yet" in text
