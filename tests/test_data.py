@@ -45,9 +45,12 @@ def test_rows_match_the_datasets_layout(shared_data):
     assert all(r == "" or r.endswith("\n") for r in rows)
 
 
-def test_shared_layout_prefers_raw_and_falls_back_to_valid(shared_data, caplog):
+def test_shared_layout_prefers_raw_and_falls_back_to_valid(shared_data, caplog, monkeypatch):
+    from rcpu_lightning.data import wikitext
+
     assert find_split_file(shared_data, "test").name == "wiki.test.raw"
     assert find_split_file(shared_data, "train") is None
+    monkeypatch.setattr(wikitext, "_WARNED_VALID", set())  # warned once per process: another test may have been first
     with caplog.at_level(logging.WARNING):
         assert calibration_split(shared_data) == "valid"
     assert "valid split instead" in caplog.text

@@ -700,7 +700,7 @@ def test_prune_copy_prunes_a_copy_on_windows_as_prune_model_does():
 
 
 def test_cross_term_statistics_replace_the_gram_for_the_rotation():
-    """``fast`` rotation: the statistics pass keeps diag(G) and C = Σ (W x) xᵀ (= W G) instead of G."""
+    """``fast`` rotation: down_proj's statistics keep diag(G) and C = Σ (W x) xᵀ (= W G) instead of G."""
     from rcpu_lightning.models.adapter import decoder_layers, layer_parts
     from rcpu_lightning.pruning.compensation import uses_cross_term
     from rcpu_lightning.pruning.engine import layer_stats
@@ -714,8 +714,12 @@ def test_cross_term_statistics_replace_the_gram_for_the_rotation():
     assert not uses_cross_term(PruningConfig(arithmetic="float64"))
     assert not uses_cross_term(PruningConfig(selection="compensated_error"))
     cross, gram = layer_stats(parts, batches, modules, fast, None, 0), layer_stats(parts, batches, modules, gram_config, None, 0)
+    assert not cross["o_proj"].diag_only and cross["o_proj"].C is None  # o_proj keeps G (rank-deficient M)
     for name, module in modules.items():
         c, g = cross[name], gram[name]
+        if name == "o_proj":
+            torch.testing.assert_close(c.G, g.G, rtol=1e-12, atol=0)  # the same products summed in the same order
+            continue
         assert c.diag_only and c.C.shape == (module.out_features, module.in_features)
         w = module.weight.detach().double()
         # C sums float32 products y xᵀ of the forward's float32 outputs; W G sums float32 x xᵀ: both are

@@ -302,14 +302,16 @@ COMPENSATIONS: dict[str, Compensator] = {
 
 
 def uses_cross_term(config: "PruningConfig") -> bool:
-    """Whether a layer's statistics keep ``diag(G)`` and the cross term ``C = Σ (W x) xᵀ`` [d_out, d_in] of
-    each module's own outputs instead of the full Gram ``G`` [d_in, d_in].
+    """Whether down_proj's statistics keep ``diag(G)`` and the cross term ``C = Σ (W x) xᵀ`` [d_out, d_in] of
+    its own outputs instead of the full Gram ``G`` [d_in, d_in].
 
     The rotation needs only ``M = C[:, K] W_Kᵀ`` (``C = W G``): for down_proj ``C`` costs ``d_out·d_in``
     per token where ``G`` costs ``d_in²/2``, ``W G[:, K]`` is never formed, and ``C`` is 2.7x smaller at
     LLaMA-7B's MLP (11008 inputs, 4096 outputs). Only in the ``fast`` arithmetic (``C`` is summed from the
-    forward's own outputs, in the model's dtype) and where nothing else needs ``G`` (the error-greedy
-    selection does)."""
+    forward's own float32 outputs, which the full-rank down_proj rotation takes in float32 anyway) and where
+    nothing else needs ``G`` (the error-greedy selection does). o_proj keeps ``G``: once heads go its ``M`` is
+    rank-deficient with condition numbers up to 1e8 on SmolLM2, where ``A = W G[:, K]`` must be float64 (a
+    float32-accurate ``C`` cost 3.6e-4 on its weights against 1.6e-5)."""
     entry = COMPENSATIONS.get(config.compensation)
     return (config.arithmetic == "fast" and entry is not None and entry.cross_suffices
             and config.selection != "compensated_error")

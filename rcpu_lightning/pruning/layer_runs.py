@@ -117,7 +117,7 @@ def layer_stats(
     forward stops there (at LLaMA-7B's dimensions the down_proj product is a fifth of the layer's),
     unless the statistics keep the cross term of its outputs (:func:`.compensation.uses_cross_term`)."""
     dtype = getattr(torch, config.stats_dtype)
-    cross = not diag_only and uses_cross_term(config)
+    cross = [n for n, m in modules.items() if m is parts.down_proj] if not diag_only and uses_cross_term(config) else []
     last = None if cross else parts.down_proj
     with collect_input_stats(modules, dtype, diag_only, product_dtype(config), cross=cross) as local, \
             _stop_before(last if any(m is last for m in modules.values()) else None):

@@ -12,7 +12,7 @@ one ``reduce`` call serves a whole pruning step, whatever the number of local ba
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -199,22 +199,22 @@ def collect_input_stats(
     diag_only: bool = False,
     product_dtype: torch.dtype | None = None,
     token_scale: Callable[[], Tensor] | None = None,
-    cross: bool = False,
+    cross: Collection[str] = (),
 ) -> Iterator[dict[str, ChannelStats]]:
     """Forward hooks accumulating each module's input statistics while the context is open.
 
     Yields ``{name: ChannelStats}`` (zero-initialised, so a process without batches still has
     statistics of the right shape). Hooks are removed on exit, even on error. ``token_scale()``, when
     given, returns a per-token factor [..., 1] that multiplies each input before it is added (the
-    statistics of ``s_t x_t``: a token-weighted Gram ``Σ s_t² x_t x_tᵀ``). ``cross``: diagonal statistics
-    plus ``C = Σ (W x) xᵀ`` from each module's own outputs (:meth:`ChannelStats.update_with_outputs`), so
-    the modules must run (a forward hook, after the product).
+    statistics of ``s_t x_t``: a token-weighted Gram ``Σ s_t² x_t x_tᵀ``). ``cross``: names of modules whose
+    statistics are diagonal plus ``C = Σ (W x) xᵀ`` from the module's own outputs
+    (:meth:`ChannelStats.update_with_outputs`), so those modules must run (a forward hook, after the product).
     """
     if cross and token_scale is not None:
         raise ValueError("cross-term statistics are not token-weighted; pass token_scale or cross, not both")
-    diag_only = diag_only or cross
     stats = {
-        name: ChannelStats.zeros(m.in_features, dtype, m.weight.device, diag_only, m.out_features if cross else None)
+        name: ChannelStats.zeros(m.in_features, dtype, m.weight.device, diag_only or name in cross,
+                                 m.out_features if name in cross else None)
         for name, m in modules.items()
     }
 
@@ -227,10 +227,10 @@ def collect_input_stats(
             y = output if module.bias is None else output - module.bias  # W x: the bias is not the product's
             stats[name].update_with_outputs(args[0] if args else kwargs["input"], y, product_dtype)
 
-        return cross_hook if cross else hook
+        return cross_hook if name in cross else hook
 
-    register = "register_forward_hook" if cross else "register_forward_pre_hook"
-    handles = [getattr(m, register)(make_hook(n), with_kwargs=True) for n, m in modules.items()]
+    handles = [m.register_forward_hook(make_hook(n), with_kwargs=True) if n in cross
+               else m.register_forward_pre_hook(make_hook(n), with_kwargs=True) for n, m in modules.items()]
     try:
         yield stats
     finally:
