@@ -68,6 +68,22 @@ def test_streamed_prune_equals_in_memory_prune(tmp_path, shard, config):
             assert (plain(ids).logits - expected(ids).logits).abs().max() < 1e-4
 
 
+def test_side_files_are_copied_but_dense_weights_of_other_formats_are_not(tmp_path):
+    # a hub folder such as Llama-2-7b-hf carries pytorch_model-*.bin (+ index) beside the safetensors; copied
+    # into the pruned folder they would be dense weights that a .bin-preferring loader picks up
+    source = _checkpoint(tmp_path / "dense")
+    extra = {"tokenizer.json": "{}", "generation_config.json": "{}", "README.md": "card", "LICENSE": "text",
+             "pytorch_model-00001-of-00001.bin": "x", "pytorch_model.bin.index.json": "{}",
+             "consolidated.00.pth": "x", "model.gguf": "x", "flax_model.msgpack": "x", "stray.safetensors": "x"}
+    for name, text in extra.items():
+        (source / name).write_text(text)
+    (source / ".cache").mkdir()
+    prune_checkpoint(source, tmp_path / "pruned", PruningConfig(ratio=0.34), _batches(), progress=False)
+    copied = {p.name for p in (tmp_path / "pruned").iterdir()} & set(extra)
+    assert copied == {"tokenizer.json", "generation_config.json", "README.md", "LICENSE"}
+    assert load_pruned(tmp_path / "pruned") is not None
+
+
 def test_at_most_one_decoder_layer_is_materialised_at_any_moment(tmp_path, monkeypatch):
     source = _checkpoint(tmp_path / "dense", num_layers=4)
     seen, skeletons = [], []
@@ -160,6 +176,19 @@ def _predict_out_of_core(tmp_path, source: Path, config: PruningConfig, **callba
     loader = DataLoader(TensorRows(torch.cat(_batches())), batch_size=2)  # the batches of _in_memory
     trainer.predict(module, dataloaders=loader, return_predictions=False)
     return module, callback
+
+
+def test_an_out_of_core_module_keeps_the_checkpoints_dtype_unless_told_otherwise(tmp_path):
+    from rcpu_lightning.lightning import CausalLMModule
+
+    source = tmp_path / "dense"
+    make_tiny_llama(num_layers=2, **GQA).to(torch.bfloat16).save_pretrained(source)
+    # no dtype: the checkpoint's (bf16), so the pruned shards are written in bf16, not doubled to float32
+    assert CausalLMModule(str(source), out_of_core=True).model.get_input_embeddings().weight.dtype == torch.bfloat16
+    told = CausalLMModule(str(source), out_of_core=True, dtype="float16")
+    assert told.model.get_input_embeddings().weight.dtype == torch.float16
+    with pytest.raises(ValueError, match="dtype='fp8' is not supported"):
+        CausalLMModule(str(source), out_of_core=True, dtype="fp8")
 
 
 def test_the_predict_loop_prunes_an_out_of_core_module_from_disk_to_disk(tmp_path):

@@ -33,7 +33,7 @@ from transformers import PreTrainedModel
 
 from ..eval import MultipleChoiceAccuracy, Perplexity, item_loglikelihoods, resolve_max_length
 from ..eval.tasks import PAPER_METRIC
-from ..models.loading import DTYPES, load_causal_lm
+from ..models.loading import DTYPES, IN_MEMORY_DTYPE, load_causal_lm
 from ..pruning.inputs import StopForward, model_inputs
 from ..pruning.io import PLAN_FILE, load_plan, load_pruned
 from ..pruning.streaming import CheckpointSource, build_skeleton, checkpoint_dtype
@@ -66,7 +66,9 @@ class CausalLMModule(PruningPlanMixin):
             ``load_pruned`` when it holds ``pruning_plan.json``), or an already built Hugging Face
             model (then pass ``tokenizer`` for zero-shot tasks / the DataModule; it is not saved as a
             hyper-parameter, so give it again to ``load_from_checkpoint(path, model=...)``).
-        dtype: ``float32``, ``bfloat16``, ``float16`` or ``auto`` (ignored for an ``nn.Module``).
+        dtype: ``float32``, ``bfloat16``, ``float16`` or ``auto`` (ignored for an ``nn.Module``); default
+            (None): float32 for a model loaded into memory, and out of core the checkpoint's own dtype
+            (the dtype the pruned shards are written in: a bf16 checkpoint stays bf16 on disk).
         cache_dir: GGUF conversion cache (default ``$RCPU_CACHE_DIR`` or ``~/.cache/rcpu-lightning``).
         tokenizer: tokenizer object or spec (default: the one loaded with ``model``).
         lr / weight_decay: AdamW settings of ``configure_optimizers`` (fine-tuning).
@@ -79,7 +81,7 @@ class CausalLMModule(PruningPlanMixin):
     def __init__(
         self,
         model: Union[str, os.PathLike, PreTrainedModel] = "smollm2-135m",
-        dtype: str = "float32",
+        dtype: Optional[str] = None,
         cache_dir: Optional[str] = None,
         tokenizer: Any = None,
         lr: float = 1e-5,
@@ -89,8 +91,8 @@ class CausalLMModule(PruningPlanMixin):
         out_of_core: bool = False,
     ) -> None:
         super().__init__()
-        if dtype not in DTYPES and dtype != "auto":
-            raise ValueError(f"dtype={dtype!r} is not supported; allowed: {[*DTYPES, 'auto']}")
+        if dtype is not None and dtype not in DTYPES and dtype != "auto":
+            raise ValueError(f"dtype={dtype!r} is not supported; allowed: {[*DTYPES, 'auto']} or None")
         ignore = [n for n, v in (("model", model), ("tokenizer", tokenizer)) if not isinstance(v, (str, os.PathLike, type(None)))]
         self.save_hyperparameters(ignore=ignore)
         self.pruning_plan: Optional[dict] = None
@@ -102,7 +104,7 @@ class CausalLMModule(PruningPlanMixin):
             self.model, self.model_name = model, type(model).__name__
             self.tokenizer = tokenizer
         else:
-            self.model, loaded_tok, folder_plan = self._load(str(model), dtype, cache_dir)
+            self.model, loaded_tok, folder_plan = self._load(str(model), dtype or IN_MEMORY_DTYPE, cache_dir)
             self.model_name = str(model)
             self.tokenizer = loaded_tok if tokenizer is None else tokenizer
             if folder_plan is not None:
@@ -139,7 +141,7 @@ class CausalLMModule(PruningPlanMixin):
                              f"{spec!r}; for a hub model download it first (huggingface-cli download ID "
                              "--local-dir DIR)")
         source = CheckpointSource(Path(str(spec)).expanduser())  # refuses a pruned folder
-        model = build_skeleton(source, checkpoint_dtype(None if dtype == "auto" else DTYPES[dtype], source.config))
+        model = build_skeleton(source, checkpoint_dtype(None if dtype in (None, "auto") else DTYPES[dtype], source.config))
         if tokenizer is None and any((source.path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
             from transformers import AutoTokenizer
 

@@ -24,6 +24,8 @@ from .adapter import check_supported
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: The dtype a model is loaded into memory in unless told otherwise (evaluation and pruning precision).
+IN_MEMORY_DTYPE = "float32"
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ def resolve_checkpoint(spec: str | os.PathLike, cache_dir: str | os.PathLike | N
 
 def load_causal_lm(
     spec: str | os.PathLike = "smollm2-135m",
-    dtype: str = "float32",
+    dtype: str = IN_MEMORY_DTYPE,
     cache_dir: str | os.PathLike | None = None,
     **from_pretrained_kwargs,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -60,6 +60,11 @@ SINGLE_FILE = "model.safetensors"
 #: Files of a checkpoint folder that :func:`prune_checkpoint` does not copy: rewritten (index, config), or
 #: markers of who wrote the source folder (the pruned folder gets its own plan and report).
 _REWRITTEN = (INDEX_FILE, "config.json", *OUTPUT_MARKERS)
+#: Weight files of other formats (or other safetensors than the index names) that hub folders carry beside
+#: the safetensors shards: PyTorch ``pytorch_model*.bin``, Meta's ``consolidated.*.pth``, TF, Flax, GGUF,
+#: ONNX, and their ``*.index.json``. They hold the DENSE weights, so they are not copied beside the pruned
+#: shards: a loader that prefers them would get the wrong shapes, and they double the folder's size.
+_DENSE_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
 
 
 class CheckpointSource:
@@ -117,10 +122,14 @@ class CheckpointSource:
         return [n for n in self.files if not n.startswith(LAYERS_PATH + ".")]
 
     def side_files(self) -> list[Path]:
-        """Files copied unchanged into the pruned checkpoint (tokenizer, generation config, ...)."""
-        weights = set(self.files.values())
-        return sorted(p for p in self.path.iterdir()
-                      if p.is_file() and p not in weights and p.name not in _REWRITTEN and not p.name.startswith("."))
+        """Files copied unchanged into the pruned checkpoint (tokenizer, generation config, ...): the
+        folder's top-level files less the weights in any format, their indexes, and what is rewritten."""
+        return sorted(p for p in self.path.iterdir() if p.is_file() and not p.name.startswith(".")
+                      and p.name not in _REWRITTEN and not _is_weight_file(p))
+
+
+def _is_weight_file(path: Path) -> bool:
+    return path.suffix in _DENSE_WEIGHT_SUFFIXES or path.name.endswith(".index.json")
 
 
 def check_shard(file: Path) -> list[str]:
