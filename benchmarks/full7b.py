@@ -17,6 +17,11 @@ Steps, each command a fresh process (the commands are printed):
 4. ``transformers.AutoModelForCausalLM.from_pretrained(WORK/pruned)`` and one forward: finite logits?
    (with ``trust_remote_code=True`` where transformers refuses the pruned head count in a plain config:
    :func:`worker_reload`).
+5. The layer's two-forward limit (:func:`worker_limit`, as ``scale.py``'s layer7b rows measure it): decoder
+   layer 0 of the checkpoint, then the same layer in its pruned shapes with the pruned folder's weights, each
+   run over the calibration's N x 128 tokens in the config's batches, in the checkpoint's dtype, best of 2.
+   ``ours_over_limit`` = the prune's mean seconds per layer / (dense + pruned forward); ``phases`` = the mean
+   seconds per phase from the pruned folder's ``pruning_report.json``.
 
 The prune and test commands run inside a small wrapper (``--worker-cli``: the same ``cli.main`` in the
 same process, so the measured process is the CLI's) that records, without changing what runs:
@@ -83,11 +88,12 @@ def prune_args(source: Path, target: Path, results: Path, nsamples: int, extra: 
             "--data.calibration.nsamples", str(nsamples), *extra]
 
 
-def test_args(pruned: Path, results: Path, windows: int) -> list[str]:
-    """``cli.py test`` of the pruned folder: the same config, the model loaded whole (not out of core)."""
+def test_args(pruned: Path, results: Path, windows: int, dtype: str) -> list[str]:
+    """``cli.py test`` of the pruned folder: the same config, the model loaded whole (not out of core) in the
+    checkpoint's ``dtype`` (a module loaded into memory defaults to float32: 21.6 GB for a pruned 7B)."""
     return ["test", "-c", str(CONFIG), "--model.model", str(pruned), "--model.out_of_core", "false",
-            "--pruning.save_dir", "null", "--data.ppl_max_windows", str(windows), "--results.path", str(results),
-            "--results.overwrite", "true"]
+            "--model.dtype", dtype, "--pruning.save_dir", "null", "--data.ppl_max_windows", str(windows),
+            "--results.path", str(results), "--results.overwrite", "true"]
 
 
 def run_child(cmd: list[str], what: str, capture: bool = False) -> tuple[float, float, str]:
@@ -125,6 +131,30 @@ def run_reload(pruned: Path) -> dict[str, Any]:
     except RuntimeError as exc:
         return {"reload_ok": False, "reload_error": str(exc)}
     return json.loads(out.strip().splitlines()[-1])
+
+
+def run_limit(checkpoint: Path, pruned: Path, nsamples: int) -> dict[str, Any]:
+    """The two-forward limit in a fresh process (the worker prints one JSON line); a failure is recorded."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-limit", str(checkpoint), str(pruned),
+           "--nsamples", str(nsamples)]
+    print("$ python benchmarks/full7b.py " + shlex.join(cmd[2:]) + "   # layer 0, dense and pruned forward", flush=True)
+    try:
+        _, _, out = run_child(cmd, "the limit", capture=True)
+    except RuntimeError as exc:
+        return {"limit_error": str(exc)}
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def with_limit(row: dict[str, Any], limit: dict[str, Any], pruned: Path) -> dict[str, Any]:
+    """``row`` with the limit's figures, ``ours_over_limit`` and the mean seconds per phase."""
+    row = {**row, **limit}
+    if row.get("limit_s") and row.get("seconds_per_layer"):
+        row["ours_over_limit"] = row["seconds_per_layer"] / row["limit_s"]
+    report = pruned / "pruning_report.json"
+    layers = json.loads(report.read_text(encoding="utf-8")).get("layers") if report.is_file() else None
+    if layers and all("seconds" in layer for layer in layers):
+        row["phases"] = C.mean_phases(layers)
+    return row
 
 
 # -- workers (inside the measured processes) ----------------------------------------------------------
@@ -229,6 +259,46 @@ def worker_reload(pruned: Path) -> dict[str, Any]:
             "reload_dtype": str(model.dtype).replace("torch.", "")}
 
 
+def worker_limit(checkpoint: Path, pruned: Path, nsamples: int) -> dict[str, Any]:
+    """One dense and one pruned forward of decoder layer 0 over ``nsamples`` x 128 tokens (step 5 of the module
+    docstring). Only layer 0 is loaded (a 1-layer model of the checkpoint's config); the shapes decide the
+    time, so the tokens are random ids, in the batches of the prune's calibration."""
+    from dataclasses import replace
+
+    import torch
+    import yaml
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rcpu_lightning.models.adapter import layer_prefix
+    from rcpu_lightning.pruning import capture_layer_inputs
+    from rcpu_lightning.pruning.io import load_plan
+    from rcpu_lightning.pruning.surgery import apply_plan_shapes
+
+    torch.set_grad_enabled(False)
+    batch = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))["data"]["init_args"]["calibration"]["batch_size"]
+    config = AutoConfig.from_pretrained(checkpoint)
+    config.num_hidden_layers = 1
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, config=config, dtype="auto").eval()
+    ids = torch.randint(0, config.vocab_size, (nsamples, SEQLEN), generator=torch.Generator().manual_seed(0))
+    layer0 = capture_layer_inputs(model, list(ids.split(batch))).batches
+    dense = C.layer_forward_seconds(model, layer0)
+    plan = load_plan(pruned)
+    apply_plan_shapes(model, replace(plan, layers=plan.layers[:1]))
+    prefix = layer_prefix(0)  # "model.layers.0."
+    index = json.loads((pruned / "model.safetensors.index.json").read_text(encoding="utf-8"))["weight_map"]
+    weights = {}
+    for shard in sorted({f for k, f in index.items() if k.startswith(prefix)}):
+        with safe_open(str(pruned / shard), framework="pt") as f:
+            weights.update({k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)})
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or any(k.startswith(prefix) for k in missing):
+        raise RuntimeError(f"the pruned layer 0 does not fit its plan: missing {missing}, unexpected {unexpected}")
+    pruned_s = C.layer_forward_seconds(model, layer0)
+    return {"dense_forward_s": dense, "pruned_forward_s": pruned_s, "limit_s": dense + pruned_s,
+            "limit_dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+
+
 # -- the run ------------------------------------------------------------------------------------------
 def ensure_checkpoint(folder: Path, args, config) -> dict[str, Any]:
     """Generate the checkpoint (a fresh process) unless ``folder`` holds the same one; what happened."""
@@ -309,15 +379,33 @@ def run(args) -> dict[str, Any]:
                              work / "prune.stats.json")
         pres = json.loads((work / "prune.json").read_text(encoding="utf-8"))
         pres["pruned_gb"] = _folder_bytes(pruned, "*.safetensors") / 1e9
-        test = run_measured(test_args(pruned, work / "test.json", args.ppl_windows), work / "test.stats.json")
+        test = run_measured(test_args(pruned, work / "test.json", args.ppl_windows, args.dtype), work / "test.stats.json")
         tres = json.loads((work / "test.json").read_text(encoding="utf-8"))
         reload = run_reload(pruned)
         row = build_row(label, args, config, gen, prune, test, (pres, tres), reload, checkpoint)
+        row = with_limit(row, run_limit(checkpoint, pruned, args.nsamples), pruned)
         row["end_to_end_minutes"] = (time.perf_counter() - started) / 60  # all four steps
         C.RowStore(args.out).add(row)
     finally:
         if not args.keep:
             _remove(written, work)
+    return row
+
+
+def add_limit(args) -> dict[str, Any]:
+    """``--limit-only``: step 5 alone, on the folders a ``--keep`` run with the same arguments left in
+    ``--work-dir``; that run's row (same key) gets the figures. Nothing is generated, pruned or removed."""
+    label = args.preset or _config_label(Path(args.config).expanduser().resolve())
+    work = Path(args.work_dir).expanduser()
+    store, key = C.RowStore(args.out), row_key(label, args)
+    row = store.get(key)
+    if row is None:
+        raise SystemExit(f"--limit-only: {args.out} has no row {key!r}: run once with --keep and these arguments")
+    if not (work / "pruned" / "config.json").is_file() or not (work / "checkpoint" / "config.json").is_file():
+        raise SystemExit(f"--limit-only: {work} does not hold checkpoint/ and pruned/ (run with --keep)")
+    row = with_limit(row, run_limit(work / "checkpoint", work / "pruned", args.nsamples), work / "pruned")
+    row["limit_run"] = C.run_info()  # the limit measured later than the prune: its own machine state
+    store.add(row)
     return row
 
 
@@ -348,7 +436,17 @@ def summary(row: dict[str, Any]) -> str:
         f"{row['test_wall_seconds']:.0f} s, peak RSS {row['test_peak_rss_mb']:.0f} MB",
         f"reload ({row.get('reload_how', 'from_pretrained')} + one forward): "
         f"{'finite logits' if row.get('reload_ok') else 'FAILED ' + row.get('reload_error', 'logits not finite')}",
+        limit_line(row),
     ])
+
+
+def limit_line(row: dict[str, Any]) -> str:
+    if not row.get("limit_s"):
+        return f"limit: not measured ({row.get('limit_error', 'no figures')})"
+    phases = ", ".join(f"{k} {v:.1f}" for k, v in row.get("phases", {}).items())
+    return (f"limit: layer 0 dense {row['dense_forward_s']:.1f} s + pruned {row['pruned_forward_s']:.1f} s = "
+            f"{row['limit_s']:.1f} s ({row['limit_dtype']}); ours {row['ours_over_limit']:.2f}x the limit"
+            + (f"; seconds per phase: {phases}" if phases else ""))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -363,10 +461,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work-dir", default="/tmp/rcpu-full7b", help="checkpoint and pruned folder (~2.5x the checkpoint)")
     p.add_argument("--keep", action="store_true", help="keep the checkpoint and the pruned folder (a rerun reuses the checkpoint)")
     p.add_argument("--extra-prune-args", default="", help="more cli.py prune arguments, one shell-quoted string")
+    p.add_argument("--limit-only", action="store_true",
+                   help="only measure the two-forward limit on what an earlier --keep run (same arguments) left, "
+                        "and add it to that run's row")
     p.add_argument("--quick", action="store_true", help="llama-7b-mini, 16 windows: checks the script in about a minute")
     p.add_argument("--out", default=None, help="row store (default results/scale.json; --quick results/scale_quick.json)")
     p.add_argument("--worker-cli", help=argparse.SUPPRESS)
     p.add_argument("--worker-reload", help=argparse.SUPPRESS)
+    p.add_argument("--worker-limit", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("cli_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.preset = args.preset or (None if args.config else "llama-7b-mini" if args.quick else "llama-7b")
@@ -383,6 +485,12 @@ def main(argv=None) -> int:
         return worker_cli(Path(args.worker_cli), args.cli_args)
     if args.worker_reload:
         print(json.dumps(worker_reload(Path(args.worker_reload))))
+        return 0
+    if args.worker_limit:
+        print(json.dumps(worker_limit(*map(Path, args.worker_limit), args.nsamples)))
+        return 0
+    if args.limit_only:
+        print(limit_line(add_limit(args)))
         return 0
     row = run(args)
     print(summary(row))

@@ -220,7 +220,8 @@ def big_models_section(results: Path, readme: Path) -> str:
                      f"{r['checkpoint_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / r['checkpoint_mb']:.2f} | "
                      f"{r['seconds_per_layer']:.1f} | {C.fmt(r.get('max_abs_logit_diff_vs_in_memory'), '.1e')} | "
                      f"{r.get('run', {}).get('loadavg_1m', '–')} |")
-    lines += big_model_targets(store, [r for r in rows if r["mode"] == "layer7b"])
+    lines += big_model_targets(store, [r for r in rows if r["mode"] == "layer7b"],
+                               [r for r in rows if r["mode"] == "full7b"])
     return "\n".join(lines + gpu_lines(results) + bf16_lines(results)) + "\n"
 
 
@@ -245,7 +246,7 @@ def bf16_lines(results: Path) -> list[str]:
     return ["", line + ". Goal: within 1 % of the float32 prune."]
 
 
-def big_model_targets(store: list[dict], layer7b: list[dict]) -> list[str]:
+def big_model_targets(store: list[dict], layer7b: list[dict], full7b: list[dict]) -> list[str]:
     out = ["", "Against the targets (peak RSS ≤ 0.25 × checkpoint on a ≥ 4 GiB checkpoint; streamed = in-memory "
                "within 1e-3; at LLaMA-7B layer dimensions ours ≤ 1.3 × the layer's two-forward limit and reference / ours "
                "≥ 1.3, float32, the two measured in one run):"]
@@ -261,16 +262,16 @@ def big_model_targets(store: list[dict], layer7b: list[dict]) -> list[str]:
         d = r["max_abs_logit_diff_vs_in_memory"]
         out.append(f"- disk vs memory at {r['layers']} layers: max abs logit difference {d:.1e} "
                    f"({'met' if d <= 1e-3 else 'not met'}).")
-    for samples in sorted({r["calib_samples"] for r in layer7b}):
-        by_impl = {r["impl"]: r for r in layer7b if r["calib_samples"] == samples}
+    for samples, dtype in sorted({(r["calib_samples"], _dtype(r)) for r in layer7b}):
+        by_impl = {r["impl"]: r for r in layer7b if (r["calib_samples"], _dtype(r)) == (samples, dtype)}
         ours, ref = by_impl.get("ours"), by_impl.get("reference")
         if ours is None:
             continue
         line = (f"- one layer at LLaMA-7B dimensions (h {ours['hidden']}, MLP {ours['intermediate']}, {ours['heads']} "
                 f"heads; {samples} × {ours['calib_seqlen']} calibration; the model in memory): ours "
                 f"{ours['seconds_per_layer']:.1f} s, peak {ours['peak_rss_mb'] / 1024:.2f} GiB")
-        cpu = ours.get("run", {}).get("cpu")
-        line += f" (on {cpu}, {ours.get('dtype', 'float32')})" if cpu else ""
+        cpu = _cpu(ours)
+        line += f" (on {cpu}, {dtype})" if cpu else ""
         if ref is not None:
             speed = ref["seconds_per_layer"] / ours["seconds_per_layer"]
             line += (f"; the reference's stored-activation method {ref['seconds_per_layer']:.1f} s, peak "
@@ -289,8 +290,50 @@ def big_model_targets(store: list[dict], layer7b: list[dict]) -> list[str]:
             out.append(f"  RCPU-affine (`configs/rcpu-affine.yaml`, its allocation pass included) on the same layers: "
                        f"{affine['seconds_per_layer']:.1f} s per layer, peak {affine['peak_rss_mb'] / 1024:.2f} GiB "
                        f"(its own run; load {affine.get('run', {}).get('loadavg_1m', '–')}).")
-    out += phase_table([r for r in layer7b if r["impl"] == "ours" and r.get("phases")])
+    out += full7b_lines(full7b)
+    out += phase_table([r for r in layer7b + full7b if r.get("impl", "ours") == "ours" and r.get("phases")
+                        and r.get("limit_s")])
     return out if len(out) > 1 else []
+
+
+def _dtype(row: dict) -> str:
+    return row.get("dtype", "float32")
+
+
+def _cpu(row: dict) -> str | None:
+    """The CPU a row ran on, with whether it multiplies bf16 natively (same model names differ in that)."""
+    run = row.get("run", {})
+    if not run.get("cpu"):
+        return None
+    flag = run.get("bf16_matmul")
+    return run["cpu"] + ("" if flag is None else ", bf16 matmul" if flag else ", no bf16 matmul")
+
+
+def full7b_lines(rows: list[dict]) -> list[str]:
+    """Whole LLaMA-7B-shaped checkpoints pruned out of core through the CLI (``full7b.py``)."""
+    out = []
+    for r in rows:
+        line = (f"- a whole {r['model']} checkpoint (`full7b.py`: random weights, {r['layers']} layers, h {r['hidden']}, "
+                f"{r['heads']} heads, MLP {r['intermediate']}, vocab {r['vocab']}; {r['dtype']} safetensors, "
+                f"{r['checkpoint_gb']:.1f} GB) pruned by `cli.py prune -c configs/llama-out-of-core.yaml` "
+                f"(RCPU rot 20 %, {r['calib_samples']} × {r['calib_seqlen']} calibration"
+                + (f", `{' '.join(r['extra_prune_args'])}`" if r.get("extra_prune_args") else "")
+                + f"; on {_cpu(r) or '?'}, {r.get('omp_num_threads') or '?'} threads, load "
+                f"{r.get('run', {}).get('loadavg_1m', '–')}): {r['total_minutes']:.1f} min, "
+                f"{r['seconds_per_layer']:.1f} s per layer, peak RSS {r['peak_rss_mb'] / 1024:.2f} GiB "
+                f"({'met' if r['peak_rss_mb'] <= 4096 else 'not met'}: goal ≤ 4 GiB), layer reads "
+                f"{r['read_seconds']:.0f} s and shard writes {r['write_seconds']:.0f} s in all; pruned folder "
+                f"{r['pruned_gb']:.1f} GB ({100 * r['decoder_params_removed']:.1f} % of the decoder removed)")
+        if r.get("limit_s"):
+            line += (f". Ours is {r['ours_over_limit']:.2f}× the layer's two-forward limit ({r['dense_forward_s']:.1f} + "
+                     f"{r['pruned_forward_s']:.1f} = {r['limit_s']:.1f} s, layer 0 in {r['limit_dtype']}, measured "
+                     f"after the prune; target ≤ 1.3×: {'met' if r['ours_over_limit'] <= 1.3 else 'not met'})")
+        reload = "finite logits" if r.get("reload_ok") else "FAILED"
+        line += (f". `cli.py test` of the folder: PPL {r['ppl']:.0f} on {r['ppl_windows']} windows (random weights: "
+                 f"finite is what counts), {r['test_wall_seconds'] / 60:.1f} min, peak {r['test_peak_rss_mb'] / 1024:.1f} GiB; "
+                 f"reload by `{r.get('reload_how', 'from_pretrained')}` + one forward: {reload}.")
+        out.append(line)
+    return out
 
 
 def phase_table(rows: list[dict]) -> list[str]:
@@ -299,8 +342,9 @@ def phase_table(rows: list[dict]) -> list[str]:
         return []
     from rcpu_lightning.pruning.progress import PHASES
 
-    head = " | ".join(f"{r.get('dtype', 'float32')}, {r['calib_samples']} × {r['calib_seqlen']}" for r in rows)
-    lines = ["", "Where a LLaMA-7B-dimension layer's seconds go (mean of the 2 layers; × = share of the "
+    head = " | ".join(f"{'whole model out of core' if r['mode'] == 'full7b' else 'one layer in memory'}, {_dtype(r)}, "
+                      f"{r['calib_samples']} × {r['calib_seqlen']}" for r in rows)
+    lines = ["", "Where a LLaMA-7B-dimension layer's seconds go (mean over the layers of each run; × = share of the "
                  "two-forward limit):", "", f"| phase | {head} |", "|---|" + "---|" * len(rows)]
     for phase in PHASES:
         cells = [f"{r['phases'].get(phase, 0.0):.1f} s ({r['phases'].get(phase, 0.0) / r['limit_s']:.2f}×)"

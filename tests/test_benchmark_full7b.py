@@ -15,6 +15,7 @@ if str(REPO_ROOT) not in sys.path:
 from benchmarks import full7b  # noqa: E402
 
 from conftest import SHARED_DATA  # noqa: E402
+from rcpu_lightning.pruning.progress import PHASES  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -48,3 +49,24 @@ def test_full7b_quick_runs_end_to_end_and_writes_its_row(tmp_path):
     assert row["read_bytes"] == 2 * row["params"] + 2 * 32000 * 512
     assert 0 < row["write_bytes"] < row["read_bytes"] and row["peak_rss_mb"] > 0 and row["total_minutes"] > 0
     assert not work.exists()  # without --keep, what the run wrote is removed
+    # the two-forward limit of layer 0 (step 5), in the checkpoint's dtype, and the phases of the prune
+    assert row["limit_dtype"] == "bfloat16" and 0 < row["pruned_forward_s"] and 0 < row["dense_forward_s"]
+    assert row["limit_s"] == pytest.approx(row["dense_forward_s"] + row["pruned_forward_s"])
+    assert row["ours_over_limit"] == pytest.approx(row["seconds_per_layer"] / row["limit_s"])
+    assert set(row["phases"]) <= set(PHASES) and "statistics" in row["phases"]
+
+
+@pytest.mark.slow
+def test_full7b_limit_only_adds_the_limit_to_a_kept_runs_row(tmp_path):
+    rows, work = tmp_path / "rows.json", tmp_path / "work"
+    argv = ["--quick", "--work-dir", str(work), "--out", str(rows), "--nsamples", "8", "--ppl-windows", "2"]
+    with pytest.raises(SystemExit, match="no row"):  # nothing ran yet: a clear error, nothing written
+        full7b.main([*argv, "--limit-only"])
+    assert not rows.exists() and not work.exists()
+    assert full7b.main([*argv, "--keep"]) == 0
+    (first,) = json.loads(rows.read_text())
+    assert full7b.main([*argv, "--limit-only"]) == 0
+    (row,) = json.loads(rows.read_text())
+    assert row["key"] == first["key"] and row["layer_seconds"] == first["layer_seconds"]  # the same run's row
+    assert row["limit_s"] > 0 and "limit_run" in row and "limit_run" not in first
+    assert (work / "pruned" / "config.json").is_file()  # --limit-only removes nothing

@@ -627,6 +627,27 @@ def test_big_models_section_reads_targets_off_the_scale_rows(tmp_path):
     assert "on the same layers: 180.0 s per layer, peak 7.00 GiB (its own run; load 1.5)." in text
     assert "128 × 128 calibration; the model in memory): ours 80.0 s, peak 5.86 GiB." in text  # not paired
     assert "GPU (`benchmarks/gpu_llama7b.py`): not run yet" in text
+    # a bf16 ours row (scale.py --dtype bfloat16) stands alone: the float32 pair and its ratio stay as they were
+    bf16_row = {**rows[4], "dtype": "bfloat16", "seconds_per_layer": 30.0, "limit_s": 12.0, "ours_over_limit": 2.5,
+                "run": {"loadavg_1m": 1.2, "cpu": "AMD EPYC", "bf16_matmul": True}}
+    # full7b.py's row: a whole checkpoint through the CLI, with its limit and phases
+    full = {"mode": "full7b", "model": "llama-7b", "layers": 32, "hidden": 4096, "heads": 32, "intermediate": 11008,
+            "vocab": 32000, "dtype": "bfloat16", "checkpoint_gb": 13.48, "calib_samples": 128, "calib_seqlen": 128,
+            "extra_prune_args": [], "omp_num_threads": "2", "run": {"loadavg_1m": 2.0, "cpu": "X", "bf16_matmul": True},
+            "total_minutes": 55.2, "seconds_per_layer": 100.0, "peak_rss_mb": 3000.0, "read_seconds": 40.0,
+            "write_seconds": 20.0, "pruned_gb": 11.0, "decoder_params_removed": 0.196, "dense_forward_s": 20.0,
+            "pruned_forward_s": 16.0, "limit_s": 36.0, "limit_dtype": "bfloat16", "ours_over_limit": 100 / 36,
+            "ppl": 40000.0, "ppl_windows": 4, "test_wall_seconds": 300.0, "test_peak_rss_mb": 12000.0,
+            "reload_how": "from_pretrained(trust_remote_code=True)", "reload_ok": True, "phases": phases}
+    (d / "scale.json").write_text(json.dumps(rows + [bf16_row, full]))
+    text = rr.big_models_section(d, tmp_path / "README.md")
+    assert "ours 45.0 s, peak 4.88 GiB (on AMD EPYC, float32)" in text and "reference / ours = 2.11 (met" in text
+    assert "ours 30.0 s, peak 4.88 GiB (on AMD EPYC, bf16 matmul, bfloat16)" in text
+    assert ("(RCPU rot 20 %, 128 × 128 calibration; on X, bf16 matmul, 2 threads, load 2.0): 55.2 min, 100.0 s per "
+            "layer, peak RSS 2.93 GiB (met: goal ≤ 4 GiB)") in text
+    assert "Ours is 2.78× the layer's two-forward limit (20.0 + 16.0 = 36.0 s, layer 0 in bfloat16" in text
+    assert "reload by `from_pretrained(trust_remote_code=True)` + one forward: finite logits." in text
+    assert "| whole model out of core, bfloat16, 128 × 128 |" in text and "**100.0 s (2.78×)** |" in text
 
 
 def test_bf16_script_prunes_each_variant_in_its_dtype_and_compares_with_the_float32_prune(tmp_path, capsys):
