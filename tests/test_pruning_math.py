@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -187,6 +189,34 @@ def test_polar_factor_from_eigh_equals_the_svd_one_and_falls_back_when_ill_condi
     singular[:, -1] = 0  # rank 39: eigh would divide by ~0; the SVD path gives an orthogonal Q
     Q, _ = polar_factor(singular)
     torch.testing.assert_close(Q.T @ Q, torch.eye(40, dtype=torch.float64), atol=1e-10, rtol=0)  # SVD: ~d·eps
+
+
+def test_polar_factor_keeps_the_eigh_route_up_to_its_rcond_and_stays_within_1e_5(monkeypatch):
+    from rcpu_lightning.pruning import compensation
+
+    g = torch.Generator().manual_seed(2)
+    d = 160
+    U, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    kappa = 0.5 / compensation.POLAR_RCOND  # inside the eigh route, 5x above the old threshold (1e4)
+    s = torch.ones(d, dtype=torch.float64)
+    s[-d // 8:] = torch.logspace(-2, -math.log10(kappa), d // 8, dtype=torch.float64)  # a tail of small σ
+    M = (U * s) @ V.T
+    svd = torch.linalg.svd
+    calls = []
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(1) or svd(*a, **k))
+    Q, sigma = compensation.polar_factor(M)
+    assert not calls  # no SVD after the eigh
+    B = torch.randn(d, d, generator=g, dtype=torch.float64)  # the weights the rotation acts on
+    # the eigh route's error grows as eps·κ² (~1e-6 worst case here, seen ~1e-8): within the fast
+    # arithmetic's promise of 1e-5 relative on the rotated weights; a wrong polar factor is O(1) off
+    exact = U @ V.T
+    assert float(((Q - exact) @ B).abs().max() / (exact @ B).abs().max()) < 1e-5
+    # σ² from eigh is off by ~d·eps·σ_max² = 3.5e-14, so σ_min = 2e-5 by 3.5e-14 / (2 σ_min) ≈ 1e-9
+    torch.testing.assert_close(sigma, s, atol=1e-8, rtol=0)
+    M[:, -1] *= 1e-3  # σ_min / σ_max below the rcond: the SVD route
+    compensation.polar_factor(M)
+    assert calls
 
 
 def test_thin_rotation_equals_the_full_procrustes_rotation_of_a_rank_deficient_cross_matrix():
