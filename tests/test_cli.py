@@ -538,6 +538,9 @@ def test_the_out_of_core_config_runs_on_the_machine_it_is_started_on(tiny, tmp_p
           "--data.calibration.batch_size", "4", "--trainer.enable_progress_bar", "false"])
     assert (tmp_path / "pruned" / "pruning_plan.json").is_file()
     assert json.loads((tmp_path / "r.json").read_text())["stage"] == "prune"
+    # the config names no dtype: the pruned shards keep the checkpoint's (the tiny model's float32)
+    source_dtype = json.loads((model / "config.json").read_text())["dtype"]
+    assert json.loads((tmp_path / "pruned" / "config.json").read_text())["dtype"] == source_dtype == "float32"
 
 
 @pytest.mark.parametrize("damage", ["no safetensors", "truncated shard"])
