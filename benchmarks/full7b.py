@@ -19,7 +19,8 @@ Steps, each command a fresh process (the commands are printed):
    :func:`worker_reload`).
 5. The layer's two-forward limit (:func:`worker_limit`, as ``scale.py``'s layer7b rows measure it): decoder
    layer 0 of the checkpoint, then the same layer in its pruned shapes with the pruned folder's weights, each
-   run over the calibration's N x 128 tokens in the config's batches, in the checkpoint's dtype, best of 2.
+   run over the calibration's N x 128 tokens in the config's batches, in the prune's execution dtype (the
+   checkpoint's unless ``--extra-prune-args`` names one), best of 2.
    ``ours_over_limit`` = the prune's mean seconds per layer / (dense + pruned forward); ``phases`` = the mean
    seconds per phase from the pruned folder's ``pruning_report.json``.
 
@@ -42,14 +43,11 @@ same process, so the measured process is the CLI's) that records, without changi
   cache reads as less), ``rchar``/``wchar`` the bytes of its read/write calls (memory-mapped reads are
   not counted there).
 
-**bfloat16 on a CPU.** The layers run in the checkpoint's dtype unless told otherwise; a CPU without
-bfloat16 matrix instructions (no ``avx512_bf16``/AMX, as the 2-core development machine) multiplies
-bfloat16 about 5x slower than float32 (27 against 5.4 GFLOP/s measured there for one 7B MLP product),
-so the full run wants ``--extra-prune-args "--pruning.config.execution_dtype float32"`` where that
-option exists: ``results/scale.json``'s ``layer7b-ours`` row (float32, 128 x 128) took 130 s a layer,
-about 70 min for 32 layers. The test step's forwards stay bfloat16 (the pruned model in float32 would
-not fit in 24 GB): 4 windows of 128 tokens through 5.4 B parameters are 5.5 TFLOP, some 15-20 min at
-the bfloat16 rate above (``--ppl-windows`` scales it).
+**bfloat16 on a CPU.** The layers run in the checkpoint's dtype unless told otherwise. A CPU with
+bfloat16 matrix instructions (``avx512_bf16`` or AMX; ``run.bf16_matmul`` in the row) multiplies bfloat16
+faster than float32: keep the default there. One without them is several times slower in bfloat16: give
+``--extra-prune-args "--pruning.config.execution_dtype float32"``. The test step's forwards stay in the
+checkpoint's dtype (a pruned 7B in float32, 21.6 GB, would not fit in 24 GB); ``--ppl-windows`` scales it.
 
 The row (``mode: "full7b"``) goes to ``results/scale.json`` (``--quick``: ``results/scale_quick.json``;
 ``--out``), keyed by model, dtype, calibration, windows and extra arguments; rerunning a finished key
@@ -133,10 +131,21 @@ def run_reload(pruned: Path) -> dict[str, Any]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_limit(checkpoint: Path, pruned: Path, nsamples: int) -> dict[str, Any]:
+def execution_dtype(extra: list[str]) -> str | None:
+    """The ``--pruning.config.execution_dtype`` among the extra prune arguments (None: the checkpoint's)."""
+    flag = "--pruning.config.execution_dtype"
+    for i, arg in enumerate(extra):
+        if arg == flag and i + 1 < len(extra):
+            return None if extra[i + 1] == "null" else extra[i + 1]
+        if arg.startswith(flag + "="):
+            return None if arg.split("=", 1)[1] == "null" else arg.split("=", 1)[1]
+    return None
+
+
+def run_limit(checkpoint: Path, pruned: Path, nsamples: int, dtype: str | None) -> dict[str, Any]:
     """The two-forward limit in a fresh process (the worker prints one JSON line); a failure is recorded."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-limit", str(checkpoint), str(pruned),
-           "--nsamples", str(nsamples)]
+           "--nsamples", str(nsamples), *(["--limit-dtype", dtype] if dtype else [])]
     print("$ python benchmarks/full7b.py " + shlex.join(cmd[2:]) + "   # layer 0, dense and pruned forward", flush=True)
     try:
         _, _, out = run_child(cmd, "the limit", capture=True)
@@ -259,10 +268,11 @@ def worker_reload(pruned: Path) -> dict[str, Any]:
             "reload_dtype": str(model.dtype).replace("torch.", "")}
 
 
-def worker_limit(checkpoint: Path, pruned: Path, nsamples: int) -> dict[str, Any]:
+def worker_limit(checkpoint: Path, pruned: Path, nsamples: int, dtype: str | None = None) -> dict[str, Any]:
     """One dense and one pruned forward of decoder layer 0 over ``nsamples`` x 128 tokens (step 5 of the module
-    docstring). Only layer 0 is loaded (a 1-layer model of the checkpoint's config); the shapes decide the
-    time, so the tokens are random ids, in the batches of the prune's calibration."""
+    docstring), in ``dtype`` (the prune's execution dtype; default the checkpoint's). Only layer 0 is loaded
+    (a 1-layer model of the checkpoint's config); the shapes decide the time, so the tokens are random ids,
+    in the batches of the prune's calibration."""
     from dataclasses import replace
 
     import torch
@@ -273,25 +283,26 @@ def worker_limit(checkpoint: Path, pruned: Path, nsamples: int) -> dict[str, Any
     from rcpu_lightning.models.adapter import layer_prefix
     from rcpu_lightning.pruning import capture_layer_inputs
     from rcpu_lightning.pruning.io import load_plan
+    from rcpu_lightning.pruning.streaming import INDEX_FILE
     from rcpu_lightning.pruning.surgery import apply_plan_shapes
 
     torch.set_grad_enabled(False)
     batch = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))["data"]["init_args"]["calibration"]["batch_size"]
     config = AutoConfig.from_pretrained(checkpoint)
     config.num_hidden_layers = 1
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, config=config, dtype="auto").eval()
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, config=config, dtype=getattr(torch, dtype) if dtype else "auto").eval()
     ids = torch.randint(0, config.vocab_size, (nsamples, SEQLEN), generator=torch.Generator().manual_seed(0))
     layer0 = capture_layer_inputs(model, list(ids.split(batch))).batches
     dense = C.layer_forward_seconds(model, layer0)
     plan = load_plan(pruned)
     apply_plan_shapes(model, replace(plan, layers=plan.layers[:1]))
     prefix = layer_prefix(0)  # "model.layers.0."
-    index = json.loads((pruned / "model.safetensors.index.json").read_text(encoding="utf-8"))["weight_map"]
+    index = json.loads((pruned / INDEX_FILE).read_text(encoding="utf-8"))["weight_map"]
     weights = {}
     for shard in sorted({f for k, f in index.items() if k.startswith(prefix)}):
         with safe_open(str(pruned / shard), framework="pt") as f:
             weights.update({k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)})
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing, unexpected = model.load_state_dict(weights, strict=False)  # cast to the layer's dtype
     if unexpected or any(k.startswith(prefix) for k in missing):
         raise RuntimeError(f"the pruned layer 0 does not fit its plan: missing {missing}, unexpected {unexpected}")
     pruned_s = C.layer_forward_seconds(model, layer0)
@@ -383,7 +394,7 @@ def run(args) -> dict[str, Any]:
         tres = json.loads((work / "test.json").read_text(encoding="utf-8"))
         reload = run_reload(pruned)
         row = build_row(label, args, config, gen, prune, test, (pres, tres), reload, checkpoint)
-        row = with_limit(row, run_limit(checkpoint, pruned, args.nsamples), pruned)
+        row = with_limit(row, run_limit(checkpoint, pruned, args.nsamples, execution_dtype(args.extra)), pruned)
         row["end_to_end_minutes"] = (time.perf_counter() - started) / 60  # all four steps
         C.RowStore(args.out).add(row)
     finally:
@@ -403,7 +414,8 @@ def add_limit(args) -> dict[str, Any]:
         raise SystemExit(f"--limit-only: {args.out} has no row {key!r}: run once with --keep and these arguments")
     if not (work / "pruned" / "config.json").is_file() or not (work / "checkpoint" / "config.json").is_file():
         raise SystemExit(f"--limit-only: {work} does not hold checkpoint/ and pruned/ (run with --keep)")
-    row = with_limit(row, run_limit(work / "checkpoint", work / "pruned", args.nsamples), work / "pruned")
+    row = with_limit(row, run_limit(work / "checkpoint", work / "pruned", args.nsamples, execution_dtype(args.extra)),
+                     work / "pruned")
     row["limit_run"] = C.run_info()  # the limit measured later than the prune: its own machine state
     store.add(row)
     return row
@@ -469,6 +481,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--worker-cli", help=argparse.SUPPRESS)
     p.add_argument("--worker-reload", help=argparse.SUPPRESS)
     p.add_argument("--worker-limit", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--limit-dtype", help=argparse.SUPPRESS)
     p.add_argument("cli_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.preset = args.preset or (None if args.config else "llama-7b-mini" if args.quick else "llama-7b")
@@ -487,7 +500,7 @@ def main(argv=None) -> int:
         print(json.dumps(worker_reload(Path(args.worker_reload))))
         return 0
     if args.worker_limit:
-        print(json.dumps(worker_limit(*map(Path, args.worker_limit), args.nsamples)))
+        print(json.dumps(worker_limit(*map(Path, args.worker_limit), args.nsamples, args.limit_dtype)))
         return 0
     if args.limit_only:
         print(limit_line(add_limit(args)))

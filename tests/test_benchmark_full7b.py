@@ -33,6 +33,10 @@ def test_full7b_options_and_row_keys():
     args = full7b.prune_args(Path("/c"), Path("/p"), Path("/r.json"), 128, full.extra)
     assert args[:3] == ["prune", "-c", str(full7b.CONFIG)] and args[-2:] == full.extra
     assert args[args.index("--data.calibration.nsamples") + 1] == "128"
+    # the limit runs in the prune's execution dtype
+    assert full7b.execution_dtype(full.extra) == "float32" and full7b.execution_dtype([]) is None
+    assert full7b.execution_dtype(["--pruning.config.execution_dtype=bfloat16"]) == "bfloat16"
+    assert full7b.execution_dtype(["--pruning.config.execution_dtype", "null"]) is None
 
 
 @pytest.mark.slow
@@ -59,7 +63,8 @@ def test_full7b_quick_runs_end_to_end_and_writes_its_row(tmp_path):
 @pytest.mark.slow
 def test_full7b_limit_only_adds_the_limit_to_a_kept_runs_row(tmp_path):
     rows, work = tmp_path / "rows.json", tmp_path / "work"
-    argv = ["--quick", "--work-dir", str(work), "--out", str(rows), "--nsamples", "8", "--ppl-windows", "2"]
+    argv = ["--quick", "--work-dir", str(work), "--out", str(rows), "--nsamples", "8", "--ppl-windows", "2",
+            "--extra-prune-args", "--pruning.config.execution_dtype float32"]
     with pytest.raises(SystemExit, match="no row"):  # nothing ran yet: a clear error, nothing written
         full7b.main([*argv, "--limit-only"])
     assert not rows.exists() and not work.exists()
@@ -69,4 +74,5 @@ def test_full7b_limit_only_adds_the_limit_to_a_kept_runs_row(tmp_path):
     (row,) = json.loads(rows.read_text())
     assert row["key"] == first["key"] and row["layer_seconds"] == first["layer_seconds"]  # the same run's row
     assert row["limit_s"] > 0 and "limit_run" in row and "limit_run" not in first
+    assert first["limit_dtype"] == row["limit_dtype"] == "float32"  # the prune's execution dtype, not bf16
     assert (work / "pruned" / "config.json").is_file()  # --limit-only removes nothing
