@@ -262,7 +262,7 @@ def big_model_targets(store: list[dict], layer7b: list[dict], full7b: list[dict]
         d = r["max_abs_logit_diff_vs_in_memory"]
         out.append(f"- disk vs memory at {r['layers']} layers: max abs logit difference {d:.1e} "
                    f"({'met' if d <= 1e-3 else 'not met'}).")
-    for samples, dtype in sorted({(r["calib_samples"], _dtype(r)) for r in layer7b}):
+    for samples, dtype in sorted({(r["calib_samples"], _dtype(r)) for r in layer7b}, key=lambda k: (k[0], k[1] != "float32")):
         by_impl = {r["impl"]: r for r in layer7b if (r["calib_samples"], _dtype(r)) == (samples, dtype)}
         ours, ref = by_impl.get("ours"), by_impl.get("reference")
         if ours is None:
