@@ -239,7 +239,7 @@ def bf16_lines(results: Path) -> list[str]:
     dense = [rows[v] for v in ("dense_f32", "dense_bf16") if v in rows]
     loads = "/".join(f"{r['run'].get('loadavg_1m', '–')}" for r in rows.values())
     line = (f"- bf16 end to end (`bf16.py`, SmolLM2, RCPU rot {ref['config']['ratio'] * 100:.0f} %, "
-            f"first {ref['ppl_windows']} test windows, on {ref['run'].get('cpu', '?')}, load {loads}): the float32 prune "
+            f"first {ref['ppl_windows']} test windows, on {_cpu(ref) or '?'}, load {loads}): the float32 prune "
             f"{ref['ppl']:.2f} ({ref['prune_seconds']:.0f} s); " + "; ".join(parts))
     if len(dense) == 2:
         line += f". Dense: float32 {dense[0]['ppl']:.2f}, bf16 {dense[1]['ppl']:.2f}"
