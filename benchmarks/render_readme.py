@@ -279,9 +279,7 @@ def big_model_targets(store: list[dict], layer7b: list[dict], full7b: list[dict]
                      f"({'met' if speed >= 1.3 else 'not met'}; load {ours.get('run', {}).get('loadavg_1m', '–')} / "
                      f"{ref.get('run', {}).get('loadavg_1m', '–')})")
         if ours.get("limit_s"):
-            line += (f". Ours is {ours['ours_over_limit']:.2f}× the layer's two-forward limit "
-                     f"({ours['limit_s']:.1f} s: one dense + one pruned forward of layer 0, same process; "
-                     f"target ≤ 1.3×: {'met' if ours['ours_over_limit'] <= 1.3 else 'not met'})")
+            line += _over_limit(ours, f"{ours['limit_s']:.1f} s: one dense + one pruned forward of layer 0, same process")
             if ref is not None:
                 line += f" and the reference {ref['seconds_per_layer'] / ours['limit_s']:.2f}×"
         out.append(line + ".")
@@ -294,6 +292,12 @@ def big_model_targets(store: list[dict], layer7b: list[dict], full7b: list[dict]
     out += phase_table([r for r in layer7b + full7b if r.get("impl", "ours") == "ours" and r.get("phases")
                         and r.get("limit_s")])
     return out if len(out) > 1 else []
+
+
+def _over_limit(row: dict, how: str) -> str:
+    """The sentence on a row's seconds per layer against its two-forward limit (``how`` it was measured)."""
+    return (f". Ours is {row['ours_over_limit']:.2f}× the layer's two-forward limit ({how}; target ≤ 1.3×: "
+            f"{'met' if row['ours_over_limit'] <= 1.3 else 'not met'})")
 
 
 def _dtype(row: dict) -> str:
@@ -325,9 +329,8 @@ def full7b_lines(rows: list[dict]) -> list[str]:
                 f"{r['read_seconds']:.0f} s and shard writes {r['write_seconds']:.0f} s in all; pruned folder "
                 f"{r['pruned_gb']:.1f} GB ({100 * r['decoder_params_removed']:.1f} % of the decoder removed)")
         if r.get("limit_s"):
-            line += (f". Ours is {r['ours_over_limit']:.2f}× the layer's two-forward limit ({r['dense_forward_s']:.1f} + "
-                     f"{r['pruned_forward_s']:.1f} = {r['limit_s']:.1f} s, layer 0 in {r['limit_dtype']}, measured "
-                     f"after the prune; target ≤ 1.3×: {'met' if r['ours_over_limit'] <= 1.3 else 'not met'})")
+            line += _over_limit(r, f"{r['dense_forward_s']:.1f} + {r['pruned_forward_s']:.1f} = {r['limit_s']:.1f} s, "
+                                   f"layer 0 in {r['limit_dtype']}, measured after the prune")
         reload = "finite logits" if r.get("reload_ok") else "FAILED"
         line += (f". `cli.py test` of the folder: PPL {r['ppl']:.0f} on {r['ppl_windows']} windows (random weights: "
                  f"finite is what counts), {r['test_wall_seconds'] / 60:.1f} min, peak {r['test_peak_rss_mb'] / 1024:.1f} GiB; "
