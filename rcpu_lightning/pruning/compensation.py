@@ -117,8 +117,9 @@ def rotation_scale_compensation(weight: Tensor, G: Tensor, keep: Tensor) -> Tens
 #: Below this ``σ_min / σ_max`` :func:`polar_factor` takes an SVD instead of ``eigh(MᵀM)``. The eigh route's
 #: error grows as ``ε κ²`` (``κ = σ_max / σ_min``); on the rotated weights, against the SVD's, it measured
 #: 2.4e-7 relative at ``κ = 1e5`` (d = 3328, a tail of small singular values), 4e-6 to 2e-5 at ``κ = 1e6``
-#: and 3e-3 at ``κ = 1e7`` (d = 1024): 1e-5 keeps it 40x inside the fast arithmetic's 1e-5 on the weights. (It was 1e-4: a
-#: LLaMA-7B-shaped o_proj core at ``κ = 1.8e4`` took the eigh and then a 10 s SVD as well.)
+#: and 3e-3 at ``κ = 1e7`` (d = 1024): 1e-5 keeps it 40x inside the fast arithmetic's 1e-5 on the
+#: weights. (It was 1e-4: a LLaMA-7B-shaped o_proj core at ``κ = 1.8e4`` took the eigh and then a 10 s
+#: SVD as well.)
 POLAR_RCOND = 1e-5
 
 
