@@ -770,6 +770,7 @@ def test_the_pruned_forward_from_the_kept_heads_attention_equals_the_whole_layer
     """The paper's order keeps o_proj's inputs from the dense pass and starts the pruned layer's forward at
     o_proj; it must give what running the whole pruned layer gives."""
     from rcpu_lightning.pruning import prune_copy, stats_sources
+    from rcpu_lightning.pruning.layer_runs import PlainForward
     from rcpu_lightning.pruning.stats_sources import OwnOutputs
 
     calls, real = [], stats_sources.run_pruned_layer_on_attention
@@ -777,7 +778,7 @@ def test_the_pruned_forward_from_the_kept_heads_attention_equals_the_whole_layer
     model, cfg = make_tiny_llama(**GQA, num_layers=3), PruningConfig(**config)
     reused, _ = prune_copy(model, _ids(8, batch=8), cfg, batch_size=4)
     assert len(calls) == 3  # every layer's pruned forward started at o_proj
-    monkeypatch.setattr(OwnOutputs, "reuses_attention", False)
+    monkeypatch.setattr(OwnOutputs, "next_inputs", PlainForward.next_inputs)  # the whole pruned layer runs
     whole, _ = prune_copy(model, _ids(8, batch=8), cfg, batch_size=4)
     assert len(calls) == 3
     ids = _ids(9)

@@ -75,6 +75,7 @@ class LayerParts:
     gate_proj = property(lambda self: self.layer.mlp.gate_proj)
     up_proj = property(lambda self: self.layer.mlp.up_proj)
     down_proj = property(lambda self: self.layer.mlp.down_proj)  # [hidden, intermediate]: columns = channels
+    post_attention_layernorm = property(lambda self: self.layer.post_attention_layernorm)  # before the MLP
 
     @property
     def head_dim(self) -> int:

@@ -69,6 +69,7 @@ from .surgery import (
     biased_projections,
     dense_values,
     harmonise_layer,
+    head_rows,
     prune_attention,
     prune_mlp,
     update_config,
@@ -309,8 +310,8 @@ def _decide_heads(parts: LayerParts, stats: ChannelStats, n_remove: int, config:
     else:
         scores = head_scores(column_scores(config.method, parts.o_proj.weight, stats, "o_proj"), parts.head_dim)
         kept_heads, kept_kv = select_heads(scores, layout, n_remove)
-    keep_cols = [h * parts.head_dim + j for h in kept_heads for j in range(parts.head_dim)]
     kind = config.compensation if config.compensates("o_proj") else "none"
+    keep_cols = head_rows(kept_heads, parts.head_dim).tolist()  # o_proj's kept input columns
     return kept_heads, kept_kv, compensate(kind, parts.o_proj.weight, stats, keep_cols, config)
 
 
@@ -351,9 +352,8 @@ def prune_layer(
         prune_mlp(parts, kept_ch, d_comp.weight, d_comp.bias_delta)
         harmonise_layer(parts, bias_blocks)
     plan = LayerPlan(kept_heads, kept_kv, kept_ch, biased_projections(parts), added)
-    keep_cols = [h * parts.head_dim + j for h in kept_heads for j in range(parts.head_dim)]  # o_proj's kept inputs
     with clock("forward"):
-        source.next_inputs(parts, batches, keep_cols, overwrite_inputs)
+        source.next_inputs(parts, batches, head_rows(kept_heads, parts.head_dim), overwrite_inputs)
     return plan, int(o_stats.n)
 
 

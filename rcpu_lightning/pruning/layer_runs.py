@@ -45,7 +45,7 @@ class PlainForward:
 
     config: PruningConfig
 
-    def next_inputs(self, parts: LayerParts, batches: Batches, keep_cols: list[int], overwrite_inputs: bool) -> None:
+    def next_inputs(self, parts: LayerParts, batches: Batches, keep_cols: torch.Tensor, overwrite_inputs: bool) -> None:
         run_layer(parts.layer, batches, self.config.offload_inputs, replace=True, overwrite_inputs=overwrite_inputs)
 
 
@@ -73,7 +73,7 @@ def record_inputs(module: nn.Module, into: list[torch.Tensor], offload: bool) ->
 
 
 def run_pruned_layer_on_attention(parts: LayerParts, batches: Batches, attention: list[torch.Tensor],
-                                  keep_cols: list[int], offload: bool, overwrite_inputs: bool = False) -> None:
+                                  keep_cols: torch.Tensor, offload: bool, overwrite_inputs: bool = False) -> None:
     """The pruned layer's forward (as :func:`run_layer` with ``replace=True``) from the dense pass's o_proj
     inputs ``attention`` (one [B, T, heads · head_dim] per batch), when the kept heads' attention outputs
     are those of the dense pass: same layer inputs, their q/k/v rows only sliced (``keep_cols``: their
@@ -81,10 +81,10 @@ def run_pruned_layer_on_attention(parts: LayerParts, batches: Batches, attention
     mlp(post_attention_layernorm(h1))``: the q/k/v products and the attention itself are not run again
     (three of the seven projections of the layer)."""
     device = parts.device
-    cols = torch.as_tensor(keep_cols, dtype=torch.long, device=device)
+    cols = keep_cols.to(device)  # [|K| · head_dim]
     for k, ((hidden, _), a) in enumerate(zip(batches, attention, strict=True)):
         h = hidden.to(device) + parts.o_proj(a.to(device).index_select(-1, cols))  # [B, T, hidden]
-        h = h + parts.mlp(parts.layer.post_attention_layernorm(h))
+        h = h + parts.mlp(parts.post_attention_layernorm(h))
         _store_output(batches, k, h, offload, overwrite_inputs)
         del h
 

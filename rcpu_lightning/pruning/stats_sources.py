@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Protocol
 
 from torch import Tensor
@@ -36,16 +35,15 @@ class StatsSource(Protocol):
 
     def down_proj(self, idx: int, parts: LayerParts, batches: Batches) -> ChannelStats: ...
 
-    def next_inputs(self, parts: LayerParts, batches: Batches, keep_cols: list[int], overwrite_inputs: bool) -> None: ...
+    def next_inputs(self, parts: LayerParts, batches: Batches, keep_cols: Tensor, overwrite_inputs: bool) -> None: ...
 
 
-class OwnOutputs(PlainForward):
+class OwnOutputs:
     """Both modules' statistics from one pass over the unpruned layer (one ``reduce``). That pass also keeps
     o_proj's inputs (the heads' attention outputs, as big as the layer's inputs), so the pruned layer's
     forward starts at o_proj (:func:`.layer_runs.run_pruned_layer_on_attention`)."""
 
     down_proj_first = True
-    reuses_attention = True
 
     def __init__(self, config: PruningConfig, reduce: Reduce | None) -> None:
         self.config, self.reduce = config, reduce
@@ -54,8 +52,7 @@ class OwnOutputs(PlainForward):
 
     def o_proj(self, idx: int, parts: LayerParts, batches: Batches) -> ChannelStats:
         self._attention = []
-        with record_inputs(parts.o_proj, self._attention, self.config.offload_inputs) if self.reuses_attention \
-                else nullcontext():
+        with record_inputs(parts.o_proj, self._attention, self.config.offload_inputs):
             stats = layer_stats(parts, batches, {"o_proj": parts.o_proj, "down_proj": parts.down_proj}, self.config,
                                 self.reduce, idx)
         self._down = stats["down_proj"]
@@ -65,10 +62,8 @@ class OwnOutputs(PlainForward):
         stats, self._down = self._down, None
         return stats
 
-    def next_inputs(self, parts: LayerParts, batches: Batches, keep_cols: list[int], overwrite_inputs: bool) -> None:
+    def next_inputs(self, parts: LayerParts, batches: Batches, keep_cols: Tensor, overwrite_inputs: bool) -> None:
         attention, self._attention = self._attention, []
-        if len(attention) != len(batches):  # not recorded (reuses_attention off)
-            return super().next_inputs(parts, batches, keep_cols, overwrite_inputs)
         run_pruned_layer_on_attention(parts, batches, attention, keep_cols, self.config.offload_inputs,
                                       overwrite_inputs)
 
