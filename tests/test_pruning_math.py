@@ -73,6 +73,37 @@ def test_stats_of_two_halves_sum_to_whole_batch():
     torch.testing.assert_close(merged.mean_abs(), x64.abs().mean(0), atol=1e-12, rtol=1e-9)
 
 
+def test_cross_term_partial_sums_fold_into_float64_and_settle_before_any_read(monkeypatch):
+    """``update_with_outputs`` in float32 products: ``C``'s float32 partial sum goes into the float64 ``C``
+    every ``_CROSS_FOLD_TOKENS`` tokens; the tail settles when the collection ends (or at ``tensors()``)."""
+    from torch import nn
+
+    from rcpu_lightning.pruning import collect_input_stats
+    from rcpu_lightning.pruning import stats as stats_module
+
+    monkeypatch.setattr(stats_module, "_CROSS_FOLD_TOKENS", 10)  # 7 batches of 4 tokens: folds at 12, 24; 4 pending
+    linear = nn.Linear(6, 5, bias=False)
+    x = torch.randn(7, 4, 6, generator=_gen(11))
+    with collect_input_stats({"m": linear}, product_dtype=torch.float32, cross=["m"]) as st:
+        for batch in x[:-1]:
+            linear(batch)
+        s = st["m"]
+        assert s._partial_tokens == 0 and s._partial is not None  # 24 tokens: two folds, nothing pending
+        folded = s.C.clone()
+        linear(x[-1])
+        assert s._partial_tokens == 4 and torch.equal(s.C, folded)  # the last batch waits in float32
+    assert s._partial is None and s._partial_tokens == 0  # settled and freed on exit
+    x64, w64 = x.reshape(-1, 6).double(), linear.weight.detach().double()
+    # 28 tokens of float32 products y xᵀ (|y x| ≲ 10): float32 rounding ≲ 28 · 6e-8 · 10 ≈ 2e-5 worst case
+    torch.testing.assert_close(s.C, (x64 @ w64.T).T @ x64, atol=2e-5, rtol=0)
+    torch.testing.assert_close(s.tsum, (x64 @ w64.T).sum(0), atol=2e-5, rtol=0)
+    direct = stats_module.ChannelStats.zeros(6, diag_only=True, cross_rows=5)
+    direct.update_with_outputs(x[0], linear(x[0]), torch.float32)
+    assert direct._partial_tokens == 4
+    assert direct.tensors()[4] is direct.C and direct._partial is None  # tensors() settles first
+    torch.testing.assert_close(direct.C, (x64[:4] @ w64.T).T @ x64[:4], atol=1e-5, rtol=0)
+
+
 def test_reduce_stats_packs_everything_into_one_call():
     a, b = ChannelStats.zeros(3), ChannelStats.zeros(5, diag_only=True)
     a.update(torch.randn(10, 3, generator=_gen(6)))
