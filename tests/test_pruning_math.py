@@ -264,6 +264,33 @@ def test_thin_rotation_equals_the_full_procrustes_rotation_of_a_rank_deficient_c
                                atol=1e-9, rtol=0)
 
 
+def test_an_ill_conditioned_fast_rotation_takes_one_eigh_then_float64_products_and_one_svd(monkeypatch):
+    """Past :data:`POLAR_RCOND` the eigh of the float32-product ``M`` is the only one: the float64 ``M``
+    goes to the SVD straight (an eigh + SVD of each ``M`` cost ~70 s at LLaMA-7B's down_proj on a CPU)."""
+    from rcpu_lightning.pruning import compensation
+
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(24, 40, generator=g)  # full-rank M: |K| = 30 >= d_out = 24
+    x = torch.randn(200, 40, generator=g, dtype=torch.float64)
+    G, keep = x.T @ x, torch.arange(30)
+    calls = []
+    for name in ("eigh", "svd"):
+        real = getattr(torch.linalg, name)
+        monkeypatch.setattr(torch.linalg, name, lambda *a, _n=name, _f=real, **k: calls.append(_n) or _f(*a, **k))
+    fast, _ = compensation.fast_rotation(w, G, keep)
+    assert calls == ["eigh"]  # well conditioned (κ ~ 10): the eigh route, float32 products
+    calls.clear()
+    monkeypatch.setattr(compensation, "POLAR_RCOND", 1.0)  # every M counts as ill-conditioned
+    rotated, sigma = compensation.fast_rotation(w, G, keep)
+    assert calls == ["eigh", "svd"]
+    exact = compensation.rotation_compensation(w.double(), G, keep)  # the equations in float64, own SVD
+    # both float64 throughout (the SVD of the same float64-summed M): ~κ · eps ≈ 1e-14
+    torch.testing.assert_close(rotated, exact, atol=1e-10, rtol=0)
+    torch.testing.assert_close(sigma, torch.linalg.svdvals(cross_gram(w.double(), G, keep)), atol=1e-8, rtol=0)
+    # the float32 products of the well-conditioned route: ~1e-7 relative
+    assert float((fast - exact).norm() / exact.norm()) < 1e-5
+
+
 @pytest.mark.parametrize("kv", [2, 6])
 @pytest.mark.parametrize("compensation", ["rotation", "rotation_scale"])
 def test_fast_arithmetic_matches_float64_to_1e_5_on_the_weights(kv, compensation):

@@ -12,10 +12,9 @@ Two ways to the same rotation (``PruningConfig.arithmetic``):
   the polar factor of ``M = A Bᵀ`` (``A = W G[:, K]``, ``B = W_K``) in float64 from the
   eigendecomposition of ``MᵀM`` (:func:`polar_factor`: several times cheaper than an SVD on a CPU,
   with an SVD fallback when ``M`` is ill-conditioned). Where ``|K| < d_out`` (o_proj once heads go)
-  ``M`` has rank ``|K|``: with ``A = Q_A R_A`` and ``B = Q_B R_B`` (thin QR) the rotated weight
-  ``Q W_K = Q_A P R_B`` where ``P`` is the polar factor of the small ``R_A R_Bᵀ``
-  (:func:`thin_rotation`); the completion of ``Q`` outside the row space of ``W_K`` never touches
-  ``W_K``, so nothing is lost.
+  ``M`` has rank ``|K|``: with ``B = Q_B R_B`` (thin QR) the rotated weight ``Q W_K = P R_B`` where
+  ``P`` [d_out, |K|] is the polar factor of ``A R_Bᵀ`` (:func:`thin_rotation`); the completion of ``Q``
+  outside the row space of ``W_K`` never touches ``W_K``, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -126,55 +125,71 @@ def rotation_scale_compensation(weight: Tensor, G: Tensor, keep: Tensor) -> Tens
 POLAR_RCOND = 1e-5
 
 
-def polar_factor(M: Tensor, rcond: float = POLAR_RCOND) -> tuple[Tensor, Tensor]:
-    """Orthogonal polar factor ``Q = U Vᵀ`` of ``M = U Σ Vᵀ`` and the singular values ``Σ``, in float64.
-
-    From ``MᵀM = V Σ² Vᵀ``: ``Q = M V Σ⁻¹ Vᵀ``. Where ``σ_min < rcond · σ_max`` the squared
-    condition number would cost accuracy (:data:`POLAR_RCOND`), so an SVD is used instead. Returns
-    ``(Q [d, d], Σ [d])``.
-    """
-    M = M.double()
+def _eigh_polar(M: Tensor, rcond: float) -> tuple[Tensor | None, Tensor]:
+    """``(Q, Σ descending)`` from ``MᵀM = V Σ² Vᵀ`` [k, k]: ``Q = M V Σ⁻¹ Vᵀ``; ``Q`` is None where
+    ``σ_min < rcond · σ_max`` (the route would lose ``ε κ²``: :data:`POLAR_RCOND`)."""
     evals, V = torch.linalg.eigh(M.T @ M)  # ascending
     sigma = evals.clamp_min(0).sqrt()
     if sigma[0] < rcond * sigma[-1]:
-        U, S, Vh = torch.linalg.svd(M)
-        return U @ Vh, S
+        return None, sigma.flip(0)
     return (M @ (V / sigma)) @ V.T, sigma.flip(0)
+
+
+def polar_factor(M: Tensor, rcond: float = POLAR_RCOND, eigh_first: bool = True) -> tuple[Tensor, Tensor]:
+    """Polar factor ``Q = U Vᵀ`` of ``M = U Σ Vᵀ`` [d, k] (``d >= k``; orthonormal columns, orthogonal when
+    square) and the singular values ``Σ`` [k], in float64.
+
+    From ``MᵀM = V Σ² Vᵀ``: ``Q = M V Σ⁻¹ Vᵀ``. Where ``σ_min < rcond · σ_max`` the squared condition
+    number would cost accuracy (:data:`POLAR_RCOND`), so a (thin) SVD is used instead; ``eigh_first=False``
+    goes to it straight (an ``M`` already known to be ill-conditioned).
+    """
+    M = M.double()
+    if eigh_first:
+        Q, sigma = _eigh_polar(M, rcond)
+        if Q is not None:
+            return Q, sigma
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    return U @ Vh, S
 
 
 def thin_rotation(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
     """``Q B`` for the Procrustes rotation ``Q`` of ``M = A Bᵀ`` when ``A``, ``B`` are [d, k] with ``k < d``.
 
-    ``A = Q_A R_A``, ``B = Q_B R_B`` (thin QR); ``M = Q_A (R_A R_Bᵀ) Q_Bᵀ``, so with ``P`` the polar
-    factor of the [k, k] core, ``Q B = Q_A P R_B``. Returns ``(Q B [d, k], Σ [k])`` in float64.
+    With ``B = Q_B R_B`` (thin QR), ``M = Ã Q_Bᵀ`` where ``Ã = A R_Bᵀ`` [d, k]; with ``P`` [d, k] the polar
+    factor of ``Ã``, ``P Q_Bᵀ`` is a polar factor of ``M`` (any completion outside the row space of ``B``
+    does), so ``Q B = P R_B``: one QR, for ``R_B`` only, and no [d, d] product. Returns
+    ``(Q B [d, k], Σ [k])`` in float64 (``Σ``: ``M``'s nonzero singular values, ``Ã``'s).
     """
-    QA, RA = torch.linalg.qr(A.double())
-    RB = torch.linalg.qr(B.double(), mode="r")[1]  # Q_B is never needed
-    P, sigma = polar_factor(RA @ RB.T)
-    return QA @ (P @ RB), sigma
+    RB = torch.linalg.qr(B.double(), mode="r")[1]  # [k, k]
+    P, sigma = polar_factor(A.double() @ RB.T)  # [d, k]
+    return P @ RB, sigma
 
 
-def fast_rotation(weight: Tensor, G: Tensor, keep: Tensor, rcond32: float = 1e-5,
+def fast_rotation(weight: Tensor, G: Tensor, keep: Tensor,
                   cross: Tensor | None = None, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """The RCPU rotation of the ``fast`` arithmetic -> ``(Q W_K [d_out, |K|], Σ)`` in float64.
 
     ``M = A Bᵀ`` (``A = W G[:, K]``, ``B = W_K``) comes from float32 products summed in float64 over
     blocks of ``K``, and ``Q W_K`` is a float32 product, when ``M`` has full rank and is well conditioned
-    (``σ_min >= rcond32 · σ_max``); otherwise, and always in the rank-deficient case (o_proj once
-    heads go, where ``M`` can have a condition number of 1e8 and a float32 ``A`` costs 1e-3 on the
-    weights), the products are float64 — cheap there, since o_proj is square. ``cross``
-    (``C = Σ t xᵀ``: explicit targets, or the module's own outputs, :func:`uses_cross_term`) gives
-    ``A = C[:, K]`` directly. ``dtype=torch.float64``: every product in float64 (the ``float64``
-    arithmetic with a cross term). The polar factor is float64.
+    (``σ_min >= POLAR_RCOND · σ_max``, where the eigh route holds); otherwise the products are float64 and
+    the polar factor an SVD (the eigh already said no: it is not tried twice), and always float64 in the
+    rank-deficient case (o_proj once heads go, where ``M`` can have a condition number of 1e8 and a float32
+    ``A`` costs 1e-3 on the weights; cheap there, since o_proj is square). ``cross`` (``C = Σ t xᵀ``:
+    explicit targets, or the module's own outputs, :func:`uses_cross_term`) gives ``A = C[:, K]``
+    directly. ``dtype=torch.float64``: every product in float64 (the ``float64`` arithmetic with a cross
+    term). The polar factor is float64.
     """
     thin = keep.numel() < weight.shape[0]  # M has rank |K| < d_out
     if thin:
         A = cross[:, keep].double() if cross is not None else weight_gram_columns(weight, G, keep, torch.float64)
         return thin_rotation(A, weight[:, keep].double())
-    Q, sigma = polar_factor(blockwise_cross_gram(weight, G, keep, dtype, cross))  # M = Y Zᵀ [d_out, d_out]
-    if dtype == torch.float64 or sigma[-1] < rcond32 * sigma[0]:
-        if dtype != torch.float64:
-            Q, sigma = polar_factor(blockwise_cross_gram(weight, G, keep, torch.float64, cross))
+    M = blockwise_cross_gram(weight, G, keep, dtype, cross)  # M = Y Zᵀ [d_out, d_out]
+    if dtype == torch.float64:
+        Q, sigma = polar_factor(M)
+        return rotate_columns(Q, weight, keep), sigma
+    Q, sigma = _eigh_polar(M, POLAR_RCOND)
+    if Q is None:  # ill-conditioned: float64 products, and the SVD
+        Q, sigma = polar_factor(blockwise_cross_gram(weight, G, keep, torch.float64, cross), eigh_first=False)
         return rotate_columns(Q, weight, keep), sigma
     return rotate_columns(Q, weight, keep, torch.float32), sigma  # Q orthogonal: float32 costs ~3e-7
 
