@@ -289,8 +289,8 @@ def big_model_targets(store: list[dict], layer7b: list[dict], full7b: list[dict]
                        f"{affine['seconds_per_layer']:.1f} s per layer, peak {affine['peak_rss_mb'] / 1024:.2f} GiB "
                        f"(its own run; load {affine.get('run', {}).get('loadavg_1m', '–')}).")
     out += full7b_lines(full7b)
-    out += phase_table([r for r in layer7b + full7b if r.get("impl", "ours") == "ours" and r.get("phases")
-                        and r.get("limit_s")])
+    timed = [r for r in layer7b + full7b if r.get("impl", "ours") == "ours" and r.get("phases") and r.get("limit_s")]
+    out += phase_table(sorted(timed, key=lambda r: (r["mode"] == "full7b", _dtype(r) != "float32", r["calib_samples"])))
     return out if len(out) > 1 else []
 
 
@@ -346,7 +346,8 @@ def phase_table(rows: list[dict]) -> list[str]:
     from rcpu_lightning.pruning.progress import PHASES
 
     head = " | ".join(f"{'whole model out of core' if r['mode'] == 'full7b' else 'one layer in memory'}, {_dtype(r)}, "
-                      f"{r['calib_samples']} × {r['calib_seqlen']}" for r in rows)
+                      f"{r['calib_samples']} × {r['calib_seqlen']} ({_cpu(r) or '?'}; "
+                      f"engine {r.get('run', {}).get('commit') or '?'})" for r in rows)
     lines = ["", "Where a LLaMA-7B-dimension layer's seconds go (mean over the layers of each run; × = share of the "
                  "two-forward limit):", "", f"| phase | {head} |", "|---|" + "---|" * len(rows)]
     for phase in PHASES:
