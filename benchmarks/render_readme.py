@@ -339,6 +339,14 @@ def full7b_lines(rows: list[dict]) -> list[str]:
     return out
 
 
+def _origin(row: dict) -> str:
+    """`` (CPU; engine commit)`` of a row, as far as it recorded them: the phase table's columns may come from
+    different machines and engine versions."""
+    commit = row.get("run", {}).get("commit")
+    parts = [p for p in (_cpu(row), commit and f"engine {commit}") if p]
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def phase_table(rows: list[dict]) -> list[str]:
     """Where one LLaMA-7B-dimension layer's seconds go (``PruningReport.layers[i]["seconds"]``), per row."""
     if not rows:
@@ -346,8 +354,7 @@ def phase_table(rows: list[dict]) -> list[str]:
     from rcpu_lightning.pruning.progress import PHASES
 
     head = " | ".join(f"{'whole model out of core' if r['mode'] == 'full7b' else 'one layer in memory'}, {_dtype(r)}, "
-                      f"{r['calib_samples']} × {r['calib_seqlen']} ({_cpu(r) or '?'}; "
-                      f"engine {r.get('run', {}).get('commit') or '?'})" for r in rows)
+                      f"{r['calib_samples']} × {r['calib_seqlen']}{_origin(r)}" for r in rows)
     lines = ["", "Where a LLaMA-7B-dimension layer's seconds go (mean over the layers of each run; × = share of the "
                  "two-forward limit):", "", f"| phase | {head} |", "|---|" + "---|" * len(rows)]
     for phase in PHASES:

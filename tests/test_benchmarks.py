@@ -647,7 +647,15 @@ def test_big_models_section_reads_targets_off_the_scale_rows(tmp_path):
             "layer, peak RSS 2.93 GiB (met: goal ≤ 4 GiB)") in text
     assert "Ours is 2.78× the layer's two-forward limit (20.0 + 16.0 = 36.0 s, layer 0 in bfloat16" in text
     assert "reload by `from_pretrained(trust_remote_code=True)` + one forward: finite logits." in text
-    assert "| whole model out of core, bfloat16, 128 × 128 |" in text and "**100.0 s (2.78×)** |" in text
+    # the phase table: float32 before bf16, the whole model last; each column says where it ran, and on what
+    assert ("| phase | one layer in memory, float32, 64 × 128 (AMD EPYC) | one layer in memory, bfloat16, 64 × 128 "
+            "(AMD EPYC, bf16 matmul) | whole model out of core, bfloat16, 128 × 128 (X, bf16 matmul) |") in text
+    assert "| **layer total** | **45.0 s (2.50×)** | **30.0 s (2.50×)** | **100.0 s (2.78×)** |" in text
+    full["run"]["commit"] = "abc1234"
+    (d / "scale.json").write_text(json.dumps([bf16_row, full] + rows))  # file order does not set the columns'
+    text = rr.big_models_section(d, tmp_path / "README.md")
+    assert "(AMD EPYC, bf16 matmul) | whole model out of core, bfloat16, 128 × 128 (X, bf16 matmul; engine abc1234) |" in text
+    assert "| phase | one layer in memory, float32, 64 × 128 (AMD EPYC) |" in text
 
 
 def test_bf16_script_prunes_each_variant_in_its_dtype_and_compares_with_the_float32_prune(tmp_path, capsys):
