@@ -184,14 +184,13 @@ def fast_rotation(weight: Tensor, G: Tensor, keep: Tensor,
         A = cross[:, keep].double() if cross is not None else weight_gram_columns(weight, G, keep, torch.float64)
         return thin_rotation(A, weight[:, keep].double())
     M = blockwise_cross_gram(weight, G, keep, dtype, cross)  # M = Y Zᵀ [d_out, d_out]
-    if dtype == torch.float64:
-        Q, sigma = polar_factor(M)
-        return rotate_columns(Q, weight, keep), sigma
-    Q, sigma = _eigh_polar(M, POLAR_RCOND)
-    if Q is None:  # ill-conditioned: float64 products, and the SVD
-        Q, sigma = polar_factor(blockwise_cross_gram(weight, G, keep, torch.float64, cross), eigh_first=False)
-        return rotate_columns(Q, weight, keep), sigma
-    return rotate_columns(Q, weight, keep, torch.float32), sigma  # Q orthogonal: float32 costs ~3e-7
+    if dtype != torch.float64:
+        Q, sigma = _eigh_polar(M, POLAR_RCOND)
+        if Q is not None:
+            return rotate_columns(Q, weight, keep, torch.float32), sigma  # Q orthogonal: float32 costs ~3e-7
+        M = blockwise_cross_gram(weight, G, keep, torch.float64, cross)  # ill-conditioned: float64, then the SVD
+    Q, sigma = polar_factor(M, eigh_first=dtype == torch.float64)
+    return rotate_columns(Q, weight, keep), sigma
 
 
 def z_norm2(weight: Tensor, G: Tensor, keep: Tensor, dtype: torch.dtype | None = None) -> Tensor:
